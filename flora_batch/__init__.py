@@ -1,0 +1,1 @@
+"""flora-batch: push spreadsheet rows through FLORA techniques without paying twice."""
