@@ -165,7 +165,7 @@ class TransportError(RemoteError):
 
 
 class AmbiguousCreate(TransportError):
-    """A create request may or may not have reached FLORA; only its idempotency key may repeat it."""
+    """A create may or may not have reached FLORA; only its idempotency key may repeat it."""
 
 
 class ProtocolError(RemoteError):

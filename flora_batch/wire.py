@@ -144,7 +144,9 @@ def parse_run(data: Any, request_id: str | None = None) -> RunInfo:
     if not isinstance(run_id, str) or not run_id:
         raise ProtocolError(f"run without a run id: {data!r:.200}", request_id=request_id)
     technique = data.get("technique")
-    tid = _first(technique, "technique_id", "techniqueId") if isinstance(technique, Mapping) else None
+    tid = (
+        _first(technique, "technique_id", "techniqueId") if isinstance(technique, Mapping) else None
+    )
     outputs = data.get("outputs") or ()
     if not isinstance(outputs, list | tuple):
         raise ProtocolError("run outputs is not a list", request_id=request_id)

@@ -1,0 +1,555 @@
+"""The ``flora-batch`` command: a thin click shell over ``pipeline``.
+
+Each command builds ``Settings``, calls one library function and renders the result.
+One handler (``main``) turns every FloraError into a message and its exit code; a user
+mistake never shows a traceback (``-v`` shows the causes, never the API key).
+
+Exit codes: 0 every job done · 1 finished with failed jobs · 2 bad manifest or usage
+(nothing spent) · 3 stopped by the API (auth, credits, outage) · 4 budget cap reached ·
+5 another run holds this ledger · 6 jobs need reconciling by you · 130 interrupted
+(run the same command again to continue).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import errors as E
+from .config import Settings, check_api_key
+from .pipeline import BatchResult, plan_batch, run_batch
+from .progress import Progress, duration, money
+from .types import JobState
+from .wire import DEFAULT_BASE_URL
+
+log = logging.getLogger("flora_batch")
+
+RUN_EXAMPLES = """
+\b
+Examples:
+  flora-batch run manifests/demo.yaml --demo      # no key, no network: a local FLORA
+  FLORA_API_KEY=sk_live_... flora-batch run spring.yaml
+  flora-batch run products.csv --technique studio-shot --input product_image=image_url
+  flora-batch run spring.yaml --retry-failed      # retry failures FLORA calls retryable
+"""
+
+
+def _setup_logging(verbose: int, quiet: bool, fmt: str) -> None:
+    level = (
+        logging.WARNING
+        if quiet
+        else (logging.INFO if verbose == 1 else logging.DEBUG if verbose > 1 else logging.WARNING)
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("flora_batch")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(
+            {
+                "time": record.created,
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "message": record.getMessage(),
+            }
+        )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-v", "--verbose", count=True, help="More detail (-vv for debugging).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings, errors and the summary.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per log line (cron, log shippers).",
+)
+@click.version_option(package_name="flora-batch")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: bool, log_format: str) -> None:
+    """Push spreadsheet rows through FLORA techniques, resumably, never paying twice.
+
+    \b
+    Start here:
+      flora-batch run manifests/demo.yaml --demo    a whole batch against a local FLORA
+      flora-batch run --help                        the manifest, flags and exit codes
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["verbose"] = verbose
+    ctx.obj["quiet"] = quiet
+    _setup_logging(verbose, quiet, log_format)
+
+
+def _common_run_options(fn: Any) -> Any:
+    options = [
+        click.option(
+            "--base-url",
+            envvar="FLORA_BASE_URL",
+            default=DEFAULT_BASE_URL,
+            show_default=True,
+            help="FLORA API base URL (env FLORA_BASE_URL).",
+        ),
+        click.option(
+            "--ledger",
+            help="Ledger: a SQLite file path or a SQLAlchemy URL "
+            "(default: <name>.ledger.db beside the manifest).",
+        ),
+        click.option(
+            "--results",
+            type=click.Path(path_type=Path),
+            help="Results folder (default: the manifest's output.dir).",
+        ),
+        click.option(
+            "--technique",
+            help="With a CSV/XLSX/JSONL/Parquet instead of a manifest: the technique slug.",
+        ),
+        click.option(
+            "--input",
+            "inputs",
+            multiple=True,
+            metavar="ID=COLUMN",
+            help="With a rows file: map a technique input to a column (or a {template}).",
+        ),
+        click.option(
+            "--skip-invalid", is_flag=True, help="Run the valid rows; list the invalid ones."
+        ),
+        click.option(
+            "--demo", is_flag=True, help="Run against a local FLORA emulator (no key, no network)."
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _load_manifest(source: Path, technique: str | None, inputs: tuple[str, ...]) -> Any:
+    from .manifest import load_manifest, manifest_from_rows
+
+    if source.suffix.lower() in (".yaml", ".yml"):
+        if technique or inputs:
+            raise E.UsageError("--technique/--input are for a rows file; a manifest names its own")
+        return load_manifest(source)
+    if not technique:
+        raise E.UsageError(
+            f"{source} is not a manifest (.yaml): give --technique SLUG and --input ID=COLUMN"
+        )
+    mapping: dict[str, str] = {}
+    for item in inputs:
+        if "=" not in item:
+            raise E.UsageError(
+                f"--input {item!r}: expected ID=COLUMN, e.g. product_image=image_url"
+            )
+        key, _, value = item.partition("=")
+        mapping[key.strip()] = value.strip()
+    return manifest_from_rows(source, technique, mapping)
+
+
+@contextmanager
+def _demo_server(enabled: bool, speed: float = 30.0) -> Any:
+    """The embedded emulator for --demo: a real HTTP server on a loopback port."""
+    if not enabled:
+        yield None
+        return
+    from .emulator import EmulatorConfig
+    from .emulator.serve import start_server
+
+    handle = start_server(EmulatorConfig(speed=speed), host="127.0.0.1", port=0)
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+def _settings(base_url: str, api_key: str | None, **kw: Any) -> Settings:
+    clean = {k: v for k, v in kw.items() if v is not None}
+    return Settings(base_url=base_url, api_key=check_api_key(api_key), **clean)
+
+
+@cli.command(epilog=RUN_EXAMPLES)
+@click.argument("manifest", type=click.Path(path_type=Path))
+@_common_run_options
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 256),
+    help="Runs in flight at most (default: manifest, else 4).",
+)
+@click.option(
+    "--max-cost", type=click.FloatRange(min=0), help="Hard cap on money this batch may spend."
+)
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="Buy again the failed jobs FLORA calls retryable (new keys).",
+)
+@click.option(
+    "--resubmit-unresolved",
+    is_flag=True,
+    help="Buy again jobs whose first run could not be identified (may pay twice: check first).",
+)
+@click.option(
+    "--max-runtime", type=float, metavar="SECONDS", help="Stop cleanly after this long (cron)."
+)
+@click.option(
+    "--min-poll",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Seconds between polls of one run at the least.",
+)
+@click.option(
+    "--rate",
+    "submit_rate",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Creates per second at most (0: unpaced).",
+)
+@click.option(
+    "--verify", "verify_deep", is_flag=True, help="Re-hash every finished output on disk."
+)
+@click.pass_context
+def run(
+    ctx: click.Context,
+    manifest: Path,
+    base_url: str,
+    ledger: str | None,
+    results: Path | None,
+    technique: str | None,
+    inputs: tuple[str, ...],
+    skip_invalid: bool,
+    demo: bool,
+    concurrency: int | None,
+    max_cost: float | None,
+    retry_failed: bool,
+    resubmit_unresolved: bool,
+    max_runtime: float | None,
+    min_poll: float,
+    submit_rate: float,
+    verify_deep: bool,
+) -> None:
+    """Run a batch: validate every row, then submit, poll and download — resumably.
+
+    MANIFEST is a YAML manifest (see docs/manifest.md) or a rows file with --technique.
+    Every row is checked against the technique's schema before anything is paid for.
+    Run the same command again after any interruption: finished jobs are skipped,
+    runs in flight are polled, and nothing is bought twice.
+
+    \b
+    Exit codes: 0 all done · 1 some jobs failed · 2 bad manifest/usage (nothing spent)
+    3 stopped by FLORA (key, credits, outage) · 4 max_cost reached · 5 ledger busy
+    6 jobs need you to reconcile · 130 interrupted (run it again to continue)
+    """
+    m = _load_manifest(manifest, technique, inputs)
+    quiet = ctx.obj.get("quiet", False)
+    with _demo_server(demo) as server:
+        key = server.api_key if server else os.environ.get("FLORA_API_KEY")
+        settings = _settings(
+            server.base_url if server else base_url,
+            key,
+            ledger=ledger,
+            results=results,
+            concurrency=concurrency,
+            max_cost=max_cost,
+            retry_failed=retry_failed,
+            resubmit_unresolved=resubmit_unresolved,
+            skip_invalid=skip_invalid,
+            max_runtime=max_runtime,
+            min_poll=min_poll,
+            submit_rate=submit_rate,
+            verify_deep=verify_deep,
+        )
+        progress = Progress(m.name, enabled=not quiet)
+        result = asyncio.run(_run_with_signals(m, settings, progress))
+        progress.close()
+    _summarise(result, demo=demo)
+    sys.exit(_exit_code(result))
+
+
+async def _run_with_signals(m: Any, settings: Settings, progress: Progress) -> BatchResult:
+    loop = asyncio.get_running_loop()
+
+    def hook(worker: Any) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, worker.stop_event.set)
+
+    try:
+        return await run_batch(m, settings, progress=progress, on_worker=hook)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def _exit_code(result: BatchResult) -> int:
+    out = result.outcome
+    if out.stopped in ("interrupted", "runtime"):
+        return E.EXIT_INTERRUPTED
+    if out.stopped in ("auth", "credits", "outage"):
+        return E.EXIT_STOPPED_BY_API
+    if out.error is not None:
+        return out.error.exit_code
+    if out.stopped == "budget" and out.counts[JobState.PLANNED]:
+        return E.EXIT_BUDGET
+    if result.unresolved or out.counts[JobState.NEEDS_RECONCILE]:
+        return E.EXIT_UNRESOLVED
+    if result.failed or out.stuck:
+        return E.EXIT_FAILED_JOBS
+    return E.EXIT_OK
+
+
+def _summarise(result: BatchResult, *, demo: bool) -> None:
+    out = result.outcome
+    c = out.counts
+    prep = result.prepared
+    unit = next(iter(prep.techniques.values())).cost_unit if prep.techniques else "usd"
+    total = sum(c.values())
+    click.echo(
+        f"\n{prep.manifest.name}: {c[JobState.DONE]} of {total} jobs done"
+        + (f", {c[JobState.FAILED]} failed" if c[JobState.FAILED] else "")
+        + (f", {len(result.unresolved)} unresolved" if result.unresolved else "")
+        + (f", {c[JobState.PLANNED]} not started" if c[JobState.PLANNED] else "")
+    )
+    click.echo(
+        f"  spent   {money(out.spent, unit)}"
+        + (f" (+{money(out.reserved, unit)} not yet settled)" if out.reserved > 0.005 else "")
+    )
+    click.echo(f"  results {result.results_dir}")
+    click.echo(f"  ledger  {result.ledger_url}")
+    for rec in result.failed[:10]:
+        click.echo(
+            f"  failed  {rec.source or rec.key}: {rec.error_code} {rec.error_message or ''}"
+        )
+    for rec in result.unresolved[:10]:
+        click.echo(
+            f"  UNRESOLVED {rec.source or rec.key} ({rec.technique}): {rec.error_message or ''}"
+        )
+    for line in out.stuck[:10]:
+        click.echo(f"  waiting {line}")
+    for skipped in prep.skipped[:20]:
+        click.echo(f"  skipped {skipped}")
+    hint = _stop_hint(out.stopped, out.error)
+    if hint:
+        click.echo(hint, err=True)
+    if demo:
+        click.echo("  (demo: a local FLORA emulator made these files; no money was spent)")
+
+
+def _stop_hint(stopped: str | None, error: E.FloraError | None) -> str | None:
+    hints = {
+        "budget": "Stopped at the budget cap (max_cost): raise it, then run the same command.",
+        "credits": "FLORA is out of credits: top up, then run the same command to continue.",
+        "auth": f"FLORA refused the API key: {error}",
+        "interrupted": "Interrupted: run the same command again to continue where it stopped.",
+        "runtime": "Reached --max-runtime: run the same command again to continue.",
+        "outage": "FLORA did not answer for too long: run the same command later to continue.",
+    }
+    if stopped in hints:
+        return hints[stopped]
+    return f"Stopped: {error}" if error else None
+
+
+@cli.command(epilog="\b\nExample:\n  flora-batch plan manifests/demo.yaml --demo")
+@click.argument("manifest", type=click.Path(path_type=Path))
+@_common_run_options
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan(
+    manifest: Path,
+    base_url: str,
+    ledger: str | None,
+    results: Path | None,
+    technique: str | None,
+    inputs: tuple[str, ...],
+    skip_invalid: bool,
+    demo: bool,
+    as_json: bool,
+) -> None:
+    """Dry run: validate, count new / done / in-flight / failed / changed jobs, estimate cost.
+
+    Reads technique schemas (free) and the ledger; buys nothing.  Exit codes match `run`.
+    """
+    m = _load_manifest(manifest, technique, inputs)
+    with _demo_server(demo) as server:
+        key = server.api_key if server else os.environ.get("FLORA_API_KEY")
+        settings = _settings(
+            server.base_url if server else base_url,
+            key,
+            ledger=ledger,
+            results=results,
+            skip_invalid=skip_invalid,
+        )
+        prepared, ledger_url = asyncio.run(plan_batch(m, settings))
+    p = prepared.plan
+    unit = next(iter(prepared.techniques.values())).cost_unit if prepared.techniques else "usd"
+    data = {
+        "batch": m.name,
+        "jobs": len(p.jobs),
+        "new": len(p.new),
+        "done": len(p.done),
+        "in_flight": len(p.in_flight),
+        "failed": len(p.failed),
+        "unresolved": len(p.unresolved),
+        "changed": len(p.changed),
+        "retired": len(p.retired),
+        "cost_by_technique": p.cost_by_technique,
+        "estimated_cost": p.total_cost,
+        "max_cost": m.max_cost,
+        "results": str(settings.results or m.output_dir),
+        "ledger": ledger_url,
+        "skipped": [str(s) for s in prepared.skipped],
+    }
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(
+            f"{m.name}: {len(p.jobs)} jobs — {len(p.new)} new, {len(p.done)} done, "
+            f"{len(p.in_flight)} in flight, {len(p.failed)} failed, {len(p.changed)} changed"
+        )
+        for slug, cost in p.cost_by_technique.items():
+            click.echo(f"  {slug}: {money(cost, unit)}")
+        cap = f" (max_cost {money(m.max_cost, unit)})" if m.max_cost is not None else ""
+        click.echo(f"  estimated cost {money(p.total_cost, unit)}{cap}")
+        click.echo(f"  results {data['results']}\n  ledger  {ledger_url}")
+    over = m.max_cost is not None and p.total_cost > m.max_cost + 1e-9
+    sys.exit(E.EXIT_BUDGET if over else E.EXIT_OK)
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--base-url", envvar="FLORA_BASE_URL", default=DEFAULT_BASE_URL, show_default=True)
+@click.option("--demo", is_flag=True, help="Ask the local emulator instead of FLORA.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def techniques(ctx: click.Context, base_url: str, demo: bool, as_json: bool) -> None:
+    """List the techniques FLORA offers (`techniques show SLUG` for one's inputs).
+
+    \b
+    Example:
+      flora-batch techniques --demo
+      flora-batch techniques show studio-shot --demo
+    """
+    ctx.obj.update(base_url=base_url, demo=demo, as_json=as_json)
+    if ctx.invoked_subcommand is None:
+        items = _with_client(base_url, demo, lambda c: c.list_techniques())
+        if as_json:
+            click.echo(
+                json.dumps(
+                    [{"slug": t.slug, "name": t.name, "run_cost": t.run_cost} for t in items],
+                    indent=2,
+                )
+            )
+            return
+        for t in items:
+            click.echo(f"{t.slug:40} {money(t.run_cost, t.cost_unit):>10}  {t.name}")
+
+
+@techniques.command("show")
+@click.argument("slug")
+@click.pass_context
+def techniques_show(ctx: click.Context, slug: str) -> None:
+    """Show one technique's inputs, outputs and cost per run."""
+    o = ctx.obj
+    t = _with_client(o["base_url"], o["demo"], lambda c: c.get_technique(slug))
+    if o["as_json"]:
+        click.echo(
+            json.dumps(
+                {
+                    "slug": t.slug,
+                    "name": t.name,
+                    "run_cost": t.run_cost,
+                    "unit": t.cost_unit,
+                    "inputs": [s.__repr__() for s in t.inputs],
+                    "outputs": [s.__repr__() for s in t.outputs],
+                },
+                indent=2,
+            )
+        )
+        return
+    click.echo(
+        f"{t.name} ({t.slug}) — {money(t.run_cost, t.cost_unit)} per run\n"
+        f"{t.description}\n\nInputs:"
+    )
+    for s in t.inputs:
+        extra = f", aspect ratio {s.aspect_ratio}" if s.aspect_ratio else ""
+        click.echo(
+            f"  {s.id:24} {s.type:10} {'optional' if s.optional else 'required'}{extra}"
+            f"  {s.description}"
+        )
+    click.echo("Outputs:")
+    for s in t.outputs:
+        click.echo(f"  {s.id:24} {s.type:10} {s.description}")
+
+
+def _with_client(base_url: str, demo: bool, fn: Any) -> Any:
+    from .client import FloraClient
+
+    async def go(url: str, key: str) -> Any:
+        async with FloraClient(url, key) as client:
+            return await fn(client)
+
+    with _demo_server(demo) as server:
+        if server:
+            return asyncio.run(go(server.base_url, server.api_key))
+        return asyncio.run(go(base_url, check_api_key(os.environ.get("FLORA_API_KEY"))))
+
+
+def _register_emulator() -> None:
+    try:
+        from .emulator.serve import emulator_command
+    except ImportError:  # pragma: no cover - the emulator ships with the package
+        return
+    cli.add_command(emulator_command, name="emulator")
+
+
+_register_emulator()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI and turn every FloraError into a message and an exit code."""
+    try:
+        cli.main(args=argv, prog_name="flora-batch", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("Interrupted.", err=True)
+        sys.exit(E.EXIT_INTERRUPTED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(E.EXIT_USAGE)
+    except E.FloraError as exc:
+        _report_error(exc)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("\nInterrupted: run the same command again to continue.", err=True)
+        sys.exit(E.EXIT_INTERRUPTED)
+
+
+def _report_error(exc: E.FloraError) -> None:
+    if isinstance(exc, E.ManifestProblems):
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        click.echo(f"{len(exc.problems)} problem(s); nothing was submitted.", err=True)
+        return
+    click.echo(f"error: {exc}", err=True)
+    if logging.getLogger("flora_batch").isEnabledFor(logging.DEBUG):
+        cause = exc.__cause__
+        while cause is not None:
+            click.echo(f"  caused by: {type(cause).__name__}: {cause}", err=True)
+            cause = cause.__cause__
+
+
+__all__ = ["cli", "duration", "main"]

@@ -1,0 +1,341 @@
+"""FloraClient: the only module that speaks HTTP.
+
+One shared ``httpx.AsyncClient`` does everything: technique look-ups, creates, polls, the
+run history and output downloads.  httpx's exceptions are translated into the
+``errors`` tree here and nowhere else (``map_http_errors``), so callers branch on
+meaning ("ambiguous create", "rate limited") rather than on transport details.
+
+This module retries nothing by itself: what may be repeated, and how, is decided by
+``retrying`` and the worker, because a create is not a poll.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import ipaddress
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from . import wire
+from .errors import (
+    AmbiguousCreate,
+    ApiError,
+    ProtocolError,
+    RateLimited,
+    RemoteError,
+    ResultsError,
+    TransportError,
+    api_error_class,
+)
+from .types import RunInfo, RunInput, Technique
+
+MAX_JSON_BYTES = 8 * 1024 * 1024
+DEFAULT_MAX_DOWNLOAD = 2 * 1024 * 1024 * 1024
+USER_AGENT = "flora-batch/0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class Downloaded:
+    """What a finished download wrote."""
+
+    size: int
+    sha256: str
+    content_type: str | None
+
+
+def is_loopback(host: str | None) -> bool:
+    """Loopback hosts are the only ones allowed to serve plain HTTP (the emulator)."""
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_fetch_url(url: str) -> None:
+    """Refuse output URLs that are not HTTPS (plain HTTP only from loopback)."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and is_loopback(parts.hostname):
+        return
+    raise ProtocolError(
+        f"refusing to download from {parts.scheme}://{parts.hostname or ''}: not HTTPS"
+    )
+
+
+def parse_retry_after(headers: httpx.Headers, now: float | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms``, ``retry-after`` (seconds or HTTP date)."""
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            return max(0.0, float(raw_ms) / 1000.0)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw).timestamp()
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
+@contextmanager
+def map_http_errors(*, creating: bool = False) -> Iterator[None]:
+    """Translate httpx exceptions; a create that may have left becomes AmbiguousCreate."""
+    try:
+        yield
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        # The request never reached the server: safe for every kind of request.
+        raise TransportError(f"could not connect to FLORA: {exc!r}") from exc
+    except httpx.TransportError as exc:
+        cls = AmbiguousCreate if creating else TransportError
+        raise cls(f"connection to FLORA failed mid-request: {type(exc).__name__}") from exc
+
+
+def _error_from(response: httpx.Response, body: bytes) -> ApiError:
+    """The ApiError for a non-2xx response, envelope or not."""
+    request_id = response.headers.get("request-id")
+    try:
+        code, message, fields = wire.parse_error(json.loads(body))
+    except ValueError:
+        code, message, fields = "", "", []
+    cls = api_error_class(response.status_code, code)
+    message = message or f"HTTP {response.status_code} from FLORA"
+    if cls is RateLimited:
+        return RateLimited(
+            message,
+            status=response.status_code,
+            code=code,
+            fields=fields,
+            request_id=request_id,
+            retry_after=parse_retry_after(response.headers),
+        )
+    return cls(
+        message, status=response.status_code, code=code, fields=fields, request_id=request_id
+    )
+
+
+class FloraClient:
+    """Talks to FLORA (or the emulator).  Use as ``async with FloraClient(...) as c:``.
+
+    Args:
+        base_url: e.g. ``https://app.flora.ai/api/v1``.
+        api_key: sent as a bearer token; never logged or stored.
+        transport: an httpx transport to use instead of the network (tests: the emulator).
+        timeout: seconds for connect and read.
+        max_connections: connection pool size.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float = 60.0,
+        max_connections: int = 32,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._base = urlsplit(self.base_url)
+        # Sent only to the API, never to media hosts that serve outputs.
+        self._auth = {"Authorization": f"Bearer {api_key}"}
+        self._http = httpx.AsyncClient(
+            headers={"User-Agent": USER_AGENT},
+            transport=transport,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            follow_redirects=False,
+        )
+
+    async def __aenter__(self) -> FloraClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    # -- JSON requests ------------------------------------------------------------
+
+    async def _request(
+        self, method: str, path: str, *, creating: bool = False, **kwargs: Any
+    ) -> tuple[Any, str | None, int]:
+        """Send one request; return ``(json, request_id, status)`` or raise a FloraError."""
+        url = path if path.startswith("http") else f"{self.base_url}{path}"
+        kwargs["headers"] = {**self._auth, **kwargs.get("headers", {})}
+        with map_http_errors(creating=creating):
+            async with self._http.stream(method, url, **kwargs) as response:
+                body = await self._read_capped(response)
+        request_id = response.headers.get("request-id")
+        if not response.is_success:
+            raise _error_from(response, body)
+        try:
+            return json.loads(body), request_id, response.status_code
+        except ValueError as exc:
+            cls = AmbiguousCreate if creating else ProtocolError
+            raise cls("FLORA answered with malformed JSON", request_id=request_id) from exc
+
+    @staticmethod
+    async def _read_capped(response: httpx.Response) -> bytes:
+        chunks: list[bytes] = []
+        total = 0
+        async for chunk in response.aiter_bytes():
+            total += len(chunk)
+            if total > MAX_JSON_BYTES:
+                raise ProtocolError(
+                    f"FLORA's response is larger than {MAX_JSON_BYTES} bytes",
+                    request_id=response.headers.get("request-id"),
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    # -- techniques ---------------------------------------------------------------
+
+    async def get_technique(self, slug: str) -> Technique:
+        """``GET /techniques/{slug}``: inputs, outputs and cost.  Free."""
+        data, _, _ = await self._request("GET", f"/techniques/{slug}")
+        if isinstance(data, dict) and isinstance(data.get("technique"), dict):
+            data = data["technique"]
+        return wire.parse_technique(data, slug)
+
+    async def list_techniques(self, *, limit: int = 100) -> list[Technique]:
+        """Every technique, following ``meta.next_cursor``."""
+        items: list[Technique] = []
+        async for page in self._pages("/techniques", "techniques", {"limit": limit}):
+            items.extend(wire.parse_technique(t) for t in page)
+        return items
+
+    async def _pages(
+        self, path: str, field: str, params: dict[str, Any], max_pages: int = 1000
+    ) -> AsyncIterator[list[Any]]:
+        cursor: str | None = None
+        for _ in range(max_pages):
+            query = dict(params, **({"cursor": cursor} if cursor else {}))
+            data, _, _ = await self._request("GET", path, params=query)
+            items = data.get(field) if isinstance(data, dict) else None
+            if not isinstance(items, list):
+                raise ProtocolError(f"{path} answered without a {field!r} list")
+            yield items
+            meta = data.get("meta") if isinstance(data, dict) else None
+            cursor = meta.get("next_cursor") if isinstance(meta, dict) else None
+            if not items or not cursor:
+                return
+
+    # -- runs -----------------------------------------------------------------------
+
+    async def create_run(self, slug: str, inputs: tuple[RunInput, ...], key: str) -> RunInfo:
+        """``POST /techniques/{slug}/runs`` with the idempotency key in body and header.
+
+        Raises AmbiguousCreate when the request may have reached FLORA but no answer
+        came back; the caller may repeat it only with the same key.
+        """
+        data, request_id, _ = await self._request(
+            "POST",
+            f"/techniques/{slug}/runs",
+            creating=True,
+            json=wire.create_body(inputs, key),
+            headers={"Idempotency-Key": key},
+        )
+        return wire.parse_run(data, request_id)
+
+    async def get_run(self, slug: str, run_id: str, poll_url: str | None = None) -> RunInfo:
+        """Poll a run: its ``poll_url`` when it points at our base URL, else the nested route."""
+        path = f"/techniques/{slug}/runs/{run_id}"
+        if poll_url and self._same_origin(poll_url):
+            path = poll_url
+        data, request_id, _ = await self._request("GET", path)
+        return wire.parse_run(data, request_id)
+
+    def _same_origin(self, url: str) -> bool:
+        parts = urlsplit(url)
+        return (parts.scheme, parts.netloc) == (self._base.scheme, self._base.netloc)
+
+    async def technique_runs(
+        self, technique_id: str, *, newer_than: float | None = None, max_pages: int = 20
+    ) -> list[RunInfo]:
+        """The run history for one technique, newest first, down to ``newer_than`` (ms)."""
+        runs: list[RunInfo] = []
+        params = {"technique_id": technique_id, "limit": 100}
+        async for page in self._pages("/technique-runs", "technique_runs", params, max_pages):
+            batch = [wire.parse_run(item) for item in page]
+            runs.extend(batch)
+            if newer_than is not None and batch and (batch[-1].created_at or 0) < newer_than:
+                break
+        return runs
+
+    # -- downloads ----------------------------------------------------------------
+
+    async def download(
+        self, url: str, dest: Path, *, max_bytes: int = DEFAULT_MAX_DOWNLOAD
+    ) -> Downloaded:
+        """Stream ``url`` into ``dest`` (a temporary file), hashing as it goes.
+
+        Follows up to 5 redirects, each to HTTPS (or loopback) only.  Checks the byte
+        count against Content-Length: a short body raises TransportError, never passes.
+        """
+        for _ in range(6):
+            check_fetch_url(url)
+            with map_http_errors():
+                async with self._http.stream("GET", url) as resp:
+                    if resp.is_redirect and "location" in resp.headers:
+                        url = urljoin(url, resp.headers["location"])
+                        continue
+                    if not resp.is_success:
+                        raise _error_from(resp, await self._read_capped(resp))
+                    return await self._stream_to(resp, dest, max_bytes)
+        raise ProtocolError("too many redirects while downloading an output")
+
+    @staticmethod
+    async def _stream_to(resp: httpx.Response, dest: Path, max_bytes: int) -> Downloaded:
+        expected = resp.headers.get("content-length")
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with open(dest, "wb") as fh:
+                async for chunk in resp.aiter_bytes(1 << 16):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise ProtocolError(f"output is larger than the {max_bytes}-byte cap")
+                    digest.update(chunk)
+                    fh.write(chunk)
+                fh.flush()
+        except OSError as exc:
+            raise ResultsError(f"cannot write {dest}: {exc.strerror or exc}") from exc
+        encoded = resp.headers.get("content-encoding", "identity") != "identity"
+        if expected is not None and expected.isdigit() and not encoded and int(expected) != size:
+            raise TransportError(f"download truncated: got {size} of {expected} bytes")
+        return Downloaded(size, digest.hexdigest(), resp.headers.get("content-type"))
+
+
+__all__ = [
+    "Downloaded",
+    "FloraClient",
+    "RemoteError",
+    "check_fetch_url",
+    "is_loopback",
+    "map_http_errors",
+    "parse_retry_after",
+]

@@ -1,0 +1,118 @@
+"""How an emulator behaves: one frozen ``EmulatorConfig``, plus a manual clock for tests.
+
+Where CONTRACT.md says FLORA's sources disagree (idempotency, field dialect, create
+status), the emulator takes an option instead of picking a side, so the client can be
+tested against every variant.  All durations in the config are seconds of the
+emulator's clock; only the catalog's per-technique run times are divided by ``speed``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from flora_batch import wire
+
+from .faults import FaultPlan
+
+Dialect = Literal["snake", "camel"]
+IdempotencyMode = Literal["replay", "conflict"]
+KeyCarrier = Literal["body", "header", "both"]
+
+DEFAULT_API_KEY = "sk_test_emulator"
+#: Fixed identifiers of the one workspace and project the emulator pretends to have.
+WORKSPACE_ID = "ws_emulator"
+PROJECT_ID = "prj_emulator"
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmulatorConfig:
+    """Every switch of the emulator; the defaults follow the seed document and the OpenAPI files.
+
+    Args:
+        api_key: the only bearer key accepted.
+        dialect: ``snake`` (OpenAPI files, USD) or ``camel`` (older docs, integer credits).
+        create_status: HTTP status of a successful create, 200 or 201.
+        idempotency: ``replay`` returns the existing run for a repeated key (seed doc);
+            ``conflict`` answers 409 ``idempotency_duplicate`` without the run id (spec).
+        idempotency_carrier: where the key is read: the body's ``idempotency_key``, the
+            ``Idempotency-Key`` header, or ``both`` (body first).
+        key_window: seconds after which a key is forgotten; ``None`` keeps keys forever.
+        speed: divides every technique's run time, so demos and tests run fast.
+        balance: USD credit left; ``None`` means unlimited.  A create it cannot cover is 402.
+        refund_failed: failed runs get their charge back (a negative charge entry).
+        late_charge: seconds after a run turns terminal during which ``charged_cost`` is
+            absent from the run object (CONTRACT.md §4: eventually consistent).
+        allowed_hosts: input media hosts accepted (``wire.check_media_url``).
+        faults: the seeded fault plan.
+        media_ttl: seconds an output URL stays valid; ``None`` means forever.
+        max_running: at most this many runs in ``running`` at once, the rest queue FIFO.
+        clock: returns the time in float seconds; ``None`` means ``time.time``.
+    """
+
+    api_key: str = DEFAULT_API_KEY
+    dialect: Dialect = "snake"
+    create_status: int = 201
+    idempotency: IdempotencyMode = "replay"
+    idempotency_carrier: KeyCarrier = "body"
+    key_window: float | None = None
+    speed: float = 1.0
+    balance: float | None = None
+    refund_failed: bool = False
+    late_charge: float = 0.0
+    allowed_hosts: tuple[str, ...] = wire.DEFAULT_ALLOWED_HOSTS
+    faults: FaultPlan = field(default_factory=FaultPlan)
+    media_ttl: float | None = None
+    max_running: int | None = None
+    clock: Clock | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse settings the emulator cannot honour, at construction rather than mid-test."""
+        _check_choice("dialect", self.dialect, ("snake", "camel"))
+        _check_choice("create_status", self.create_status, (200, 201))
+        _check_choice("idempotency", self.idempotency, ("replay", "conflict"))
+        _check_choice("idempotency_carrier", self.idempotency_carrier, ("body", "header", "both"))
+        if self.speed <= 0:
+            raise ValueError(f"speed must be positive, not {self.speed!r}")
+        if self.max_running is not None and self.max_running < 1:
+            raise ValueError(f"max_running must be at least 1, not {self.max_running!r}")
+        for name in ("key_window", "media_ttl", "balance"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must not be negative, not {value!r}")
+        if self.late_charge < 0:
+            raise ValueError(f"late_charge must not be negative, not {self.late_charge!r}")
+
+    def now(self) -> float:
+        """The current time on the configured clock, in seconds."""
+        return (self.clock or time.time)()
+
+
+def _check_choice(name: str, value: object, choices: tuple[object, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices!r}, not {value!r}")
+
+
+class ManualClock:
+    """A clock that only moves when told to, so lifecycle tests never sleep.
+
+    ``ManualClock()()`` returns the current time; ``advance(s)`` moves it forward.
+    It starts on 2026-01-01 so timestamps look like real unix times.
+    """
+
+    def __init__(self, start: float = 1_767_225_600.0) -> None:
+        self.time = start
+
+    def __call__(self) -> float:
+        return self.time
+
+    def advance(self, seconds: float) -> float:
+        """Move the clock forward and return the new time."""
+        if seconds < 0:
+            raise ValueError("a clock does not run backwards")
+        self.time += seconds
+        return self.time

@@ -1,0 +1,241 @@
+"""The emulator on a real socket: ``start_server`` (uvicorn in a daemon thread) and the
+``flora-batch emulator`` click command.
+
+``start_server`` returns once the socket listens, with the actual port (pass ``port=0``
+to let the OS pick one), so end-to-end tests and ``flora-batch run --demo`` can point a
+client at ``handle.base_url``.  Deliberate connection drops (``ConnectionDropped``) are
+kept out of uvicorn's error log: they are the point, not a bug.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from types import FrameType, TracebackType
+
+import click
+import uvicorn
+
+from .app import Emulator
+from .config import DEFAULT_API_KEY, EmulatorConfig
+from .faults import FaultPlan
+from .responses import ConnectionDropped
+
+STARTUP_TIMEOUT = 10.0
+
+
+class _HideDrops(logging.Filter):
+    """Drops uvicorn's "Exception in ASGI application" records for deliberate drops."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, ConnectionDropped)
+
+
+_FILTER = _HideDrops()
+
+
+@dataclass
+class ServerHandle:
+    """A running emulator server; ``stop()`` (or leaving a ``with`` block) shuts it down."""
+
+    emulator: Emulator
+    host: str
+    port: int
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    @property
+    def origin(self) -> str:
+        """``http://host:port``, where media and admin routes live."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """The API base URL, ``http://host:port/api/v1``."""
+        return f"{self.origin}/api/v1"
+
+    @property
+    def api_key(self) -> str:
+        """The bearer key the server accepts."""
+        return self.emulator.config.api_key
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask uvicorn to exit and wait for its thread."""
+        self.server.should_exit = True
+        self.thread.join(timeout)
+
+    def __enter__(self) -> ServerHandle:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def start_server(
+    config: EmulatorConfig | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    log_level: str = "warning",
+) -> ServerHandle:
+    """Serve a new emulator with uvicorn in a daemon thread; returns once it listens.
+
+    Raises:
+        RuntimeError: if the server did not start within ``STARTUP_TIMEOUT`` seconds
+            (for example, the port is taken).
+    """
+    emulator = Emulator(config)
+    logging.getLogger("uvicorn.error").addFilter(_FILTER)
+    sock = _bind(host, port)
+    uv_config = uvicorn.Config(emulator.app, log_level=log_level, lifespan="off", access_log=False)
+    server = uvicorn.Server(uv_config)
+    thread = threading.Thread(target=_run, args=(server, sock), name="flora-emulator", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            sock.close()
+            raise RuntimeError(f"the emulator did not start on {host}:{port}")
+        time.sleep(0.01)
+    bound = sock.getsockname()[1]
+    return ServerHandle(emulator, host, int(bound), server, thread)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening-ready socket, bound here so a taken port fails in the caller's thread."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise RuntimeError(f"the emulator did not start on {host}:{port}: {exc}") from exc
+    return sock
+
+
+def _run(server: uvicorn.Server, sock: socket.socket) -> None:
+    """The server thread: uvicorn exits the process on some errors; keep that in the thread."""
+    try:
+        server.run(sockets=[sock])
+    except SystemExit:  # pragma: no cover - uvicorn gave up; start_server reports it
+        pass
+    finally:
+        sock.close()
+
+
+def _banner(handle: ServerHandle, config: EmulatorConfig) -> str:
+    faults = config.faults.to_string() or "none"
+    curl = (
+        f'curl -s -H "Authorization: Bearer {handle.api_key}" '
+        f"{handle.base_url}/techniques/icon-pack"
+    )
+    return "\n".join(
+        [
+            f"FLORA emulator listening on {handle.base_url}",
+            f"API key: {handle.api_key}",
+            f"dialect={config.dialect} speed={config.speed:g} idempotency={config.idempotency} "
+            f"faults={faults}",
+            f"Try:   {curl}",
+            f"State: {handle.origin}/_emulator/state",
+            "Press Ctrl-C to stop.",
+        ]
+    )
+
+
+def _serve_until_interrupted(handle: ServerHandle) -> None:
+    """Block until Ctrl-C or SIGTERM, then stop the server cleanly."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        while not stop.is_set() and handle.thread.is_alive():
+            stop.wait(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        handle.stop()
+
+
+def _parse_faults(ctx: click.Context, param: click.Parameter, value: str | None) -> FaultPlan:
+    try:
+        return FaultPlan.parse(value or "")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.command("emulator")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
+@click.option("--port", default=8787, show_default=True, help="Port to bind (0: any free port).")
+@click.option("--speed", default=1.0, show_default=True, help="Divide run times by this.")
+@click.option(
+    "--dialect", type=click.Choice(["snake", "camel"]), default="snake", show_default=True
+)
+@click.option(
+    "--idempotency", type=click.Choice(["replay", "conflict"]), default="replay", show_default=True
+)
+@click.option("--key-window", type=float, default=None, help="Forget keys after S seconds.")
+@click.option("--balance", type=float, default=None, help="USD credit; 402 once spent.")
+@click.option(
+    "--faults",
+    "fault_plan",
+    default="",
+    callback=_parse_faults,
+    help='Fault plan, e.g. "seed=7,rate_limit=0.1,drop_after_create=0.05".',
+)
+@click.option("--media-ttl", type=float, default=None, help="Output URLs expire after S seconds.")
+@click.option("--max-running", type=int, default=None, help="At most N runs running at once.")
+@click.option("--api-key", default=DEFAULT_API_KEY, show_default=True, help="Bearer key to accept.")
+def emulator_command(
+    host: str,
+    port: int,
+    speed: float,
+    dialect: str,
+    idempotency: str,
+    key_window: float | None,
+    balance: float | None,
+    fault_plan: FaultPlan,
+    media_ttl: float | None,
+    max_running: int | None,
+    api_key: str,
+) -> None:
+    """Run a local FLORA API emulator until Ctrl-C.
+
+    It speaks FLORA's REST API (techniques, runs, run history) over an in-memory state,
+    serves real output files, and can inject faults.  Point flora-batch (or any FLORA
+    client) at the printed base URL with the printed API key.
+    """
+    try:
+        config = EmulatorConfig(
+            api_key=api_key,
+            dialect=dialect,  # type: ignore[arg-type]  # click.Choice guarantees the value
+            idempotency=idempotency,  # type: ignore[arg-type]
+            key_window=key_window,
+            speed=speed,
+            balance=balance,
+            faults=fault_plan,
+            media_ttl=media_ttl,
+            max_running=max_running,
+        )
+        handle = start_server(config, host=host, port=port)
+    except (ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(_banner(handle, config))
+    _serve_until_interrupted(handle)
+    click.echo("Emulator stopped.")

@@ -1,0 +1,84 @@
+"""Job identity: the key that makes a paid run happen at most once.
+
+A job's key is derived from *what would be paid for*, never from where it sits in a
+spreadsheet.  The same key is sent to FLORA as the idempotency key of attempt 1 and is
+the ledger's primary key, so this module is a written contract: change what is hashed
+and every existing ledger sees every job as new.  That is why the key carries a
+version tag (``fk1:``); a different derivation must use a different tag.
+
+What is hashed (``key_material``)::
+
+    {"batch": <batch name>,
+     "technique": <technique slug>,
+     "inputs": [[input id, input type, value], ...]   sorted,
+     "occurrence": <0, 1, 2 ... among identical jobs, in input order>}
+
+serialised with ``canonical_json`` (sorted keys, no spaces, UTF-8 kept as is) and
+digested with BLAKE2b (16 bytes, hex).  Every string is normalised first: surrounding
+whitespace stripped, then Unicode NFC, so ``"Café"`` typed on a Mac and on Windows
+gives one key.
+
+What is *not* hashed: the row's position (reordering rows keeps every key), the
+``id`` column's value (``row_id``), columns no input template uses, the output naming
+template and folder, ``max_cost``/``concurrency``/``ledger``, the rows file's name or
+format, YAML comments, key order and whitespace, and the order of the inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import unicodedata
+from typing import Any
+
+from .types import JobKey, JobSpec
+
+#: Version tag of the key derivation below.  Bump it only with a new derivation.
+KEY_PREFIX = "fk1:"
+_DIGEST_SIZE = 16
+
+
+def canonical_json(obj: Any) -> str:
+    """One spelling per value: the text that gets hashed, so it must never vary."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def normalise(value: str) -> str:
+    """Strip surrounding whitespace and compose Unicode (NFC): equal-looking text is equal."""
+    return unicodedata.normalize("NFC", value.strip())
+
+
+def key_material(spec: JobSpec) -> dict[str, Any]:
+    """Exactly what ``job_key`` hashes; see the module docstring for what is left out."""
+    inputs = sorted([normalise(i.id), normalise(i.type), normalise(i.value)] for i in spec.inputs)
+    return {
+        "batch": normalise(spec.batch),
+        "technique": normalise(spec.technique),
+        "inputs": inputs,
+        "occurrence": spec.occurrence,
+    }
+
+
+def job_key(spec: JobSpec) -> JobKey:
+    """The job's identity and first idempotency key: ``"fk1:"`` + 32 hex digits.
+
+    Args:
+        spec: the job; only the fields listed in the module docstring matter.
+    """
+    data = canonical_json(key_material(spec)).encode("utf-8")
+    digest = hashlib.blake2b(data, digest_size=_DIGEST_SIZE).hexdigest()
+    return JobKey(KEY_PREFIX + digest)
+
+
+def attempt_key(key: str, attempt: int) -> str:
+    """The idempotency key of one attempt: the job key itself, then ``key-r2``, ``key-r3``...
+
+    FLORA burns a key for hours even when its run fails, so a deliberate re-run needs a
+    fresh key that is still derived from the job (CONTRACT.md §12.7).
+
+    Raises:
+        ValueError: ``attempt`` is below 1.
+    """
+    if attempt < 1:
+        raise ValueError(f"attempt numbers start at 1, got {attempt}")
+    return key if attempt == 1 else f"{key}-r{attempt}"

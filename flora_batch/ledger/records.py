@@ -1,0 +1,140 @@
+"""Conversions between database rows and the frozen values of ``flora_batch.types``.
+
+Nothing here runs SQL: ``store.Ledger`` fetches rows and hands them to these functions,
+so callers only ever see ``JobRecord`` and ``OutputRecord``, never SQLAlchemy rows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import RowMapping
+
+from ..types import JobKey, JobRecord, JobSpec, JobState, OutputRecord, RunInput
+
+#: States in which a job may have created a run whose bill is not known yet.
+RESERVING_STATES = frozenset(
+    {
+        JobState.SUBMITTING,
+        JobState.RUNNING,
+        JobState.NEEDS_RECONCILE,
+        JobState.UNRESOLVED,
+        JobState.DOWNLOADING,
+        JobState.DONE,
+    }
+)
+
+
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def dumps(value: Any) -> str:
+    """Canonical JSON text, as stored in the ledger's JSON columns."""
+    return _ENCODER.encode(value)
+
+
+def planned_row(
+    key: JobKey, spec: JobSpec, quoted_cost: float | None, now: float
+) -> dict[str, Any]:
+    """The ``jobs`` row of a freshly planned job."""
+    return {
+        "key": key,
+        "idempotency_key": key,
+        "batch": spec.batch,
+        "technique": spec.technique,
+        "row_index": spec.row_index,
+        "row_id": spec.row_id,
+        "occurrence": spec.occurrence,
+        "source": spec.source,
+        "inputs": dumps([{"id": i.id, "type": i.type, "value": i.value} for i in spec.inputs]),
+        "row": dumps(spec.row),
+        "output_name": spec.output_name,
+        "state": JobState.PLANNED.value,
+        "attempt": 1,
+        "quoted_cost": quoted_cost,
+        "charged_before": 0.0,
+        "request_ids": "[]",
+        "updated_at": now,
+    }
+
+
+def output_record(row: RowMapping) -> OutputRecord:
+    """An ``outputs`` row as an OutputRecord."""
+    return OutputRecord(
+        output_id=row["output_id"],
+        type=row["type"],
+        url=row["url"],
+        path=row["path"],
+        size=row["size"],
+        sha256=row["sha256"],
+        content_type=row["content_type"],
+    )
+
+
+def job_record(row: RowMapping, outputs: Iterable[OutputRecord] = ()) -> JobRecord:
+    """A ``jobs`` row (and its outputs) as a JobRecord."""
+    return JobRecord(
+        key=JobKey(row["key"]),
+        idempotency_key=row["idempotency_key"],
+        batch=row["batch"],
+        technique=row["technique"],
+        row_index=row["row_index"],
+        row_id=row["row_id"],
+        state=JobState(row["state"]),
+        inputs=tuple(RunInput(**item) for item in json.loads(row["inputs"])),
+        row=json.loads(row["row"]),
+        output_name=row["output_name"],
+        run_id=row["run_id"],
+        attempt=row["attempt"],
+        quoted_cost=row["quoted_cost"],
+        charged_cost=row["charged_cost"],
+        error_code=row["error_code"],
+        error_message=row["error_message"],
+        error_category=row["error_category"],
+        request_ids=tuple(json.loads(row["request_ids"])),
+        submitted_at=row["submitted_at"],
+        updated_at=row["updated_at"],
+        completed_at=row["completed_at"],
+        outputs=tuple(outputs),
+        source=row["source"],
+    )
+
+
+def event_dict(row: RowMapping) -> dict[str, Any]:
+    """An ``events`` row as a plain dict, its detail decoded."""
+    return {
+        "id": row["id"],
+        "job_key": row["job_key"],
+        "at": row["at"],
+        "from_state": row["from_state"],
+        "to_state": row["to_state"],
+        "detail": json.loads(row["detail"]),
+    }
+
+
+def conflict_message(
+    key: str, action: str, actual: str | None, expected: Sequence[JobState]
+) -> str:
+    """Why a transition did not apply, naming the expected and the actual state."""
+    if actual is None:
+        return f"job {key}: cannot {action}: no such job in the ledger"
+    wanted = " or ".join(s.value for s in expected)
+    return f"job {key}: cannot {action}: it is {actual}, expected {wanted}"
+
+
+def with_request_id(stored: str, request_id: str | None) -> str | None:
+    """The ``request_ids`` JSON with ``request_id`` appended; None if nothing changes."""
+    ids: list[str] = json.loads(stored)
+    if request_id is None or request_id in ids:
+        return None
+    return dumps([*ids, request_id])
+
+
+def group_outputs(rows: Iterable[RowMapping]) -> Mapping[str, list[OutputRecord]]:
+    """Outputs rows grouped by job key, in the order given."""
+    grouped: dict[str, list[OutputRecord]] = {}
+    for row in rows:
+        grouped.setdefault(row["job_key"], []).append(output_record(row))
+    return grouped

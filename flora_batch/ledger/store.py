@@ -1,0 +1,448 @@
+"""The ledger: every job's state, so an interrupted batch resumes and never pays twice.
+
+``Ledger`` is the one object the rest of flora-batch uses; its SQL lives here and in
+the helpers of this package (``core``, ``outputs_sql``).  Each method is one short
+transaction (callers are async code; nothing is held across an ``await``).  A state
+change is a guarded ``UPDATE jobs ... WHERE key = :k AND state IN (:expected)`` plus
+one ``events`` row, in the same transaction; a job in any other state raises
+:class:`~flora_batch.errors.LedgerConflict` naming the expected and actual states, and
+nothing changes.  The legal moves (``moves.py``)::
+
+    mark_submitting       planned -> submitting          (submitted_at kept if set)
+    release_unsent        submitting -> planned          (the create surely did not land)
+    mark_running          submitting | needs_reconcile | unresolved -> running
+    mark_needs_reconcile  submitting -> needs_reconcile
+    mark_unresolved       submitting | needs_reconcile -> unresolved
+    resubmit_unresolved   unresolved -> planned          (same idempotency key)
+    mark_downloading      running -> downloading
+    mark_done             downloading -> done            (every output saved)
+    reopen_download       done -> downloading
+    mark_failed           submitting | running | downloading | needs_reconcile -> failed
+    retry_failed          failed -> planned              (new key: "<key>-r<attempt>")
+
+Once a run id is known for an idempotency key it never changes, and only
+``retry_failed`` (with a fresh key) takes a job that had a run back to ``planned``.
+Time is always passed in as ``now`` (float epoch seconds), never read here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, RowMapping, func, insert, select, update
+from sqlalchemy.sql import ColumnElement
+
+from ..errors import LedgerConflict
+from ..types import JobKey, JobRecord, JobSpec, JobState, RunOutput
+from . import connect, outputs_sql
+from . import migrate as schema
+from . import moves as mv
+from .core import LedgerCore
+from .records import (
+    RESERVING_STATES,
+    dumps,
+    event_dict,
+    group_outputs,
+    job_record,
+    planned_row,
+    with_request_id,
+)
+from .tables import events, meta, outputs
+from .tables import jobs as jobs_table
+
+_LOOKUP_CHUNK = 500  # keys per IN (...) when looking for existing jobs
+_INSERT_CHUNK = 5_000  # rows per executemany
+_NO_ERROR: Mapping[str, Any] = {"error_code": None, "error_message": None, "error_category": None}
+
+
+class Ledger(LedgerCore):
+    """The job ledger on one database; build it with :meth:`open`."""
+
+    @classmethod
+    def open(cls, url_or_path: str | Path, *, migrate: bool = True) -> Ledger:
+        """Open the ledger at a path or URL, creating or migrating it unless ``migrate=False``.
+
+        A plain path is a SQLite file (its folder is created); ``sqlite:///...``,
+        ``:memory:`` and ``postgresql://...`` work too.
+
+        Raises:
+            LedgerError: not a flora-batch ledger, or the database cannot be used.
+            LedgerTooNew: the ledger was written by a newer flora-batch.
+        """
+        target = connect.resolve(url_or_path)
+        if target.sqlite_path is not None:  # look before SQLite touches the file
+            found = connect.inspect_sqlite_file(target.sqlite_path)
+            if found is not None:
+                schema.check_revisions(found.revisions, target.display)
+                schema.check_is_ledger(found.tables, found.revisions, target.display, strict=True)
+        ledger = cls(connect.create(target), sqlite_path=target.sqlite_path)
+        try:
+            if migrate:
+                with ledger._write() as conn:
+                    schema.upgrade(conn, ledger.url, strict=target.is_sqlite)
+            else:
+                with ledger._read() as conn:
+                    schema.require_head(conn, ledger.url)
+        except BaseException:
+            ledger.close()
+            raise
+        return ledger
+
+    # -- planning and queries ----------------------------------------------------------
+
+    def record_planned(
+        self,
+        jobs: Sequence[tuple[JobKey, JobSpec]],
+        *,
+        quoted_cost: Mapping[str, float],
+        now: float,
+    ) -> int:
+        """Insert the jobs whose key is new, as ``planned``; return how many were new.
+
+        Jobs already in the ledger are left exactly as they are, whatever their state.
+        """
+        wanted: dict[str, JobSpec] = {}
+        for key, spec in jobs:
+            wanted.setdefault(key, spec)
+        with self._write() as conn:
+            existing = _existing_keys(conn, list(wanted))
+            rows = [
+                planned_row(JobKey(k), s, quoted_cost.get(s.technique), now)
+                for k, s in wanted.items()
+                if k not in existing
+            ]
+            detail = dumps({"action": "record_planned"})
+            planned = JobState.PLANNED.value
+            logs = [
+                {"job_key": r["key"], "at": now, "to_state": planned, "detail": detail}
+                for r in rows
+            ]
+            for start in range(0, len(rows), _INSERT_CHUNK):
+                conn.execute(insert(jobs_table), rows[start : start + _INSERT_CHUNK])
+                conn.execute(insert(events), logs[start : start + _INSERT_CHUNK])
+        return len(rows)
+
+    def known(self, batch: str) -> dict[JobKey, JobState]:
+        """Every job of ``batch`` and its state."""
+        query = select(jobs_table.c.key, jobs_table.c.state).where(jobs_table.c.batch == batch)
+        with self._read() as conn:
+            return {JobKey(k): JobState(s) for k, s in conn.execute(query)}
+
+    def get(self, key: JobKey) -> JobRecord:
+        """The job with this key, its outputs filled in.
+
+        Raises:
+            LedgerConflict: no job has this key.
+        """
+        with self._read() as conn:
+            return self._record(conn, key)
+
+    def jobs(
+        self, batch: str | None = None, states: Iterable[JobState] | None = None
+    ) -> list[JobRecord]:
+        """Jobs (of ``batch``, in ``states``), ordered by row index, then technique."""
+        where = _filter(batch, states)
+        c = jobs_table.c
+        query = select(jobs_table).where(*where).order_by(c.row_index, c.technique, c.key)
+        of_jobs = outputs.c.job_key.in_(select(c.key).where(*where))
+        out_query = select(outputs).where(of_jobs).order_by(outputs.c.job_key, outputs.c.output_id)
+        with self._read() as conn:
+            rows = conn.execute(query).mappings().all()
+            grouped = group_outputs(conn.execute(out_query).mappings())
+        return [job_record(r, grouped.get(r["key"], ())) for r in rows]
+
+    def counts(self, batch: str | None = None) -> dict[JobState, int]:
+        """How many jobs are in each state (every state present, zeros included)."""
+        c = jobs_table.c
+        query = select(c.state, func.count()).where(*_filter(batch, None)).group_by(c.state)
+        result = dict.fromkeys(JobState, 0)
+        with self._read() as conn:
+            for state, n in conn.execute(query):
+                result[JobState(state)] = n
+        return result
+
+    def money(self, batch: str | None = None) -> tuple[float, float]:
+        """``(spent, reserved)``: bills known so far, and quotes of runs not billed yet.
+
+        ``spent`` includes the bills of attempts that ``retry_failed`` replaced;
+        ``reserved`` sums ``quoted_cost`` over jobs that may have a run (submitting
+        through done) whose ``charged_cost`` is still unknown.
+        """
+        c = jobs_table.c
+        where = _filter(batch, None)
+        bill = func.coalesce(c.charged_cost, 0) + c.charged_before
+        spent = select(func.coalesce(func.sum(bill), 0)).where(*where)
+        reserving = [s.value for s in RESERVING_STATES]
+        reserved = select(func.coalesce(func.sum(c.quoted_cost), 0)).where(
+            *where, c.state.in_(reserving), c.charged_cost.is_(None)
+        )
+        with self._read() as conn:
+            return float(conn.execute(spent).scalar_one()), float(
+                conn.execute(reserved).scalar_one()
+            )
+
+    def events(self, key: JobKey | None = None) -> list[dict[str, Any]]:
+        """The event log (of one job), oldest first: dicts with the ``events`` columns."""
+        query = select(events).order_by(events.c.id)
+        if key is not None:
+            query = query.where(events.c.job_key == key)
+        with self._read() as conn:
+            return [event_dict(r) for r in conn.execute(query).mappings()]
+
+    def set_meta(self, name: str, value: str | None) -> None:
+        """Store a batch-level setting, replacing any earlier value."""
+        with self._write() as conn:
+            done = conn.execute(update(meta).where(meta.c.name == name).values(value=value))
+            if done.rowcount == 0:
+                conn.execute(insert(meta).values(name=name, value=value))
+
+    def get_meta(self, name: str) -> str | None:
+        """A batch-level setting, or None."""
+        query = select(meta.c.value).where(meta.c.name == name)
+        with self._read() as conn:
+            value: str | None = conn.execute(query).scalar_one_or_none()
+            return value
+
+    # -- submitting --------------------------------------------------------------------
+
+    def mark_submitting(self, key: JobKey, *, now: float) -> JobRecord:
+        """``planned -> submitting``: the create is about to leave with the current key."""
+        with self._write(key) as conn:
+            row = self._expect(conn, key, mv.MARK_SUBMITTING)
+            first = row["submitted_at"] is None
+            values = {"submitted_at": now} if first else {}
+            detail = {"idempotency_key": row["idempotency_key"], "first_send": first}
+            self._apply(conn, row, mv.MARK_SUBMITTING, now, values, detail)
+            return self._record(conn, key)
+
+    def note_request(self, key: JobKey, request_id: str) -> None:
+        """Remember a request id FLORA gave for this job (no state change)."""
+        with self._write(key) as conn:
+            row = self._row(conn, key, "note_request")
+            ids = with_request_id(row["request_ids"], request_id)
+            if ids is not None:
+                self._set(conn, key, request_ids=ids)
+
+    def mark_running(
+        self,
+        key: JobKey,
+        run_id: str,
+        *,
+        now: float,
+        charged_cost: float | None = None,
+        request_id: str | None = None,
+    ) -> JobRecord:
+        """``submitting | needs_reconcile | unresolved -> running`` with ``run_id``.
+
+        Marking a running job running again with the same run id changes nothing; with
+        another run id it raises LedgerConflict (a job never has two runs per key).
+        """
+        move = mv.MARK_RUNNING
+        with self._write(key) as conn:
+            row = self._row(conn, key, move.action)
+            if row["state"] == JobState.RUNNING and row["run_id"] == run_id:
+                return self._record(conn, key)  # the same news twice: nothing to do
+            if row["run_id"] not in (None, run_id):
+                raise LedgerConflict(
+                    f"job {key}: cannot mark_running with run {run_id}: "
+                    f"it already has run {row['run_id']}",
+                    key=key,
+                )
+            self._check(row, move)
+            values = {"run_id": run_id, **_NO_ERROR, **_charge(charged_cost)}
+            values.update(_request_ids(row, request_id))
+            detail = {"run_id": run_id, "request_id": request_id}
+            self._apply(conn, row, move, now, values, detail)
+            return self._record(conn, key)
+
+    def release_unsent(self, key: JobKey, *, now: float, reason: str) -> JobRecord:
+        """``submitting -> planned``: FLORA answered, so we KNOW no run was created.
+
+        ``submitted_at`` is cleared, unless an earlier create with the same key may have
+        landed (before ``resubmit_unresolved``): that first send bounds the key's window.
+        """
+        with self._write(key) as conn:
+            row = self._expect(conn, key, mv.RELEASE_UNSENT)
+            values = {"submitted_at": None} if self._first_send(conn, key) else {}
+            self._apply(conn, row, mv.RELEASE_UNSENT, now, values, {"reason": reason})
+            return self._record(conn, key)
+
+    def mark_needs_reconcile(
+        self, key: JobKey, *, now: float, reason: str, request_id: str | None = None
+    ) -> JobRecord:
+        """``submitting -> needs_reconcile``: a run may exist for the key, its id unknown."""
+        move = mv.MARK_NEEDS_RECONCILE
+        with self._write(key) as conn:
+            row = self._expect(conn, key, move)
+            values = {**_NO_ERROR, "error_message": reason, **_request_ids(row, request_id)}
+            self._apply(conn, row, move, now, values, {"reason": reason, "request_id": request_id})
+            return self._record(conn, key)
+
+    def mark_unresolved(self, key: JobKey, *, now: float, reason: str) -> JobRecord:
+        """``needs_reconcile | submitting -> unresolved``: the user has to decide."""
+        values = {**_NO_ERROR, "error_message": reason}
+        return self._move(key, mv.MARK_UNRESOLVED, now, values, {"reason": reason})
+
+    def resubmit_unresolved(self, key: JobKey, *, now: float) -> JobRecord:
+        """``unresolved -> planned``, keeping the idempotency key: the user asked for it."""
+        return self._move(key, mv.RESUBMIT_UNRESOLVED, now, _NO_ERROR)
+
+    # -- results -----------------------------------------------------------------------
+
+    def mark_downloading(
+        self,
+        key: JobKey,
+        outputs: Sequence[RunOutput],
+        *,
+        now: float,
+        charged_cost: float | None = None,
+    ) -> JobRecord:
+        """``running -> downloading``: the run completed with these outputs."""
+        with self._write(key) as conn:
+            row = self._expect(conn, key, mv.MARK_DOWNLOADING)
+            detail = {"outputs": [o.output_id for o in outputs]}
+            self._apply(conn, row, mv.MARK_DOWNLOADING, now, _charge(charged_cost), detail)
+            outputs_sql.put_urls(conn, key, outputs)
+            return self._record(conn, key)
+
+    def refresh_output_urls(self, key: JobKey, outputs: Sequence[RunOutput]) -> None:
+        """Store fresh URLs for expired ones; saved files' data is kept."""
+        with self._write(key) as conn:
+            self._row(conn, key, "refresh_output_urls")
+            outputs_sql.put_urls(conn, key, outputs)
+
+    def mark_output_saved(
+        self,
+        key: JobKey,
+        output_id: str,
+        *,
+        path: str,
+        size: int,
+        sha256: str,
+        content_type: str | None,
+        now: float,
+    ) -> None:
+        """Record that an output's file is on disk and verified (job must be downloading)."""
+        file = {"path": path, "size": size, "sha256": sha256, "content_type": content_type}
+        with self._write(key) as conn:
+            self._expect(conn, key, mv.SAVE_OUTPUT)
+            outputs_sql.set_file(conn, key, output_id, {**file, "saved_at": now})
+
+    def clear_output_file(self, key: JobKey, output_id: str) -> None:
+        """Forget an output's file (it vanished), so it is downloaded again."""
+        with self._write(key) as conn:
+            self._row(conn, key, "clear_output_file")
+            outputs_sql.set_file(conn, key, output_id, dict.fromkeys(outputs_sql.FILE_COLUMNS))
+
+    def mark_done(self, key: JobKey, *, now: float) -> JobRecord:
+        """``downloading -> done``; every output must have been saved (sha256 known)."""
+        with self._write(key) as conn:
+            row = self._expect(conn, key, mv.MARK_DONE)
+            missing = outputs_sql.unsaved(conn, key)
+            if missing:
+                raise LedgerConflict(
+                    f"job {key}: cannot mark_done: outputs {', '.join(missing)} are not saved",
+                    key=key,
+                )
+            self._apply(conn, row, mv.MARK_DONE, now, {"completed_at": now}, {})
+            return self._record(conn, key)
+
+    def reopen_download(self, key: JobKey, *, now: float) -> JobRecord:
+        """``done -> downloading``: an output file is missing or corrupt on disk."""
+        return self._move(key, mv.REOPEN_DOWNLOAD, now, {"completed_at": None})
+
+    # -- failures and money ------------------------------------------------------------
+
+    def mark_failed(
+        self,
+        key: JobKey,
+        *,
+        code: str,
+        message: str,
+        category: str,
+        now: float,
+        charged_cost: float | None = None,
+    ) -> JobRecord:
+        """``submitting | running | downloading | needs_reconcile -> failed``."""
+        error = {"error_code": code, "error_message": message, "error_category": category}
+        values = {**error, "completed_at": now, **_charge(charged_cost)}
+        return self._move(key, mv.MARK_FAILED, now, values, error)
+
+    def set_charged(self, key: JobKey, charged_cost: float, *, now: float | None = None) -> None:
+        """Record a bill that arrived late, in any state (``now`` dates its event)."""
+        with self._write(key) as conn:
+            row = self._row(conn, key, "set_charged")
+            self._set(conn, key, charged_cost=charged_cost)
+            detail = {
+                "action": "set_charged",
+                "charged_cost": charged_cost,
+                "previous": row["charged_cost"],
+            }
+            at = row["updated_at"] if now is None else now
+            self._log(conn, key, at, row["state"], row["state"], detail)
+
+    def retry_failed(self, key: JobKey, *, now: float) -> JobRecord:
+        """``failed -> planned`` as a new attempt with a new idempotency key.
+
+        The key becomes ``f"{key}-r{attempt}"`` (attempt 2 sends ``<key>-r2``).  The
+        old run id, key, request ids, bill and error go to the event log; the old bill
+        stays in ``money()``'s spent total.  A burned key never comes back.
+        """
+        with self._write(key) as conn:
+            row = self._expect(conn, key, mv.RETRY_FAILED)
+            attempt = row["attempt"] + 1
+            old = {k: row[k] for k in _ATTEMPT_COLUMNS}
+            values = {
+                **dict.fromkeys(_ATTEMPT_COLUMNS),
+                "attempt": attempt,
+                "idempotency_key": f"{key}-r{attempt}",
+                "charged_before": row["charged_before"] + (row["charged_cost"] or 0.0),
+                "request_ids": "[]",
+            }
+            detail = {"attempt": attempt, "old": {**old, "request_ids": row["request_ids"]}}
+            self._apply(conn, row, mv.RETRY_FAILED, now, values, detail)
+            conn.execute(outputs.delete().where(outputs.c.job_key == key))
+            return self._record(conn, key)
+
+
+#: What one attempt owns; ``retry_failed`` logs these and starts the next attempt blank.
+_ATTEMPT_COLUMNS = (
+    "idempotency_key",
+    "run_id",
+    "submitted_at",
+    "completed_at",
+    "charged_cost",
+    "error_code",
+    "error_message",
+    "error_category",
+)
+
+
+def _charge(charged_cost: float | None) -> dict[str, Any]:
+    return {} if charged_cost is None else {"charged_cost": charged_cost}
+
+
+def _request_ids(row: RowMapping, request_id: str | None) -> dict[str, Any]:
+    ids = with_request_id(row["request_ids"], request_id)
+    return {} if ids is None else {"request_ids": ids}
+
+
+def _existing_keys(conn: Connection, keys: list[str]) -> set[str]:
+    found: set[str] = set()
+    key = jobs_table.c.key
+    for start in range(0, len(keys), _LOOKUP_CHUNK):
+        chunk = keys[start : start + _LOOKUP_CHUNK]
+        found.update(conn.execute(select(key).where(key.in_(chunk))).scalars())
+    return found
+
+
+def _filter(batch: str | None, states: Iterable[JobState] | None) -> list[ColumnElement[bool]]:
+    c = jobs_table.c
+    where: list[ColumnElement[bool]] = []
+    if batch is not None:
+        where.append(c.batch == batch)
+    if states is not None:
+        where.append(c.state.in_([JobState(s).value for s in states]))
+    return where

@@ -1,0 +1,166 @@
+"""What a run would do: the batch's jobs sorted against what the ledger already knows.
+
+``make_plan`` is pure: it reads no ledger, only the ``known`` mapping the caller took
+from it, so ``flora-batch plan`` can show exactly what ``run`` would pay for.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from .keys import job_key
+from .types import JobKey, JobSpec, JobState, Technique
+
+#: A ledger entry as ``make_plan`` needs it: (state, technique slug, row id, row index).
+Known = tuple[JobState, str, str | None, int]
+
+#: States whose job is still being worked on: resume it, never create it again.
+IN_FLIGHT = frozenset(
+    {
+        JobState.PLANNED,
+        JobState.SUBMITTING,
+        JobState.RUNNING,
+        JobState.DOWNLOADING,
+        JobState.NEEDS_RECONCILE,
+    }
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The batch's jobs, classified against the ledger.
+
+    Every key the rows produce is in exactly one of ``new``, ``done``, ``in_flight``,
+    ``failed`` and ``unresolved``; each key group keeps row order.  ``changed`` pairs an
+    old ledger key with the new key of the same row and technique (the row's inputs
+    were edited): the new key is also in ``new``.  ``retired`` holds the ledger keys no
+    row produces any more and that no edit explains (the row was deleted).  A ledger
+    key that no row produces is in exactly one of ``changed`` (as the old key) or
+    ``retired``.
+
+    ``cost_by_technique`` and ``total_cost`` estimate what running the plan would
+    charge: ``run_cost`` for each new job, each job planned but never sent, and, with
+    ``retry_failed``, each failed job.  They are in each technique's ``cost_unit``.
+    """
+
+    batch: str
+    jobs: tuple[tuple[JobKey, JobSpec], ...]
+    new: tuple[JobKey, ...]
+    done: tuple[JobKey, ...]
+    in_flight: tuple[JobKey, ...]
+    failed: tuple[JobKey, ...]
+    unresolved: tuple[JobKey, ...]
+    changed: tuple[tuple[JobKey, JobKey], ...]
+    retired: tuple[JobKey, ...]
+    cost_by_technique: dict[str, float]
+    total_cost: float
+
+
+def make_plan(
+    specs: Sequence[JobSpec],
+    known: Mapping[JobKey, Known],
+    techniques: Mapping[str, Technique],
+    *,
+    retry_failed: bool = False,
+) -> Plan:
+    """Sort the batch's jobs against the ledger and estimate the cost.
+
+    Args:
+        specs: the batch's jobs, in row order (``manifest.build_jobs``).
+        known: this batch's ledger entries: key -> (state, technique, row_id, row_index).
+        techniques: schemas by slug, for ``run_cost``.
+        retry_failed: count failed jobs in the cost, as ``run --retry-failed`` re-runs them.
+
+    Raises:
+        ValueError: two specs have the same key, or the specs mix batches; both are bugs
+            upstream, since ``build_jobs`` numbers identical jobs apart.
+    """
+    jobs = _keyed(specs)
+    groups = _classify(jobs, known)
+    changed, retired = _changes(jobs, known, groups["new"])
+    billable = [
+        *groups["new"],
+        *(k for k in groups["in_flight"] if known[k][0] == JobState.PLANNED),
+    ]
+    if retry_failed:
+        billable += groups["failed"]
+    costs = _costs([spec for key, spec in jobs if key in set(billable)], techniques)
+    return Plan(
+        batch=specs[0].batch if specs else "",
+        jobs=tuple(jobs),
+        new=tuple(groups["new"]),
+        done=tuple(groups["done"]),
+        in_flight=tuple(groups["in_flight"]),
+        failed=tuple(groups["failed"]),
+        unresolved=tuple(groups["unresolved"]),
+        changed=changed,
+        retired=retired,
+        cost_by_technique=costs,
+        total_cost=round(math.fsum(costs.values()), 6),
+    )
+
+
+def _keyed(specs: Sequence[JobSpec]) -> list[tuple[JobKey, JobSpec]]:
+    jobs = [(job_key(spec), spec) for spec in specs]
+    if len({key for key, _ in jobs}) != len(jobs):
+        raise ValueError("two jobs have the same key: number identical rows with build_jobs")
+    if len({spec.batch for spec in specs}) > 1:
+        raise ValueError("the jobs belong to more than one batch")
+    return jobs
+
+
+def _group(state: JobState | None) -> str:
+    if state is None:
+        return "new"
+    if state in IN_FLIGHT:
+        return "in_flight"
+    return {JobState.DONE: "done", JobState.FAILED: "failed"}.get(state, "unresolved")
+
+
+def _classify(
+    jobs: list[tuple[JobKey, JobSpec]], known: Mapping[JobKey, Known]
+) -> dict[str, list[JobKey]]:
+    groups: dict[str, list[JobKey]] = {
+        g: [] for g in ("new", "done", "in_flight", "failed", "unresolved")
+    }
+    for key, _ in jobs:
+        entry = known.get(key)
+        groups[_group(entry[0] if entry else None)].append(key)
+    return groups
+
+
+def _slot(technique: str, row_id: str | None, row_index: int) -> tuple[str, str]:
+    """Which row a job stands for: its id when the batch has an id column, else its position."""
+    return (technique, f"id:{row_id}" if row_id is not None else f"index:{row_index}")
+
+
+def _changes(
+    jobs: list[tuple[JobKey, JobSpec]], known: Mapping[JobKey, Known], new: list[JobKey]
+) -> tuple[tuple[tuple[JobKey, JobKey], ...], tuple[JobKey, ...]]:
+    """Pair ledger keys no row produces with the new key of the same row; the rest retire."""
+    produced = {key for key, _ in jobs}
+    gone = sorted((k for k in known if k not in produced), key=lambda k: (known[k][3], k))
+    new_by_slot: dict[tuple[str, str], list[JobKey]] = {}
+    specs = dict(jobs)
+    for key in new:
+        spec = specs[key]
+        new_by_slot.setdefault(_slot(spec.technique, spec.row_id, spec.row_index), []).append(key)
+    changed: list[tuple[JobKey, JobKey]] = []
+    retired: list[JobKey] = []
+    for old in gone:
+        _, technique, row_id, row_index = known[old]
+        matches = new_by_slot.get(_slot(technique, row_id, row_index), [])
+        changed.extend((old, new_key) for new_key in matches)
+        if not matches:
+            retired.append(old)
+    return tuple(changed), tuple(retired)
+
+
+def _costs(specs: Sequence[JobSpec], techniques: Mapping[str, Technique]) -> dict[str, float]:
+    totals: dict[str, list[float]] = {}
+    for spec in specs:
+        technique = techniques.get(spec.technique)
+        totals.setdefault(spec.technique, []).append(technique.run_cost if technique else 0.0)
+    return {slug: round(math.fsum(costs), 6) for slug, costs in totals.items()}

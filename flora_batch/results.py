@@ -1,0 +1,132 @@
+"""The results folder: where outputs land, atomically, and how we check them later.
+
+Every output is written to a temporary file inside ``<root>/.flora-tmp/`` (same file
+system, so the final rename is atomic), fsynced, then renamed into place.  A partial
+file therefore never carries a final name.  Paths come from ``naming`` (sanitised,
+relative) and are checked once more here: after resolving symlinks, a target must
+still be inside the root, so a symlink planted in the results folder cannot redirect
+a write elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ResultsError
+
+TMP_DIR = ".flora-tmp"
+
+
+@dataclass(frozen=True, slots=True)
+class SavedFile:
+    """A file that is in place and whose bytes we hashed."""
+
+    path: Path
+    size: int
+    sha256: str
+    content_type: str | None
+
+
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Results:
+    """One results folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def prepare(self) -> None:
+        """Create the folder (and its temp area) or say clearly why it cannot be used."""
+        try:
+            (self.root / TMP_DIR).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ResultsError(
+                f"cannot create the results folder {self.root}: {exc.strerror or exc}"
+            ) from exc
+        if not os.access(self.root, os.W_OK):
+            raise ResultsError(f"the results folder {self.root} is not writable")
+        self.sweep_temporary()
+
+    def sweep_temporary(self) -> int:
+        """Remove leftovers of downloads that a crash interrupted; they are never trusted."""
+        tmp = self.root / TMP_DIR
+        removed = 0
+        if tmp.is_dir():
+            for leftover in tmp.iterdir():
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+                    removed += 1
+        return removed
+
+    def target(self, relative: str) -> Path:
+        """The absolute path for a relative output name, refusing anything outside root."""
+        root = self.root.resolve()
+        candidate = (root / relative).resolve()
+        if candidate == root or root not in candidate.parents:
+            raise ResultsError(f"output name {relative!r} would write outside {self.root}")
+        return candidate
+
+    def temp_path(self) -> Path:
+        """A fresh temporary file name inside the results folder."""
+        return self.root / TMP_DIR / f"{secrets.token_hex(8)}.part"
+
+    def commit(self, tmp: Path, relative: str) -> Path:
+        """fsync ``tmp`` and rename it to its final name (atomic on one file system)."""
+        final = self.target(relative)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if final.is_symlink():
+                final.unlink()
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+        except OSError as exc:
+            raise ResultsError(f"cannot write {final}: {exc.strerror or exc}") from exc
+        return final
+
+    def write_text(self, text: str, relative: str) -> SavedFile:
+        """A text output: written atomically like any other file."""
+        data = text.encode("utf-8")
+        tmp = self.temp_path()
+        try:
+            tmp.write_bytes(data)
+        except OSError as exc:
+            raise ResultsError(f"cannot write in {self.root}: {exc.strerror or exc}") from exc
+        path = self.commit(tmp, relative)
+        return SavedFile(path, len(data), hashlib.sha256(data).hexdigest(), "text/plain")
+
+    def discard(self, tmp: Path) -> None:
+        """Forget a temporary file that did not make it."""
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+    def verify(self, path: str | None, size: int | None, sha256: str | None, *, deep: bool) -> bool:
+        """Whether a recorded output is still on disk as recorded (size, or size and hash)."""
+        if not path or size is None or not sha256:
+            return False
+        p = Path(path)
+        try:
+            if p.is_symlink() or not p.is_file() or p.stat().st_size != size:
+                return False
+            return not deep or sha256_file(p) == sha256
+        except OSError:
+            return False
+
+    def relative(self, path: Path) -> str:
+        """A path relative to the results root, for display."""
+        try:
+            return str(path.resolve().relative_to(self.root.resolve()))
+        except ValueError:
+            return str(path)

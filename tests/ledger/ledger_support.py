@@ -1,0 +1,73 @@
+"""Shared helpers for the ledger tests (constants, PostgreSQL schemas, driving jobs)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from flora_batch.ledger import Ledger
+from flora_batch.types import JobKey, JobSpec, JobState, RunOutput
+
+PG_ENV = "FLORA_BATCH_TEST_PG_URL"
+PG_SKIP = f"set {PG_ENV} (e.g. postgresql://postgres@127.0.0.1:5432/test) to run PostgreSQL tests"
+
+JobFactory = Callable[..., tuple[JobKey, JobSpec]]
+Opener = Callable[..., Ledger]
+
+#: Two outputs, as a completed run reports them.
+OUTPUTS = (
+    RunOutput("output_1", "imageUrl", "https://media.example/1.png"),
+    RunOutput("output_2", "text", "a caption"),
+)
+QUOTES = {"tech-a": 0.25, "tech-b": 1.5}
+
+
+@contextmanager
+def pg_schema() -> Iterator[str]:
+    """A URL to a fresh PostgreSQL schema (dropped on exit); skips without the env var."""
+    base = os.environ.get(PG_ENV)
+    if not base:
+        pytest.skip(PG_SKIP)
+    admin_url = make_url(base).set(drivername="postgresql+psycopg")
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    schema = f"flora_test_{uuid.uuid4().hex[:16]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def drive(ledger: Ledger, key: JobKey, state: JobState, *, now: float = 100.0) -> None:
+    """Move a planned job to ``state`` along legal moves (outputs saved when downloading)."""
+    s = JobState
+    if state == s.PLANNED:
+        return
+    ledger.mark_submitting(key, now=now)
+    if state in (s.NEEDS_RECONCILE, s.UNRESOLVED):
+        ledger.mark_needs_reconcile(key, now=now + 1, reason="read timeout")
+        if state == s.UNRESOLVED:
+            ledger.mark_unresolved(key, now=now + 2, reason="no run found")
+    elif state == s.FAILED:
+        ledger.mark_failed(key, code="safety_blocked", message="no", category="input", now=now + 1)
+    elif state != s.SUBMITTING:
+        ledger.mark_running(key, "run_1", now=now + 1)
+        if state != s.RUNNING:
+            ledger.mark_downloading(key, OUTPUTS, now=now + 2)
+            for out in OUTPUTS:
+                ledger.mark_output_saved(
+                    key, out.output_id, path=f"out/{out.output_id}", size=3, sha256="ab" * 32,
+                    content_type="image/png", now=now + 3,
+                )  # fmt: skip
+            if state == s.DONE:
+                ledger.mark_done(key, now=now + 4)

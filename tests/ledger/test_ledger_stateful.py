@@ -1,0 +1,260 @@
+"""Random sequences of transitions and crashes, checked against a model of the design.
+
+Hypothesis drives three jobs through random moves (legal or not), saves and loses
+output files, sets late bills and "crashes" (closes the ledger and opens it again).
+After every step the ledger must agree with a small in-memory model, and:
+
+* a job never gets two different run ids for one idempotency key;
+* a job whose run was known only goes back to ``planned`` through ``retry_failed``,
+  with an idempotency key never used before;
+* ``money()`` equals the bills and quotes of the model.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from hypothesis import event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from ledger_support import OUTPUTS, Opener
+
+from flora_batch.errors import LedgerConflict
+from flora_batch.ledger import Ledger
+from flora_batch.types import JobKey, JobSpec, JobState, RunInput
+
+S = JobState
+QUOTE = 0.5
+RESERVING = {S.SUBMITTING, S.RUNNING, S.NEEDS_RECONCILE, S.UNRESOLVED, S.DOWNLOADING, S.DONE}
+TRANSITIONS = [
+    "mark_submitting", "release_unsent", "mark_running", "mark_needs_reconcile",
+    "mark_unresolved", "resubmit_unresolved", "mark_downloading", "mark_done",
+    "reopen_download", "mark_failed", "retry_failed",
+]  # fmt: skip
+JOBS = st.integers(min_value=0, max_value=2)
+COSTS = st.one_of(st.none(), st.sampled_from([0.0, 0.1, 0.75]))
+OUTPUT_IDS = st.sampled_from([o.output_id for o in OUTPUTS])
+RUNS = st.sampled_from(["r_a", "r_b"])
+
+
+@dataclass
+class JobModel:
+    """What the ledger should hold for one job."""
+
+    state: JobState = S.PLANNED
+    run_id: str | None = None
+    attempt: int = 1
+    charged: float | None = None
+    charged_before: float = 0.0
+    saved: dict[str, bool] = field(default_factory=dict)
+
+    def legal(self, action: str, run: str) -> bool:
+        """Whether ``action`` may apply now (the design's arrows, written out)."""
+        sources = {
+            "mark_submitting": {S.PLANNED},
+            "release_unsent": {S.SUBMITTING},
+            "mark_running": {S.SUBMITTING, S.NEEDS_RECONCILE, S.UNRESOLVED},
+            "mark_needs_reconcile": {S.SUBMITTING},
+            "mark_unresolved": {S.SUBMITTING, S.NEEDS_RECONCILE},
+            "resubmit_unresolved": {S.UNRESOLVED},
+            "mark_downloading": {S.RUNNING},
+            "mark_done": {S.DOWNLOADING},
+            "reopen_download": {S.DONE},
+            "mark_failed": {S.SUBMITTING, S.RUNNING, S.DOWNLOADING, S.NEEDS_RECONCILE},
+            "retry_failed": {S.FAILED},
+        }[action]
+        if action == "mark_running" and self.state == S.RUNNING:
+            return self.run_id == run
+        if action == "mark_done" and not all(self.saved.values()):
+            return False
+        return self.state in sources
+
+    def apply(self, action: str, run: str, cost: float | None) -> None:
+        """Change the model as the legal ``action`` changes the job."""
+        target = {
+            "mark_submitting": S.SUBMITTING, "release_unsent": S.PLANNED,
+            "mark_running": S.RUNNING, "mark_needs_reconcile": S.NEEDS_RECONCILE,
+            "mark_unresolved": S.UNRESOLVED, "resubmit_unresolved": S.PLANNED,
+            "mark_downloading": S.DOWNLOADING, "mark_done": S.DONE,
+            "reopen_download": S.DOWNLOADING, "mark_failed": S.FAILED,
+            "retry_failed": S.PLANNED,
+        }[action]  # fmt: skip
+        if action == "mark_running" and self.state == S.RUNNING:
+            return  # the same run reported twice: nothing changes
+        if action in ("mark_running", "mark_downloading", "mark_failed") and cost is not None:
+            self.charged = cost
+        if action == "mark_running":
+            self.run_id = run
+        elif action == "mark_downloading":
+            self.saved = {o.output_id: self.saved.get(o.output_id, False) for o in OUTPUTS}
+        elif action == "retry_failed":
+            self.charged_before += self.charged or 0.0
+            self.charged, self.run_id, self.saved = None, None, {}
+            self.attempt += 1
+        self.state = target
+
+
+def call(
+    ledger: Ledger, action: str, key: JobKey, run: str, cost: float | None, now: float
+) -> None:
+    """Invoke one transition by name."""
+    if action == "mark_running":
+        ledger.mark_running(key, run, now=now, charged_cost=cost)
+    elif action == "mark_downloading":
+        ledger.mark_downloading(key, OUTPUTS, now=now, charged_cost=cost)
+    elif action == "mark_failed":
+        ledger.mark_failed(
+            key, code="provider_error", message="m", category="retryable", now=now,
+            charged_cost=cost,
+        )  # fmt: skip
+    elif action in ("release_unsent", "mark_needs_reconcile", "mark_unresolved"):
+        getattr(ledger, action)(key, now=now, reason="test")
+    else:
+        getattr(ledger, action)(key, now=now)
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    """Three jobs under random moves; subclasses set ``opener`` to pick the database."""
+
+    opener: Callable[[], Ledger]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ledger = self.opener()
+        self.batch = uuid.uuid4().hex
+        self.keys = [JobKey(f"fk1:{self.batch}:{i}") for i in range(3)]
+        specs = [
+            (k, JobSpec(batch=self.batch, technique="tech", row_index=i,
+                        inputs=(RunInput("prompt", "text", str(i)),)))
+            for i, k in enumerate(self.keys)
+        ]  # fmt: skip
+        self.ledger.record_planned(specs, quoted_cost={"tech": QUOTE}, now=0.0)
+        self.model = {k: JobModel() for k in self.keys}
+        self.run_of: dict[str, str] = {}  # idempotency key -> the run it created
+        self.keys_sent: set[str] = set()
+        self.clock = 1.0
+
+    def teardown(self) -> None:
+        self.ledger.close()
+
+    def attempt(self, key: JobKey, legal: bool, change: Callable[[], object]) -> None:
+        """Run ``change``; it must succeed iff ``legal``, and change nothing if not."""
+        before, log = self.ledger.get(key), self.ledger.events(key)
+        try:
+            change()
+        except LedgerConflict:
+            assert not legal, f"legal change refused for {before.state}"
+            assert self.ledger.get(key) == before
+            assert self.ledger.events(key) == log
+        else:
+            assert legal, f"illegal change applied to {before.state}"
+        self.clock += 1.0
+
+    @rule(i=JOBS, action=st.sampled_from(TRANSITIONS), run=RUNS, cost=COSTS)
+    def transition(self, i: int, action: str, run: str, cost: float | None) -> None:
+        self.move(self.keys[i], action, run, cost)
+
+    @rule(i=JOBS, pick=st.integers(min_value=0, max_value=10), run=RUNS, cost=COSTS)
+    def advance(self, i: int, pick: int, run: str, cost: float | None) -> None:
+        """A legal move, so that jobs get deep into the diagram (done, failed, retried)."""
+        model = self.model[self.keys[i]]
+        unsaved = [o for o, done in model.saved.items() if not done]
+        if model.state == S.DOWNLOADING and unsaved and pick % 4:
+            self.save_output(i, unsaved[0])
+            return
+        run = model.run_id or run
+        legal = [a for a in TRANSITIONS if model.legal(a, run)]
+        self.move(self.keys[i], legal[pick % len(legal)], run, cost)
+
+    @rule(i=JOBS, run=RUNS)
+    def probe(self, i: int, run: str) -> None:
+        """Every move the model forbids from the job's current state is refused."""
+        model = self.model[self.keys[i]]
+        for action in TRANSITIONS:
+            if not model.legal(action, run):
+                self.move(self.keys[i], action, run, None)
+
+    def move(self, key: JobKey, action: str, run: str, cost: float | None) -> None:
+        """Try one transition and check it against the model and the invariants."""
+        model = self.model[key]
+        before = self.ledger.get(key)
+        legal = model.legal(action, run)
+        self.attempt(key, legal, lambda: call(self.ledger, action, key, run, cost, self.clock))
+        if legal:
+            model.apply(action, run, cost)
+        after = self.ledger.get(key)
+        event(f"{action} {'applied' if legal else 'refused'}")
+        if before.run_id is not None and after.state == S.PLANNED:
+            assert action == "retry_failed"
+            assert after.idempotency_key not in self.keys_sent
+        if action == "mark_submitting" and legal:
+            self.keys_sent.add(after.idempotency_key)
+
+    @rule(i=JOBS, output_id=OUTPUT_IDS)
+    def save_output(self, i: int, output_id: str) -> None:
+        key, model = self.keys[i], self.model[self.keys[i]]
+        legal = model.state == S.DOWNLOADING and output_id in model.saved
+        self.attempt(key, legal, lambda: self.ledger.mark_output_saved(
+            key, output_id, path="p", size=1, sha256="00", content_type=None, now=self.clock
+        ))  # fmt: skip
+        if legal:
+            model.saved[output_id] = True
+
+    @rule(i=JOBS, output_id=OUTPUT_IDS)
+    def lose_output(self, i: int, output_id: str) -> None:
+        key, model = self.keys[i], self.model[self.keys[i]]
+        legal = output_id in model.saved
+        self.attempt(key, legal, lambda: self.ledger.clear_output_file(key, output_id))
+        if legal:
+            model.saved[output_id] = False
+
+    @rule(i=JOBS, cost=st.sampled_from([0.0, 0.2, 1.25]))
+    def late_bill(self, i: int, cost: float) -> None:
+        key = self.keys[i]
+        self.attempt(key, True, lambda: self.ledger.set_charged(key, cost, now=self.clock))
+        self.model[key].charged = cost
+
+    @rule()
+    def crash(self) -> None:
+        self.ledger.close()
+        self.ledger = self.opener()
+
+    @invariant()
+    def agrees_with_model(self) -> None:
+        for key, model in self.model.items():
+            rec = self.ledger.get(key)
+            expected_key = key if model.attempt == 1 else f"{key}-r{model.attempt}"
+            assert (rec.state, rec.run_id, rec.attempt, rec.idempotency_key) == (
+                model.state, model.run_id, model.attempt, expected_key,
+            )  # fmt: skip
+            assert rec.charged_cost == model.charged
+            assert {o.output_id: o.sha256 is not None for o in rec.outputs} == model.saved
+
+    @invariant()
+    def one_run_per_key(self) -> None:
+        for key in self.keys:
+            rec = self.ledger.get(key)
+            if rec.run_id is not None:
+                assert self.run_of.setdefault(rec.idempotency_key, rec.run_id) == rec.run_id
+
+    @invariant()
+    def money_is_consistent(self) -> None:
+        models = self.model.values()
+        spent = sum(m.charged_before + (m.charged or 0.0) for m in models)
+        reserved = sum(QUOTE for m in models if m.state in RESERVING and m.charged is None)
+        got_spent, got_reserved = self.ledger.money(self.batch)
+        assert math.isclose(got_spent, spent, abs_tol=1e-9)
+        assert math.isclose(got_reserved, reserved, abs_tol=1e-9)
+
+
+def test_random_transitions_keep_the_promises(open_ledger: Opener, ledger_url: str) -> None:
+    """Any sequence of moves, file losses, late bills and crashes keeps the invariants."""
+    examples = 30 if ledger_url.endswith(".ledger") else 10
+    machine = type("Machine", (LedgerMachine,), {"opener": staticmethod(open_ledger)})
+    run_state_machine_as_test(
+        machine,
+        settings=settings(max_examples=examples, stateful_step_count=50, deadline=None),
+    )
