@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import signal
 import sys
 from contextlib import contextmanager
@@ -38,7 +37,7 @@ RUN_EXAMPLES = """
 Examples:
   flora-batch run manifests/demo.yaml --demo      # no key, no network: a local FLORA
   FLORA_API_KEY=sk_live_... flora-batch run spring.yaml
-  flora-batch run products.csv --technique studio-shot --input product_image=image_url
+  flora-batch run products.csv --technique studio-shot --input product=image_url
   flora-batch run spring.yaml --retry-failed      # retry failures FLORA calls retryable
 """
 
@@ -95,6 +94,7 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, log_format: str) -> None:
     ctx.obj["verbose"] = verbose
     ctx.obj["quiet"] = quiet
     _setup_logging(verbose, quiet, log_format)
+    apply_config(ctx)  # ~/.config/flora-batch/config.toml: below flags and environment
 
 
 def _common_run_options(fn: Any) -> Any:
@@ -154,7 +154,7 @@ def _load_manifest(source: Path, technique: str | None, inputs: tuple[str, ...])
     for item in inputs:
         if "=" not in item:
             raise E.UsageError(
-                f"--input {item!r}: expected ID=COLUMN, e.g. product_image=image_url"
+                f"--input {item!r}: expected ID=COLUMN, e.g. product=image_url"
             )
         key, _, value = item.partition("=")
         mapping[key.strip()] = value.strip()
@@ -259,7 +259,7 @@ def run(
     m = _load_manifest(manifest, technique, inputs)
     quiet = ctx.obj.get("quiet", False)
     with _demo_server(demo) as server:
-        key = server.api_key if server else os.environ.get("FLORA_API_KEY")
+        key = server.api_key if server else click.get_current_context().obj.get("api_key")
         settings = _settings(
             server.base_url if server else base_url,
             key,
@@ -385,7 +385,7 @@ def plan(
     """
     m = _load_manifest(manifest, technique, inputs)
     with _demo_server(demo) as server:
-        key = server.api_key if server else os.environ.get("FLORA_API_KEY")
+        key = server.api_key if server else click.get_current_context().obj.get("api_key")
         settings = _settings(
             server.base_url if server else base_url,
             key,
@@ -393,9 +393,17 @@ def plan(
             results=results,
             skip_invalid=skip_invalid,
         )
-        prepared, ledger_url = asyncio.run(plan_batch(m, settings))
+        try:
+            prepared, ledger_url = asyncio.run(plan_batch(m, settings))
+        except E.ManifestProblems as exc:
+            if not as_json:
+                raise
+            problems = [str(problem) for problem in exc.problems]
+            click.echo(json.dumps({"batch": m.name, "problems": problems}, indent=2))
+            sys.exit(exc.exit_code)
     p = prepared.plan
     unit = next(iter(prepared.techniques.values())).cost_unit if prepared.techniques else "usd"
+    spent, reserved = committed(ledger_url, m.name)
     data = {
         "batch": m.name,
         "jobs": len(p.jobs),
@@ -408,103 +416,19 @@ def plan(
         "retired": len(p.retired),
         "cost_by_technique": p.cost_by_technique,
         "estimated_cost": p.total_cost,
+        "spent": spent,
+        "reserved": reserved,
         "max_cost": m.max_cost,
         "results": str(settings.results or m.output_dir),
         "ledger": ledger_url,
         "skipped": [str(s) for s in prepared.skipped],
     }
+    over = m.max_cost is not None and spent + reserved + p.total_cost > m.max_cost + 1e-9
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        click.echo(json.dumps({**data, "over_budget": over}, indent=2))
     else:
-        click.echo(
-            f"{m.name}: {len(p.jobs)} jobs — {len(p.new)} new, {len(p.done)} done, "
-            f"{len(p.in_flight)} in flight, {len(p.failed)} failed, {len(p.changed)} changed"
-        )
-        for slug, cost in p.cost_by_technique.items():
-            click.echo(f"  {slug}: {money(cost, unit)}")
-        cap = f" (max_cost {money(m.max_cost, unit)})" if m.max_cost is not None else ""
-        click.echo(f"  estimated cost {money(p.total_cost, unit)}{cap}")
-        click.echo(f"  results {data['results']}\n  ledger  {ledger_url}")
-    over = m.max_cost is not None and p.total_cost > m.max_cost + 1e-9
+        click.echo("\n".join(plan_lines(data, unit, skipped=prepared.skipped, over=over)))
     sys.exit(E.EXIT_BUDGET if over else E.EXIT_OK)
-
-
-@cli.group(invoke_without_command=True)
-@click.option("--base-url", envvar="FLORA_BASE_URL", default=DEFAULT_BASE_URL, show_default=True)
-@click.option("--demo", is_flag=True, help="Ask the local emulator instead of FLORA.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.pass_context
-def techniques(ctx: click.Context, base_url: str, demo: bool, as_json: bool) -> None:
-    """List the techniques FLORA offers (`techniques show SLUG` for one's inputs).
-
-    \b
-    Example:
-      flora-batch techniques --demo
-      flora-batch techniques show studio-shot --demo
-    """
-    ctx.obj.update(base_url=base_url, demo=demo, as_json=as_json)
-    if ctx.invoked_subcommand is None:
-        items = _with_client(base_url, demo, lambda c: c.list_techniques())
-        if as_json:
-            click.echo(
-                json.dumps(
-                    [{"slug": t.slug, "name": t.name, "run_cost": t.run_cost} for t in items],
-                    indent=2,
-                )
-            )
-            return
-        for t in items:
-            click.echo(f"{t.slug:40} {money(t.run_cost, t.cost_unit):>10}  {t.name}")
-
-
-@techniques.command("show")
-@click.argument("slug")
-@click.pass_context
-def techniques_show(ctx: click.Context, slug: str) -> None:
-    """Show one technique's inputs, outputs and cost per run."""
-    o = ctx.obj
-    t = _with_client(o["base_url"], o["demo"], lambda c: c.get_technique(slug))
-    if o["as_json"]:
-        click.echo(
-            json.dumps(
-                {
-                    "slug": t.slug,
-                    "name": t.name,
-                    "run_cost": t.run_cost,
-                    "unit": t.cost_unit,
-                    "inputs": [s.__repr__() for s in t.inputs],
-                    "outputs": [s.__repr__() for s in t.outputs],
-                },
-                indent=2,
-            )
-        )
-        return
-    click.echo(
-        f"{t.name} ({t.slug}) — {money(t.run_cost, t.cost_unit)} per run\n"
-        f"{t.description}\n\nInputs:"
-    )
-    for s in t.inputs:
-        extra = f", aspect ratio {s.aspect_ratio}" if s.aspect_ratio else ""
-        click.echo(
-            f"  {s.id:24} {s.type:10} {'optional' if s.optional else 'required'}{extra}"
-            f"  {s.description}"
-        )
-    click.echo("Outputs:")
-    for s in t.outputs:
-        click.echo(f"  {s.id:24} {s.type:10} {s.description}")
-
-
-def _with_client(base_url: str, demo: bool, fn: Any) -> Any:
-    from .client import FloraClient
-
-    async def go(url: str, key: str) -> Any:
-        async with FloraClient(url, key) as client:
-            return await fn(client)
-
-    with _demo_server(demo) as server:
-        if server:
-            return asyncio.run(go(server.base_url, server.api_key))
-        return asyncio.run(go(base_url, check_api_key(os.environ.get("FLORA_API_KEY"))))
 
 
 def _register_emulator() -> None:
@@ -516,6 +440,12 @@ def _register_emulator() -> None:
 
 
 _register_emulator()
+
+# The operator's toolbox (techniques, init, status, report) and plan's helpers.
+from .commands import COMMANDS, apply_config, committed, plan_lines  # noqa: E402
+
+for _command in COMMANDS:
+    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> None:

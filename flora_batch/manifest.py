@@ -485,11 +485,9 @@ def _output(
         r.error("output must be a mapping with dir and/or name", node)
     for key, value in entry.items():
         r.lines[f"output.{key}"] = r.line_of(value)
-    out_dir = r.text(entry.get("dir"), "output.dir")
+    out_dir = r.text(entry.get("dir"), "output.dir") or f"results/{name or 'batch'}"
     template = _template(r, entry["name"], "output.name") if "name" in entry else None
-    return base / (out_dir or f"results/{name or 'batch'}"), template or default_output_name(
-        id_column
-    )
+    return base / out_dir, template or default_output_name(id_column)
 
 
 def _limits(
@@ -562,7 +560,7 @@ def manifest_from_rows(
         rows_path: the CSV (or XLSX, JSONL, Parquet) file.
         technique: the technique's slug.
         inputs: input id -> column name, or a template when the value contains ``{``
-            (``--input product_image=image_url``, ``--input prompt="Shot of {title}"``).
+            (``--input product=image_url``, ``--input backdrop="{colour} paper"``).
         name: the batch name; defaults to the file's stem with characters a batch name
             cannot hold replaced by ``-``.  It is part of every job's key.
         output_dir: defaults to ``results/<name>`` beside the rows file.
@@ -620,7 +618,7 @@ def _cli_templates(inputs: Mapping[str, str], add: Callable[[str], None]) -> dic
             continue
         templates[input_id.strip()] = template
     if not templates and not inputs:
-        add("give at least one input, like --input product_image=image_url")
+        add("give at least one input, like --input product=image_url")
     return templates
 
 
@@ -887,7 +885,7 @@ class _NameSet:
 
     def add_job(self, m: Manifest, spec: JobSpec, technique: Technique) -> list[str]:
         names: list[tuple[str, str]] = []
-        for slot in technique.outputs:
+        for position, slot in enumerate(technique.outputs):
             try:
                 name = render_output_name(
                     m.output_name,
@@ -895,7 +893,7 @@ class _NameSet:
                     technique=spec.technique,
                     output_id=slot.id,
                     ext=ext_for(slot.type),
-                    index=spec.row_index,
+                    index=position,
                     row_number=spec.row_index + 1,
                     key=job_key(spec),
                 )

@@ -24,6 +24,8 @@ from .errors import ManifestError
 
 #: Longest path component, in UTF-8 bytes (most file systems allow 255).
 MAX_COMPONENT_BYTES = 200
+#: Hex digits of the job key that ``{key}`` gives: enough to tell a batch's jobs apart.
+KEY_DIGITS = 12
 #: Fields every output template may use besides the row's columns.  They win over a
 #: column of the same name.
 OUTPUT_FIELDS = ("technique", "output_id", "ext", "index", "row", "key")
@@ -172,9 +174,10 @@ def render_output_name(
     """A relative POSIX path for one output file, safe to join under the results folder.
 
     Fields: every column of ``row``, plus ``{technique}``, ``{output_id}``, ``{ext}``
-    (with its dot), ``{index}`` (0-based row position), ``{row}`` (``row_number``) and
-    ``{key}`` (the job key's hex digest, without ``fk1:``).  These six win over columns
-    of the same name.
+    (with its dot), ``{index}`` (the output's 0-based position among its run's
+    outputs), ``{row}`` (``row_number``: the row's 1-based position) and ``{key}`` (the
+    first 12 hex digits of the job key, whatever the caller passes: the full key or
+    its digest).  These six win over columns of the same name.
 
     Rules, applied in this order, so the result is deterministic and can never escape:
 
@@ -203,7 +206,7 @@ def render_output_name(
         ext=_flatten(ext),
         index=index,
         row=row_number,
-        key=key.rsplit(":", 1)[-1],
+        key=key.rsplit(":", 1)[-1][:KEY_DIGITS],
     )
     path = _clean_path(render_template(template, fields))
     return path or _clean_path(f"row-{row_number}-{output_id}{ext}") or "_"

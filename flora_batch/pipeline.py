@@ -19,7 +19,7 @@ from .config import Settings
 from .errors import ManifestError, ManifestProblems
 from .keys import job_key
 from .ledger import Ledger
-from .manifest import Manifest, build_jobs
+from .manifest import Manifest, build_jobs, check_manifest
 from .plan import Plan, make_plan
 from .results import Results
 from .rows import load_rows
@@ -98,12 +98,15 @@ async def prepare(
     """Validate every row against the live schemas and plan against the ledger."""
     techniques = await fetch_techniques(client, manifest)
     columns, rows = load_rows(manifest.rows, manifest.path)
+    fatal = check_manifest(manifest, columns, techniques)
+    if fatal:  # problems of the manifest itself stop the batch even with --skip-invalid
+        raise ManifestProblems(fatal)
     specs, problems = build_jobs(manifest, columns, rows, techniques)
     if problems and not (settings.skip_invalid or manifest.skip_invalid):
         raise ManifestProblems(problems)
     keyed = [(job_key(s), s) for s in specs]
     known = _known(ledger, manifest.name)
-    plan = make_plan(specs, known, techniques)
+    plan = make_plan(specs, known, techniques, retry_failed=settings.retry_failed)
     return Prepared(manifest, techniques, specs, keyed, problems, plan)
 
 

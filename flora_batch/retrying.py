@@ -53,7 +53,7 @@ def backoff(attempt: int, policy: RetryPolicy, exc: BaseException | None) -> flo
         return 0.0
     if isinstance(exc, RateLimited) and exc.retry_after is not None:
         return min(exc.retry_after, policy.max_retry_after)
-    base = min(policy.initial * 2 ** (attempt - 1), policy.maximum)
+    base: float = min(policy.initial * 2.0 ** (attempt - 1), policy.maximum)
     return base * (1 - random.random() * 0.25)
 
 

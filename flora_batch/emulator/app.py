@@ -11,8 +11,15 @@ Routes (``ROUTES``; the counts in ``request_counts`` use these strings):
 * ``POST /api/v1/techniques/{slug}/runs``
 * ``GET /api/v1/techniques/{slug}/runs/{run_id}`` and ``GET /api/v1/runs/{run_id}``
 * ``GET /api/v1/technique-runs``
+* ``POST /api/v1/assets``, ``GET /api/v1/assets``, ``GET /api/v1/assets/{asset_id}``,
+  ``POST /api/v1/assets/{asset_id}/complete`` and ``.../retry`` (``asset_api.py``)
 * ``GET /_media/{run_id}/{name}``: output files, no auth
+* ``POST /_storage/{token}``: the fake storage of signed uploads, no auth
+* ``GET /assets/{asset_id}/{name}``: a ready asset's bytes, no auth
 * ``GET /_emulator/state`` and ``POST /_emulator/reset``: inspection, no auth
+
+A run input naming one of the emulator's own asset URLs is accepted only once that asset
+is ``ready`` (``require_ready_assets``).
 """
 
 from __future__ import annotations
@@ -30,8 +37,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .asset_api import ASSET_ROUTES, AssetApi, Handler
 from .catalog import TechniqueDef
-from .config import PROJECT_ID, WORKSPACE_ID, EmulatorConfig
+from .config import PROJECT_ID, EmulatorConfig
 from .faults import FaultKind, Roll
 from .media import OutputSpec, find_output, render_bytes
 from .problems import ApiProblem, FieldError, invalid
@@ -61,18 +69,29 @@ MEDIA = "GET /_media/{run_id}/{name}"
 STATE = "GET /_emulator/state"
 RESET = "POST /_emulator/reset"
 OTHER = "* /api/v1/{path}"
-ROUTES = (TECHNIQUES, TECHNIQUE, CREATE, POLL, POLL_ANY, LIST_RUNS, MEDIA, STATE, RESET)
+ROUTES = (
+    TECHNIQUES,
+    TECHNIQUE,
+    CREATE,
+    POLL,
+    POLL_ANY,
+    LIST_RUNS,
+    MEDIA,
+    STATE,
+    RESET,
+    *ASSET_ROUTES,
+)
 RUN_STATUSES = ("pending", "running", "completed", "failed")
-
-Handler = Callable[[Request, Roll], Awaitable[Response]]
 
 
 class Emulator(EmulatorState):
     """In-memory FLORA plus its ASGI app (``emu.app``); inspect it as its own state.
 
     ``emu.runs``, ``emu.charges``, ``emu.request_counts``, ``emu.charges_by_key()``,
-    ``emu.total_charged()``, ``emu.served_media`` and ``emu.reset()`` come from
-    ``EmulatorState``; ``emu.inject(kind)`` forces a fault on the next matching request.
+    ``emu.total_charged()``, ``emu.served_media``, ``emu.assets``,
+    ``emu.assets_by_sha256()`` and ``emu.reset()`` come from ``EmulatorState``;
+    ``emu.inject(kind)`` forces a fault on the next matching request (or, for
+    ``fetch_refused`` and ``ingest_failure``, on the next asset they can strike).
     """
 
     def __init__(self, config: EmulatorConfig | None = None) -> None:
@@ -135,6 +154,7 @@ class Api:
             Route("/api/v1/techniques/{slug}/runs/{run_id}", e(POLL, "poll", self.poll)),
             Route("/api/v1/runs/{run_id}", e(POLL_ANY, "poll", self.poll_any)),
             Route("/api/v1/technique-runs", e(LIST_RUNS, "read", self.list_runs)),
+            *AssetApi(self.emu, e).routes(),
             Route("/api/v1/{path:path}", e(OTHER, "read", self.not_found), methods=_ALL_METHODS),
             Route("/_media/{run_id}/{name}", self.media),
             Route("/_emulator/state", self.state),
@@ -215,7 +235,10 @@ class Api:
         """``POST /techniques/{slug}/runs``: validate, maybe fault, create and charge once."""
         technique = self._technique(request)
         body = parse_json(await request.body())
-        create = validate_create(body, technique, self.config.allowed_hosts)
+        asset_check = (
+            self.emu.asset_store.input_problem if self.config.require_ready_assets else None
+        )
+        create = validate_create(body, technique, self.config.allowed_hosts, asset_check)
         create = self._with_carried_key(create, request)
         if roll.fault is FaultKind.ERROR_BEFORE_CREATE:
             raise ApiProblem("unknown_error")
@@ -281,7 +304,7 @@ class Api:
         limit = parse_limit(query.get("limit"))
         before = decode_cursor(query.get("cursor"), "before")
         runs = self._filtered_runs(query.get("technique_id"), query.get("status"))
-        if not _same_scope(query.get("workspace_id"), query.get("project_id")):
+        if not self._same_scope(query.get("workspace_id"), query.get("project_id")):
             runs = []
         if before is not None:
             runs = [r for r in runs if r.seq < before]
@@ -293,6 +316,11 @@ class Api:
             "total_estimate": len(runs),
         }
         return json_response({"technique_runs": items, "meta": meta})
+
+    def _same_scope(self, workspace_id: str | None, project_id: str | None) -> bool:
+        """Whether list filters name the emulator's one workspace and project (or none)."""
+        ours = self.config.workspace_id
+        return workspace_id in (None, "", ours) and project_id in (None, "", PROJECT_ID)
 
     def _filtered_runs(self, technique_ref: str | None, status: str | None) -> list[RunRecord]:
         if status is not None and status not in RUN_STATUSES:
@@ -370,8 +398,3 @@ class Api:
 
 
 _ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
-
-
-def _same_scope(workspace_id: str | None, project_id: str | None) -> bool:
-    """Whether list filters name the emulator's one workspace and project (or none)."""
-    return workspace_id in (None, "", WORKSPACE_ID) and project_id in (None, "", PROJECT_ID)

@@ -1,13 +1,15 @@
 """How an emulator behaves: one frozen ``EmulatorConfig``, plus a manual clock for tests.
 
-Where CONTRACT.md says FLORA's sources disagree (idempotency, field dialect, create
-status), the emulator takes an option instead of picking a side, so the client can be
-tested against every variant.  All durations in the config are seconds of the
-emulator's clock; only the catalog's per-technique run times are divided by ``speed``.
+Where CONTRACT.md and ASSETS.md say FLORA's sources disagree (idempotency, field dialect,
+create status, the shape of signed-upload instructions), the emulator takes an option
+instead of picking a side, so the client can be tested against every variant.  All
+durations in the config are seconds of the emulator's clock; only the catalog's
+per-technique run times and the assets' fetch and ingest times are divided by ``speed``.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,11 +22,14 @@ from .faults import FaultPlan
 Dialect = Literal["snake", "camel"]
 IdempotencyMode = Literal["replay", "conflict"]
 KeyCarrier = Literal["body", "header", "both"]
+UploadShape = Literal["snake", "camel", "serialized", "bare"]
 
 DEFAULT_API_KEY = "sk_test_emulator"
 #: Fixed identifiers of the one workspace and project the emulator pretends to have.
 WORKSPACE_ID = "ws_emulator"
 PROJECT_ID = "prj_emulator"
+#: The direct multipart upload limit of ASSETS.md §8 ("4 MB"; the helpers use 4 MiB).
+DIRECT_UPLOAD_LIMIT = 4 * 1024 * 1024
 
 Clock = Callable[[], float]
 
@@ -52,6 +57,27 @@ class EmulatorConfig:
         media_ttl: seconds an output URL stays valid; ``None`` means forever.
         max_running: at most this many runs in ``running`` at once, the rest queue FIFO.
         clock: returns the time in float seconds; ``None`` means ``time.time``.
+        workspace_id: the one workspace the key may use (``POST /assets`` names it; any
+            other well-formed ``ws_`` id is 403 ``forbidden``).
+        asset_idempotency: ``replay`` or ``conflict`` for a repeated ``Idempotency-Key``
+            on the asset routes; ``None`` follows ``idempotency``.  ASSETS.md §9 says
+            FLORA answers ``conflict`` (409, no asset id) within a 2 h window.
+        fetch_hosts: hosts a ``source`` URL may name (``.example.com`` matches
+            subdomains); ``None`` means any public host (ASSETS.md §8: "any public HTTPS").
+        refuse_fetch_hosts: hosts whose ``source`` URLs are refused with 400
+            ``input_validation_error``, so a client's download-and-upload fallback can be
+            tested.  Loopback, private and metadata addresses are always refused.
+        direct_upload_limit: the largest multipart (path A) file, in bytes.
+        upload_ttl: seconds a signed-upload reservation stays open (``expires_at``).
+        upload_shape: how signed-upload instructions are sent: ``snake`` (the spec's
+            ``upload`` object), ``camel`` (older docs: ``upload.formFields``/``fileField``,
+            no ``method``), ``serialized`` (only ``upload_url``, a JSON string
+            ``{"url", "fields"}``) or ``bare`` (only ``upload_url``, a bare URL string,
+            which a careful client refuses to guess at).
+        storage_rejects_auth: the fake storage answers 400 to an upload that carries an
+            ``Authorization`` header (ASSETS.md §3: never send FLORA's key there).
+        require_ready_assets: a run input that names one of this emulator's asset URLs
+            is refused (400) unless that asset is ``ready`` (ASSETS.md §7).
     """
 
     api_key: str = DEFAULT_API_KEY
@@ -69,6 +95,15 @@ class EmulatorConfig:
     media_ttl: float | None = None
     max_running: int | None = None
     clock: Clock | None = None
+    workspace_id: str = WORKSPACE_ID
+    asset_idempotency: IdempotencyMode | None = None
+    fetch_hosts: tuple[str, ...] | None = None
+    refuse_fetch_hosts: tuple[str, ...] = ()
+    direct_upload_limit: int = DIRECT_UPLOAD_LIMIT
+    upload_ttl: float = 900.0
+    upload_shape: UploadShape = "snake"
+    storage_rejects_auth: bool = True
+    require_ready_assets: bool = True
 
     def __post_init__(self) -> None:
         """Refuse settings the emulator cannot honour, at construction rather than mid-test."""
@@ -76,6 +111,15 @@ class EmulatorConfig:
         _check_choice("create_status", self.create_status, (200, 201))
         _check_choice("idempotency", self.idempotency, ("replay", "conflict"))
         _check_choice("idempotency_carrier", self.idempotency_carrier, ("body", "header", "both"))
+        _check_choice("asset_idempotency", self.asset_idempotency, (None, "replay", "conflict"))
+        _check_choice("upload_shape", self.upload_shape, ("snake", "camel", "serialized", "bare"))
+        if not re.fullmatch(r"ws_\S+", self.workspace_id):
+            raise ValueError(f"workspace_id must look like ws_…, not {self.workspace_id!r}")
+        if self.direct_upload_limit < 1:
+            limit = self.direct_upload_limit
+            raise ValueError(f"direct_upload_limit must be positive, not {limit!r}")
+        if self.upload_ttl <= 0:
+            raise ValueError(f"upload_ttl must be positive, not {self.upload_ttl!r}")
         if self.speed <= 0:
             raise ValueError(f"speed must be positive, not {self.speed!r}")
         if self.max_running is not None and self.max_running < 1:
@@ -90,6 +134,11 @@ class EmulatorConfig:
     def now(self) -> float:
         """The current time on the configured clock, in seconds."""
         return (self.clock or time.time)()
+
+    @property
+    def asset_idempotency_mode(self) -> IdempotencyMode:
+        """What a repeated ``Idempotency-Key`` does on the asset routes."""
+        return self.asset_idempotency or self.idempotency
 
 
 def _check_choice(name: str, value: object, choices: tuple[object, ...]) -> None:

@@ -11,6 +11,11 @@ uniform draw walks the cumulative probabilities in a fixed order); ``slow`` is d
 separately and can combine with any of them.  ``FaultDice.inject`` queues forced faults
 that win over the dice, for tests that need one particular fault on the next request.
 
+Two asset faults strike later, not on the request that rolls: ``fetch_refused`` (a
+``source`` URL asset ends ``failed``) and ``ingest_failure`` (a completed signed upload
+ends ``failed``).  ``FaultDice.fate`` decides them, seeded by the source URL or the
+uploaded bytes' hash, so they too replay exactly.
+
 Command-line spelling (``FaultPlan.parse``): comma-separated ``name=value`` pairs named
 like the fields, e.g. ``"seed=7,rate_limit=0.1,drop_after_create=0.05"``; lists use ``|``
 (``failure_codes=provider_error|model_timeout``) and ``none`` clears an optional value.
@@ -39,6 +44,12 @@ class FaultKind(StrEnum):
     INSUFFICIENT_CREDITS = "insufficient_credits"  # 402 on a create (forced only)
     SLOW = "slow"  # the response is delayed by slow_seconds
     RUN_FAILURE = "run_failure"  # the created run ends ``failed``
+    ERROR_BEFORE_ASSET_CREATE = "error_before_asset_create"  # 500 before an asset exists
+    ERROR_AFTER_ASSET_CREATE = "error_after_asset_create"  # 500 after the asset was made
+    DROP_AFTER_ASSET_CREATE = "drop_after_asset_create"  # connection dropped after it was made
+    STORAGE_ERROR = "storage_error"  # the fake storage answers 500 or 503; no bytes kept
+    FETCH_REFUSED = "fetch_refused"  # a source-URL asset ends ``failed`` (fetch refused)
+    INGEST_FAILURE = "ingest_failure"  # a completed signed upload ends ``failed``
 
 
 #: The exclusive faults each endpoint class can suffer, in the order the dice walk them.
@@ -55,7 +66,18 @@ APPLICABLE: dict[str, tuple[FaultKind, ...]] = {
     "poll": (FaultKind.RATE_LIMIT, FaultKind.BAD_GATEWAY, FaultKind.POLL_ERROR),
     "read": (FaultKind.RATE_LIMIT, FaultKind.BAD_GATEWAY),
     "media": (FaultKind.TRUNCATE_MEDIA, FaultKind.EXPIRE_MEDIA),
+    "asset_create": (
+        FaultKind.RATE_LIMIT,
+        FaultKind.BAD_GATEWAY,
+        FaultKind.ERROR_BEFORE_ASSET_CREATE,
+        FaultKind.ERROR_AFTER_ASSET_CREATE,
+        FaultKind.DROP_AFTER_ASSET_CREATE,
+    ),
+    "asset_action": (FaultKind.RATE_LIMIT, FaultKind.BAD_GATEWAY),
+    "storage": (FaultKind.STORAGE_ERROR,),
 }
+#: Faults decided by ``FaultDice.fate`` when an asset is made or completed, not per request.
+DELAYED = (FaultKind.FETCH_REFUSED, FaultKind.INGEST_FAILURE)
 
 DEFAULT_FAILURE_CODES = ("provider_error", "model_timeout", "safety_blocked", "GPU_PROVIDER_ERROR")
 
@@ -83,6 +105,12 @@ class FaultPlan:
         insufficient_after: after this many runs were created, every create is 402.
         run_failure: share of created runs that end ``failed``.
         failure_codes: the run-level error codes a failing run picks from.
+        error_before_asset_create: share of asset creates answered 500 before an asset exists.
+        error_after_asset_create: share of asset creates answered 500 after the asset was made.
+        drop_after_asset_create: share of asset creates whose connection drops after it.
+        storage_error: share of signed-upload transfers the fake storage answers 5xx.
+        fetch_refused: share of ``source`` URLs whose fetch fails (the asset ends ``failed``).
+        ingest_failure: share of completed signed uploads that end ``failed``.
     """
 
     seed: int = 0
@@ -103,6 +131,12 @@ class FaultPlan:
     insufficient_after: int | None = None
     run_failure: float = 0.0
     failure_codes: tuple[str, ...] = DEFAULT_FAILURE_CODES
+    error_before_asset_create: float = 0.0
+    error_after_asset_create: float = 0.0
+    drop_after_asset_create: float = 0.0
+    storage_error: float = 0.0
+    fetch_refused: float = 0.0
+    ingest_failure: float = 0.0
 
     def __post_init__(self) -> None:
         """Probabilities outside 0..1 are typos; fail loudly at construction."""
@@ -249,6 +283,15 @@ class FaultDice:
         if draw < self.plan.run_failure:
             return RunFate(codes[int(pick * len(codes))], when)
         return RunFate()
+
+    def fate(self, kind: FaultKind, identity: str) -> bool:
+        """Whether delayed fault ``kind`` (``DELAYED``) strikes the object ``identity``."""
+        forced = next((f for f in self._forced if f.kind is kind), None)
+        if forced is not None:
+            self._consume(forced)
+            return True
+        rng = random.Random(f"{self.plan.seed}|{kind.value}|{identity}")
+        return rng.random() < self.plan.probability(kind)
 
     def _pick(self, draw: float, applicable: tuple[FaultKind, ...]) -> FaultKind | None:
         edge = 0.0

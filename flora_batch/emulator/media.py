@@ -9,6 +9,10 @@ Video: H.264 in MP4 through PyAV (``av`` on PyPI bundles FFmpeg with libx264 in 
 wheels), 12 frames at 12 fps, long side 128 px, in a few milliseconds.  If PyAV is not
 importable the emulator makes an animated GIF instead and says so honestly
 (``image/gif``, ``.gif``).
+
+``render_fetched`` makes the stand-in for a file the emulator pretends to fetch from a
+``source`` URL (it reaches no network): a picture of the URL, in the type asked for
+where it can (PNG, JPEG, WebP, GIF, PDF, a video, or a silent WAV for audio).
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ import importlib.util
 import io
 import json
 import re
+import wave
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
+from urllib.parse import urlsplit
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -245,3 +251,45 @@ def render_bytes(technique: TechniqueDef, spec: OutputSpec, inputs: Sequence[Run
     if spec.type == "videoUrl":
         return render_video(technique, spec, inputs)
     return render_text(technique, spec, inputs).encode()
+
+
+_PIL_FORMATS = {
+    "image/png": "PNG",
+    "image/jpeg": "JPEG",
+    "image/webp": "WEBP",
+    "image/gif": "GIF",
+    "application/pdf": "PDF",
+}
+
+
+def render_fetched(url: str, content_type: str) -> tuple[bytes, str]:
+    """Bytes standing in for what ``url`` holds, and their real type.
+
+    ``content_type`` is the type wanted (declared, or guessed from the URL); images
+    Pillow cannot write (AVIF, HEIC) come out as PNG, any video as ``video_format()``.
+    """
+    seed = hashlib.sha256(url.encode()).digest()
+    lines = ["Fetched by the FLORA emulator", urlsplit(url).hostname or "?", _shown(url)]
+    if content_type.startswith("video/"):
+        frames = [
+            _draw_frame((VIDEO_SIDE, VIDEO_SIDE), seed, lines, n / VIDEO_FRAMES)
+            for n in range(VIDEO_FRAMES)
+        ]
+        return (_encode_mp4(frames) if HAVE_AV else _encode_gif(frames)), video_format()[1]
+    if content_type.startswith("audio/"):
+        return _silent_wav(), "audio/wav"
+    frame = _draw_frame((IMAGE_SIDE, IMAGE_SIDE * 3 // 4), seed, lines)
+    kind = content_type if content_type in _PIL_FORMATS else "image/png"
+    out = io.BytesIO()
+    frame.save(out, format=_PIL_FORMATS[kind])
+    return out.getvalue(), kind
+
+
+def _silent_wav(seconds: float = 0.25, rate: int = 8000) -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as sound:
+        sound.setnchannels(1)
+        sound.setsampwidth(1)
+        sound.setframerate(rate)
+        sound.writeframes(b"\x80" * int(seconds * rate))
+    return out.getvalue()

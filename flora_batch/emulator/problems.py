@@ -1,5 +1,9 @@
 """The error envelope of CONTRACT.md §5, raised as ``ApiProblem`` anywhere in the emulator.
 
+``conflict`` (409, an invalid asset lifecycle transition) is a docs-only code, not in the
+OpenAPI files' enum (ASSETS.md §4); everything else is the spec's enum plus the docs'
+``service_unavailable`` and the router's ``method_not_allowed``.
+
 Every non-2xx API answer is ``{"error": {"code", "message", "fields"?}}`` with the HTTP
 status the contract gives its code; raising instead of returning keeps the handlers flat.
 """
@@ -20,6 +24,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "not_found": (404, "Not found."),
     "method_not_allowed": (405, "Method not allowed."),
     "idempotency_duplicate": (409, "Duplicate idempotency key."),
+    "conflict": (409, "Invalid state transition."),  # assets, docs only (ASSETS.md §4, §10)
     "rate_limited": (429, "Rate limit exceeded."),
     "unknown_error": (500, "An unknown error occurred."),
     "service_unavailable": (503, "Service temporarily unavailable."),

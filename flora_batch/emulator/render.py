@@ -22,7 +22,7 @@ from typing import Any
 from flora_batch.types import RunInput
 
 from .catalog import SlotDef, TechniqueDef
-from .config import PROJECT_ID, WORKSPACE_ID, EmulatorConfig
+from .config import PROJECT_ID, EmulatorConfig
 from .media import OutputSpec, plan_outputs, render_text
 from .runs import RunRecord
 
@@ -133,7 +133,7 @@ class Wire:
         body = self._run(run, technique, now)
         body["technique_run_id"] = run.run_id
         body["project_id"] = PROJECT_ID
-        body["workspace_id"] = WORKSPACE_ID
+        body["workspace_id"] = self.config.workspace_id
         body["technique"] = {"technique_id": technique.technique_id, "name": technique.name}
         return self.finish(body)
 

@@ -21,7 +21,7 @@ import click
 import uvicorn
 
 from .app import Emulator
-from .config import DEFAULT_API_KEY, EmulatorConfig
+from .config import DEFAULT_API_KEY, WORKSPACE_ID, EmulatorConfig
 from .faults import FaultPlan
 from .responses import ConnectionDropped
 
@@ -146,6 +146,7 @@ def _banner(handle: ServerHandle, config: EmulatorConfig) -> str:
         [
             f"FLORA emulator listening on {handle.base_url}",
             f"API key: {handle.api_key}",
+            f"Workspace: {config.workspace_id} (set FLORA_WORKSPACE_ID={config.workspace_id})",
             f"dialect={config.dialect} speed={config.speed:g} idempotency={config.idempotency} "
             f"faults={faults}",
             f"Try:   {curl}",
@@ -202,6 +203,12 @@ def _parse_faults(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.option("--media-ttl", type=float, default=None, help="Output URLs expire after S seconds.")
 @click.option("--max-running", type=int, default=None, help="At most N runs running at once.")
 @click.option("--api-key", default=DEFAULT_API_KEY, show_default=True, help="Bearer key to accept.")
+@click.option(
+    "--workspace-id",
+    default=WORKSPACE_ID,
+    show_default=True,
+    help="The workspace (ws_…) asset uploads must name; give it to clients as FLORA_WORKSPACE_ID.",
+)
 def emulator_command(
     host: str,
     port: int,
@@ -214,12 +221,13 @@ def emulator_command(
     media_ttl: float | None,
     max_running: int | None,
     api_key: str,
+    workspace_id: str,
 ) -> None:
     """Run a local FLORA API emulator until Ctrl-C.
 
-    It speaks FLORA's REST API (techniques, runs, run history) over an in-memory state,
-    serves real output files, and can inject faults.  Point flora-batch (or any FLORA
-    client) at the printed base URL with the printed API key.
+    It speaks FLORA's REST API (techniques, runs, run history, asset uploads) over an
+    in-memory state, serves real output files, and can inject faults.  Point flora-batch
+    (or any FLORA client) at the printed base URL with the printed API key and workspace.
     """
     try:
         config = EmulatorConfig(
@@ -232,6 +240,7 @@ def emulator_command(
             faults=fault_plan,
             media_ttl=media_ttl,
             max_running=max_running,
+            workspace_id=workspace_id,
         )
         handle = start_server(config, host=host, port=port)
     except (ValueError, RuntimeError) as exc:

@@ -1,10 +1,14 @@
-"""The emulator's memory: runs, charges, idempotency keys and request counts.
+"""The emulator's memory: runs, charges, idempotency keys, assets and request counts.
 
 This is what a test asserts on from the server's side ("each job was charged exactly
 once": ``charges_by_key()``).  Money follows CONTRACT.md §4/§6: a created run is charged
 once at its technique's cost; a repeated idempotency key charges nothing; a create that
 fails before the run exists (400, 402, an injected 5xx) charges nothing and leaves the
 key free; with ``refund_failed`` a failed run's charge is given back (a negative entry).
+
+Assets live in an ``AssetStore`` (``assets.py``) that shares this state's lock and is
+reset with it; ``assets`` is its dict of records and ``assets_by_sha256()`` answers "was
+each file uploaded exactly once".
 
 Nothing happens in the background: refunds of runs that failed since the last look are
 booked lazily (``settle``) whenever the state is read.  A lock makes the state safe to
@@ -20,6 +24,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .assets import AssetRecord, AssetStore
 from .catalog import Catalog, TechniqueDef, load_catalog
 from .config import EmulatorConfig
 from .faults import FaultDice
@@ -70,6 +75,9 @@ class EmulatorState:
         self.balance: float | None = self.config.balance
         self._keys: dict[str, _KeyEntry] = {}
         self._unrefunded: set[str] = set()
+        self.asset_store = AssetStore(self.config, self.dice, self._lock)
+        #: Every asset by id (the store's own dict, so it stays current).
+        self.assets: dict[str, AssetRecord] = self.asset_store.records
 
     # -- time and bookkeeping -------------------------------------------------------
 
@@ -97,6 +105,10 @@ class EmulatorState:
         )
         return dict(counts)
 
+    def assets_by_sha256(self) -> dict[str, int]:
+        """How many assets hold each distinct file, by the SHA-256 of its bytes."""
+        return self.asset_store.by_sha256()
+
     def total_charged(self) -> float:
         """Net USD charged: charges minus refunds."""
         return round(sum(c.amount for c in self.charges), 6)
@@ -123,8 +135,9 @@ class EmulatorState:
             self.balance += run.charged
 
     def reset(self) -> None:
-        """Forget every run, charge, key, count and forced fault; restore the balance."""
+        """Forget every run, asset, charge, key, count and forced fault; restore the balance."""
         with self._lock:
+            self.asset_store.reset()
             self.runs.clear()
             self._charges.clear()
             self.request_counts.clear()
@@ -259,7 +272,8 @@ class EmulatorState:
                 "balance": self.balance,
                 "request_counts": dict(sorted(self.request_counts.items())),
                 "served_media": {f"{r}/{o}": h for (r, o), h in self.served_media.items()},
-                "assets": [],
+                "assets": self.asset_store.snapshot(),
+                "assets_by_sha256": self.asset_store.by_sha256(),
             }
 
     @staticmethod

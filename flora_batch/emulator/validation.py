@@ -4,12 +4,16 @@ Every problem found becomes one ``{field, message}`` entry, and the 400's messag
 them in the spec's ``prompt: Required`` style, so a client sees all its mistakes in one
 round trip.  Problems with a technique input are reported under the input's id (as in
 the spec's example); problems with the request's shape under a path (``inputs.0.type``).
+
+A media input may also be checked by an ``asset_check`` callback: the emulator uses it to
+refuse one of its own asset URLs until that asset is ``ready`` (ASSETS.md §7).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +34,9 @@ TYPE_ALIASES = {
     "TEXT": "text",
 }
 MAX_KEY_LENGTH = 255
+
+#: Returns why a media URL may not be used as an input (None: it may).
+AssetCheck = Callable[[str], str | None]
 
 
 @dataclass(frozen=True)
@@ -62,7 +69,10 @@ def json_type(value: Any) -> str:
 
 
 def validate_create(
-    body: Any, technique: TechniqueDef, allowed_hosts: tuple[str, ...]
+    body: Any,
+    technique: TechniqueDef,
+    allowed_hosts: tuple[str, ...],
+    asset_check: AssetCheck | None = None,
 ) -> CreateRequest:
     """The checked create request, or a 400 ``input_validation_error`` listing every problem.
 
@@ -71,14 +81,14 @@ def validate_create(
     """
     if not isinstance(body, dict):
         raise invalid([FieldError("body", f"Expected object, received {json_type(body)}")])
-    errors = _unknown_keys("", body, BODY_FIELDS)
+    errors = unknown_keys("", body, BODY_FIELDS)
     errors += _check_mode(body)
     errors += _check_optional_string(body, "idempotency_key")
     errors += _check_optional_string(body, "callback_url")
     items, item_errors = _input_items(body.get("inputs", _MISSING))
     errors += item_errors
     if not item_errors:
-        errors += _check_inputs(items, technique, allowed_hosts)
+        errors += _check_inputs(items, technique, allowed_hosts, asset_check)
     if errors:
         raise invalid(errors)
     return CreateRequest(items, body.get("idempotency_key"), body.get("callback_url"))
@@ -87,7 +97,7 @@ def validate_create(
 _MISSING = object()
 
 
-def _unknown_keys(prefix: str, data: dict[str, Any], known: tuple[str, ...]) -> list[FieldError]:
+def unknown_keys(prefix: str, data: dict[str, Any], known: tuple[str, ...]) -> list[FieldError]:
     extra = [k for k in data if k not in known]
     if not extra:
         return []
@@ -143,7 +153,7 @@ def _input_items(raw: Any) -> tuple[tuple[RunInput, ...], list[FieldError]]:
 def _input_item(path: str, item: Any) -> tuple[RunInput | None, list[FieldError]]:
     if not isinstance(item, dict):
         return None, [FieldError(path, f"Expected object, received {json_type(item)}")]
-    errors = _unknown_keys(path, item, INPUT_FIELDS)
+    errors = unknown_keys(path, item, INPUT_FIELDS)
     for name in INPUT_FIELDS:
         if name not in item:
             errors.append(FieldError(f"{path}.{name}", "Required"))
@@ -162,7 +172,10 @@ def _input_item(path: str, item: Any) -> tuple[RunInput | None, list[FieldError]
 
 
 def _check_inputs(
-    items: tuple[RunInput, ...], technique: TechniqueDef, allowed_hosts: tuple[str, ...]
+    items: tuple[RunInput, ...],
+    technique: TechniqueDef,
+    allowed_hosts: tuple[str, ...],
+    asset_check: AssetCheck | None,
 ) -> list[FieldError]:
     """Each input against the technique's slots, then every required slot present."""
     errors: list[FieldError] = []
@@ -178,14 +191,16 @@ def _check_inputs(
             message = f"Unrecognized input for technique {technique.slug} (takes: {takes})"
             errors.append(FieldError(item.id, message))
         else:
-            errors += _check_value(item, slot, allowed_hosts)
+            errors += _check_value(item, slot, allowed_hosts, asset_check)
     for slot in technique.inputs:
         if not slot.optional and slot.id not in seen:
             errors.append(FieldError(slot.id, "Required"))
     return errors
 
 
-def _check_value(item: RunInput, slot: SlotDef, allowed_hosts: tuple[str, ...]) -> list[FieldError]:
+def _check_value(
+    item: RunInput, slot: SlotDef, allowed_hosts: tuple[str, ...], asset_check: AssetCheck | None
+) -> list[FieldError]:
     if item.type != slot.type:
         return [FieldError(item.id, f"Expected {slot.type}, received {item.type}")]
     if not item.value.strip():
@@ -193,6 +208,8 @@ def _check_value(item: RunInput, slot: SlotDef, allowed_hosts: tuple[str, ...]) 
         return [FieldError(item.id, f"Must not be empty{hint}")]
     if slot.is_media:
         reason = wire.check_media_url(item.value, allowed_hosts)
+        if reason is None and asset_check is not None:
+            reason = asset_check(item.value)
         if reason is not None:
             return [FieldError(item.id, reason[:1].upper() + reason[1:])]
     elif slot.pattern and not re.fullmatch(slot.pattern, item.value.strip()):

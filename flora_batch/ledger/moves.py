@@ -30,7 +30,7 @@ class Move:
 
 
 MARK_SUBMITTING = Move("mark_submitting", (S.PLANNED,), S.SUBMITTING, no_run=True)
-RELEASE_UNSENT = Move("release_unsent", (S.SUBMITTING, S.RUNNING), S.PLANNED)
+RELEASE_UNSENT = Move("release_unsent", (S.SUBMITTING,), S.PLANNED, no_run=True)
 MARK_RUNNING = Move(
     "mark_running", (S.SUBMITTING, S.NEEDS_RECONCILE, S.UNRESOLVED), S.RUNNING, no_run=True
 )

@@ -13,6 +13,17 @@ a failure, not a pass.  Deviations the contract documents are the only ones allo
   that one code added to the enum (CONTRACT.md §5 lists it from the docs);
 * ``format: uri`` is not asserted, because a ``text`` output carries its text in ``url``
   (CONTRACT.md §4); real URLs are checked by hand instead.
+
+Assets (``flora-fauna-assets-api-openapi.yml``, 1.6.0, which ASSETS.md says is *behind*
+the SDK on this resource) allow exactly these deviations:
+
+* ``uploaded_via: "direct"`` in the create answer (ASSETS.md §1-2: direct multipart
+  uploads exist only in the TS SDK ≥ 0.9.0 and its server change, not in the spec's enum);
+* 409 ``conflict`` for an invalid lifecycle transition (ASSETS.md §4, §10: a docs-only
+  code, not in the spec's enum), checked against the 409 schema with that code added;
+* a create replayed for its ``Idempotency-Key`` (``replay`` mode) answers 200 with the
+  201 body (the spec declares only 201; ASSETS.md §2 says to accept any 2xx, and §9 that
+  FLORA itself answers 409 instead, which ``idempotency="conflict"`` reproduces).
 """
 
 from __future__ import annotations
@@ -25,7 +36,15 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from emulator_helpers import client_for, create, run_body
+from emulator_helpers import (
+    client_for,
+    create,
+    create_asset,
+    png_bytes,
+    run_body,
+    send_to_storage,
+    upload_direct,
+)
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
@@ -37,6 +56,7 @@ FILES = {
     "techniques": "flora-fauna-techniques-api-openapi.yml",
     "technique-runs": "flora-fauna-technique-runs-api-openapi.yml",
     "runs": "flora-fauna-runs-api-openapi.yml",
+    "assets": "flora-fauna-assets-api-openapi.yml",
 }
 pytestmark = pytest.mark.skipif(
     not SPEC_DIR.is_dir(), reason=f"FLORA OpenAPI files not found at {SPEC_DIR} (shared/ absent)"
@@ -47,6 +67,11 @@ GET_TECHNIQUE = ("techniques", "/techniques/{techniqueId}", "get")
 CREATE_RUN = ("technique-runs", "/techniques/{techniqueId}/runs", "post")
 POLL_RUN = ("technique-runs", "/techniques/{techniqueId}/runs/{runId}", "get")
 GET_RUN = ("runs", "/runs/{runId}", "get")
+CREATE_ASSET = ("assets", "/assets", "post")
+LIST_ASSETS = ("assets", "/assets", "get")
+GET_ASSET = ("assets", "/assets/{assetId}", "get")
+COMPLETE_ASSET = ("assets", "/assets/{assetId}/complete", "post")
+RETRY_ASSET = ("assets", "/assets/{assetId}/retry", "post")
 Operation = tuple[str, str, str]
 
 
@@ -281,3 +306,144 @@ def test_strictness_catches_extra_keys(spec: Spec) -> None:
     good = {"run_id": "run_x", "status": "pending", "progress": 0, "created_at": 1}
     assert validator.is_valid(good)
     assert not validator.is_valid({**good, "runId": "run_x"})
+
+
+# -- assets --------------------------------------------------------------------------------
+
+
+def _asset_create_schema(spec: Spec) -> dict[str, Any]:
+    """The create answer, with ``uploaded_via: "direct"`` allowed (the SDK is ahead)."""
+    schema = spec.schema(CREATE_ASSET, 201)
+    schema["properties"]["uploaded_via"]["enum"].append("direct")
+    return schema
+
+
+def _check_asset_urls(body: dict[str, Any]) -> None:
+    """What ``format: uri`` would have checked: the asset and upload URLs."""
+    if body.get("url") is not None:
+        assert body["url"].startswith("https://media.flora.ai/assets/asset_")
+    if "upload" in body:
+        assert body["upload"]["url"].startswith("http://testserver/_storage/")
+
+
+async def test_asset_create_responses_conform(spec: Spec, emu: Emulator) -> None:
+    """Direct, source-URL and signed creates (201) and a key replay (200, same body)."""
+    validator = spec.validator(_asset_create_schema(spec))
+    async with client_for(emu) as c:
+        answers = [
+            await upload_direct(c, headers={"Idempotency-Key": "k"}),
+            await create_asset(c, "https://example.com/a.png", folder="f", file_name="a.png"),
+            await create_asset(c, "signed-url", content_type="image/png", file_name="b.png"),
+            await upload_direct(c, headers={"Idempotency-Key": "k"}),
+        ]
+    assert [r.status_code for r in answers] == [201, 201, 201, 200]
+    assert {r.json()["uploaded_via"] for r in answers} == {"direct", "url", "signed_url"}
+    for r in answers:
+        _check(validator, r.json(), f"create {r.json()['uploaded_via']}")
+        _check_asset_urls(r.json())
+    assert "upload" in answers[2].json() and "expires_at" in answers[2].json()
+
+
+async def test_asset_reads_conform_in_every_state(
+    spec: Spec, emu: Emulator, clock: ManualClock
+) -> None:
+    """``GET /assets/{id}`` and every ``GET /assets`` page: pending, ready and failed."""
+    one = spec.validator(spec.schema(GET_ASSET, 200))
+    many = spec.validator(spec.schema(LIST_ASSETS, 200))
+    async with client_for(emu) as c:
+        await upload_direct(c, project_id="prj_x")
+        await create_asset(c, "https://example.com/ok.png")
+        emu.inject("fetch_refused")
+        await create_asset(c, "https://example.com/refused.png")
+        signed = (await create_asset(c, "signed-url")).json()
+        await send_to_storage(c, signed["upload"], png_bytes())
+        await c.post(f"/assets/{signed['asset_id']}/complete")
+        await create_asset(c, "signed-url", file_name="never-sent.png")
+        seen = set()
+        for _ in range(3):
+            params: dict[str, Any] = {"limit": 2}
+            while True:
+                page = (await c.get("/assets", params=params)).json()
+                _check(many, page, "list assets")
+                for item in page["assets"]:
+                    _check_asset_urls(item)
+                    body = (await c.get(f"/assets/{item['asset_id']}")).json()
+                    _check(one, body, f"get {body['status']}")
+                    seen.add(body["status"])
+                if not page["meta"]["next_cursor"]:
+                    break
+                params["cursor"] = page["meta"]["next_cursor"]
+            clock.advance(5)
+    assert seen == {"pending_upload", "ready", "failed"}
+
+
+async def test_asset_complete_and_retry_conform(
+    spec: Spec, emu: Emulator, clock: ManualClock
+) -> None:
+    """Complete (pending, replayed) and retry (after a failure, after expiry) answers."""
+    done = spec.validator(spec.schema(COMPLETE_ASSET, 200))
+    again = spec.validator(spec.schema(RETRY_ASSET, 200))
+    async with client_for(emu) as c:
+        emu.inject("ingest_failure")
+        body = (await create_asset(c, "signed-url")).json()
+        await send_to_storage(c, body["upload"], png_bytes())
+        path = f"/assets/{body['asset_id']}"
+        completes = [
+            await c.post(f"{path}/complete", headers={"Idempotency-Key": "c"}),
+            await c.post(f"{path}/complete", headers={"Idempotency-Key": "c"}),
+        ]
+        clock.advance(60)
+        retries = [await c.post(f"{path}/retry")]
+        expired = (await create_asset(c, "signed-url")).json()
+        clock.advance(900)
+        retries.append(await c.post(f"/assets/{expired['asset_id']}/retry"))
+    assert [r.status_code for r in completes + retries] == [200, 200, 200, 200]
+    for r in completes:
+        _check(done, r.json(), "complete")
+    for r in retries:
+        _check(again, r.json(), "retry")
+        _check_asset_urls(r.json())
+        assert r.json()["upload"] and r.json()["status"] == "pending_upload"
+
+
+async def _asset_error_cases(
+    make_emu: Callable[..., Emulator],
+) -> list[tuple[Operation, httpx.Response]]:
+    """One response for each error the emulator gives on the assets routes."""
+    cases: list[tuple[Operation, httpx.Response]] = []
+    emu = make_emu(idempotency="conflict")
+    async with client_for(emu, auth=False) as c:
+        cases.append((CREATE_ASSET, await create_asset(c, "signed-url")))
+        bad_key = {"Authorization": "Bearer nope"}
+        cases.append((LIST_ASSETS, await c.get("/assets", headers=bad_key)))
+    async with client_for(emu) as c:
+        cases.append((CREATE_ASSET, await c.post("/assets", content=b"{]")))
+        cases.append((CREATE_ASSET, await create_asset(c, "http://example.com/a.png")))
+        cases.append((LIST_ASSETS, await c.get("/assets", params={"limit": 500})))
+        cases.append((CREATE_ASSET, await create_asset(c, "signed-url", workspace_id="ws_x")))
+        cases.append((GET_ASSET, await c.get("/assets/asset_nope")))
+        cases.append((COMPLETE_ASSET, await c.post("/assets/asset_nope/complete")))
+        cases.append((RETRY_ASSET, await c.post("/assets/asset_nope/retry")))
+        key = {"Idempotency-Key": "k"}
+        made = (await create_asset(c, "signed-url", headers=key)).json()
+        cases.append((CREATE_ASSET, await create_asset(c, "signed-url", headers=key)))
+        cases.append((COMPLETE_ASSET, await c.post(f"/assets/{made['asset_id']}/complete")))
+        direct = (await upload_direct(c)).json()
+        cases.append((RETRY_ASSET, await c.post(f"/assets/{direct['asset_id']}/retry")))
+        for kind in ("rate_limit", "error_before_asset_create", "error_after_asset_create"):
+            emu.inject(kind)
+            cases.append((CREATE_ASSET, await create_asset(c, "signed-url")))
+    return cases
+
+
+async def test_asset_error_responses_conform(spec: Spec, make_emu: Callable[..., Emulator]) -> None:
+    """401 ×2, 400 ×3, 403, 404 ×3, 409 ×3 (one duplicate, two ``conflict``), 429, 500 ×2."""
+    cases = await _asset_error_cases(make_emu)
+    statuses = sorted(r.status_code for _, r in cases)
+    assert statuses == [400, 400, 400, 401, 401, 403, 404, 404, 404, 409, 409, 409, 429, 500, 500]
+    for op, response in cases:
+        body = response.json()
+        schema = spec.schema(op, response.status_code)
+        if body["error"]["code"] == "conflict":  # docs-only code (ASSETS.md §4, §10)
+            schema["properties"]["error"]["properties"]["code"]["enum"].append("conflict")
+        _check(spec.validator(schema), body, f"{op} {body}")

@@ -105,6 +105,7 @@ def test_emulator_command_serves_until_ctrl_c() -> None:
         base_url = banner[0].rsplit(" ", 1)[-1]
         assert base_url.startswith("http://127.0.0.1:") and base_url.endswith("/api/v1")
         assert banner[1] == "API key: sk_test_emulator"
+        assert banner[2] == "Workspace: ws_emulator (set FLORA_WORKSPACE_ID=ws_emulator)"
         assert any(
             "curl" in line and "Authorization: Bearer sk_test_emulator" in line for line in banner
         )

@@ -319,3 +319,16 @@ def test_check_manifest_on_a_hand_built_manifest(tmp_path: Path) -> None:
         "m.yaml: unknown technique 'nope'; expected one of: doc-reader, mood, palette-pull, "
         "product-animator, studio-shot, voice-over",
     ]
+
+
+def test_format_spec_failures_are_row_errors(jobs_for: Jobs) -> None:
+    """A format spec that does not fit a cell fails that row, in an input or in output.name."""
+    _, specs, errors = jobs_for(MANIFEST.replace('"{colour} paper"', '"{colour:d}"'))
+    assert specs == []
+    assert errors[0] == (
+        "products.csv:2:colour: template '{colour:d}': format {colour:d} failed: "
+        "Unknown format code 'd' for object of type 'str'"
+    )
+    _, specs, errors = jobs_for(MANIFEST.replace("{sku}/{technique}", "{sku:d}/{technique}"))
+    assert specs == []
+    assert errors[0].startswith("products.csv:2: output.name: template '{sku:d}/")

@@ -433,3 +433,47 @@ def test_manifest_from_rows_problems(tmp_path: Path) -> None:
     ]
     with pytest.raises(ManifestError, match="give at least one input"):
         manifest_from_rows(tmp_path / "x.csv", "studio-shot", {})
+
+
+def test_more_value_problems(load_problems: Problems) -> None:
+    """An empty name, an empty input id and an int YAML cannot read are all located."""
+    assert load_problems(MANIFEST.replace("name: spring", "name:")) == [
+        "m.yaml:1: name is empty: give the batch a name (it is part of every job key)"
+    ]
+    assert load_problems(MANIFEST.replace("  backdrop:", "  '':")) == [
+        "m.yaml:7: an input id must be a non-empty name"
+    ]
+    assert load_problems(MANIFEST + "concurrency: 0x_\n") == [
+        "m.yaml:12: concurrency must be a whole number from 1 to 64"
+    ]
+
+
+def test_optional_keys_left_empty_mean_the_default(write: Write) -> None:
+    """max_cost:, output: and the other optional keys may be written without a value."""
+    write("products.csv", PRODUCTS_CSV)
+    text = MANIFEST.replace("max_cost: 5", "max_cost:\nconcurrency:\nledger:\nskip_invalid:")
+    m = load_manifest(write("m.yaml", text))
+    assert (m.max_cost, m.concurrency, m.ledger, m.skip_invalid) == (None, None, None, False)
+
+
+def test_inline_cell_problems(load_problems: Problems) -> None:
+    """Inline rows follow the file rules: repeated columns and huge cells are located."""
+    base = 'name: x\ntechnique: palette-pull\ninputs:\n  image: "{url}"\nrows:\n'
+    assert load_problems(base + "  - {url: a, url: b}\n") == [
+        "m.yaml:6: column 'url' is blank or repeated in this row"
+    ]
+    huge = "x" * 100_001
+    assert load_problems(base + f"  - {{url: {huge}}}\n") == [
+        "m.yaml:6:url: cell is 100,001 bytes; the limit is 100,000"
+    ]
+    assert len(load_problems(base + f"  - {{url: {huge}, b: {huge}}}\n")) == 2
+
+
+def test_manifest_from_rows_more_problems(tmp_path: Path, write: Write) -> None:
+    """An unknown suffix and an empty input id are reported for the quick form too."""
+    with pytest.raises(ManifestProblems) as info:
+        manifest_from_rows(write("p.xls", b"x"), "studio-shot", {" ": "image_url"})
+    assert located(info.value.problems, tmp_path) == [
+        "p.xls: --input  =image_url: the input id is empty",
+        "p.xls: cannot read .xls files; use .csv, .tsv, .xlsx, .jsonl or .parquet",
+    ]

@@ -44,6 +44,24 @@ def test_fields_and_format_specs() -> None:
     assert name(template, sku="A1") == "studio-shot/A1-output_1-4-005-01234567.png"
 
 
+def test_key_field_is_twelve_hex_digits() -> None:
+    """{key} is the first 12 digits of the digest, given the full key or a digest."""
+    assert name("{key}") == "0123456789ab"
+    assert (
+        render_output_name(
+            "{key}",
+            {},
+            technique="t",
+            output_id="o",
+            ext="",
+            index=0,
+            row_number=1,
+            key="0123456789ab",
+        )
+        == "0123456789ab"
+    )
+
+
 def test_output_fields_win_over_columns() -> None:
     """A column called technique does not replace the technique field."""
     assert name("{technique}-{output_id}", technique="column value") == "studio-shot-output_1"

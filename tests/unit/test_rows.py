@@ -7,7 +7,7 @@ import io
 import json
 import zipfile
 from collections.abc import Callable
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -17,7 +17,7 @@ import pytest
 from unit_support import located, problems_of
 
 from flora_batch.errors import ManifestError
-from flora_batch.rows import MAX_CELL_BYTES, Row, RowsSource, cell_text, load_rows
+from flora_batch.rows import MAX_CELL_BYTES, Row, RowsSource, cell_text, load_rows, rows_from_cells
 
 Write = Callable[[str, str | bytes], Path]
 
@@ -354,3 +354,35 @@ def test_cell_text_refuses_non_scalars(value: object) -> None:
 def test_json_round_trip_of_expected() -> None:
     """The fixture rows are plain JSON-able strings (sanity check of the test data)."""
     assert json.loads(json.dumps(EXPECTED)) == EXPECTED
+
+
+def test_timedelta_cell() -> None:
+    """A duration (Parquet) reads as H:MM:SS."""
+    assert cell_text(timedelta(minutes=90)) == "1:30:00"
+
+
+def test_rows_from_cells_odd_headers() -> None:
+    """A header cell that is not text has no name; an unnamed column with a list is used."""
+    with pytest.raises(ManifestError) as info:
+        rows_from_cells("x.csv", [["a"], "b"], [(2, [[1], "y"])])
+    assert located(problems_of(info.value), Path()) == [
+        "x.csv: column 1 has values but no name",
+        "x.csv:2: a list is not a cell value: use text or a number",
+    ]
+
+
+def test_empty_worksheet_and_columnless_parquet(tmp_path: Path) -> None:
+    """A workbook without values and a Parquet file without columns are refused."""
+    openpyxl.Workbook().save(tmp_path / "e.xlsx")
+    assert _errors(tmp_path / "e.xlsx", tmp_path) == ["e.xlsx: the worksheet is empty"]
+    pd.DataFrame().to_parquet(tmp_path / "e.parquet")
+    assert _errors(tmp_path / "e.parquet", tmp_path) == [
+        "e.parquet: the Parquet file has no columns"
+    ]
+
+
+def test_unreadable_path_and_inline_format(tmp_path: Path) -> None:
+    """An OS error other than "not found" is reported with its reason; inline has a format."""
+    [error] = _errors(tmp_path / ("x" * 300 + ".csv"), tmp_path)
+    assert error.endswith(": cannot read the rows file: File name too long")
+    assert RowsSource().format == "inline"

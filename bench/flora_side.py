@@ -1,0 +1,151 @@
+"""flora-batch itself, driven in-process through ``pipeline.run_batch`` (ledger and all).
+
+``transport`` selects the HTTP stack behind the same ``FloraClient`` (``None`` is what
+``client.py`` builds today).  A ``RecordingTransport`` wraps it to log every poll, for the
+polling scenario.  ``poll_policy="proposed"`` swaps the worker's ``_next_poll_delay``
+for the policy proposed in docs/performance.md (measured here, not shipped: worker.py
+belongs to its owner).
+"""
+
+from __future__ import annotations
+
+import time
+import types
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from flora_batch.config import Settings
+from flora_batch.ledger import Ledger
+from flora_batch.manifest import load_manifest
+from flora_batch.pipeline import BatchResult, run_batch
+from flora_batch.types import JobKey, RunInfo
+from flora_batch.worker import Worker
+
+#: FloraClient's pool today (client.py: max_connections=32, keep-alive the same).
+CLIENT_LIMITS = httpx.Limits(max_connections=32, max_keepalive_connections=32)
+
+
+@dataclass
+class PollLog:
+    """Per run id: the wall-clock times at which a poll answer arrived."""
+
+    polls: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+
+
+class RecordingTransport(httpx.AsyncBaseTransport):
+    """Logs every ``GET .../runs/{id}`` (a poll) and forwards to the real transport."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, log: PollLog) -> None:
+        self.inner = inner
+        self.log = log
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        parts = request.url.path.split("/")
+        if request.method == "GET" and len(parts) >= 2 and parts[-2] == "runs":
+            self.log.polls[parts[-1]].append(time.time())
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def make_transport(kind: str) -> httpx.AsyncBaseTransport | None:
+    """``default`` (None: client.py decides), ``httpcore`` (explicit, same limits) or ``aiohttp``."""
+    if kind == "default":
+        return None
+    if kind == "httpcore":
+        return httpx.AsyncHTTPTransport(limits=CLIENT_LIMITS)
+    if kind == "aiohttp":
+        from httpx_aiohttp import AiohttpTransport
+
+        return AiohttpTransport(limits=CLIENT_LIMITS)
+    raise ValueError(kind)
+
+
+def premigrate(ledger: Path) -> None:
+    """Create and migrate the ledger outside the measured window (a one-time cost)."""
+    Ledger.open(str(ledger)).close()
+
+
+def proposed_poll_delay(self: Worker, key: JobKey, run: RunInfo) -> float:
+    """The proposed ``Worker._next_poll_delay`` (see docs/performance.md, scenario 3).
+
+    Estimate the run's end from its *running* time, not its time since submit (a run
+    that sat ``pending`` in FLORA's queue has made no progress, and counting that wait
+    made the old estimate 3-10x too long, so it was clamped to max_poll): use the
+    run's ``started_at`` when FLORA gives it, else the first poll that saw it running.
+    Poll at the predicted end, then every min_poll: one or two polls near the end
+    instead of a poll every max_poll.  While pending, or with no progress yet, fall
+    back to the median duration seen for the technique, else min_poll.
+    """
+    s = self.settings
+    now = self.clock()
+    starts: dict[JobKey, float] = self.__dict__.setdefault("_run_started", {})
+    if run.status == "running" and key not in starts:
+        starts[key] = run.started_at / 1000.0 if run.started_at else now
+    seen = sorted(self.durations.get(self.jobs[key].technique, ()))
+    started = starts.get(key)
+    if started is not None and run.progress and 0 < run.progress < 100:
+        ran = max(now - started, 1e-3)
+        left = ran * (100 - run.progress) / run.progress
+    elif seen and self.jobs[key].submitted_at:
+        left = seen[len(seen) // 2] - (now - (self.jobs[key].submitted_at or now))
+    else:
+        left = s.min_poll
+    return float(min(max(left, s.min_poll), s.max_poll))
+
+
+def run_flora(
+    manifest: Path,
+    *,
+    base_url: str,
+    ledger: Path,
+    results: Path,
+    concurrency: int,
+    scale: float,
+    transport: str = "default",
+    record: bool = False,
+    poll_policy: str = "current",
+    max_poll: float = 30.0,
+) -> dict[str, Any]:
+    """One batch; returns CPU seconds (this process, around the batch only) and counts."""
+    import asyncio
+
+    m = load_manifest(manifest)
+    settings = Settings(
+        base_url=base_url,
+        api_key="sk_test_emulator",
+        ledger=str(ledger),
+        results=results,
+        concurrency=concurrency,
+        min_poll=2.0 / scale,
+        max_poll=max_poll / scale,
+        submit_rate=0.0,
+        progress=False,
+    )
+    premigrate(ledger)
+    log = PollLog()
+    inner = make_transport(transport)
+    if record:
+        inner = RecordingTransport(inner or make_transport("httpcore"), log)  # type: ignore[arg-type]
+
+    def hook(worker: Worker) -> None:
+        if poll_policy == "proposed":
+            worker._next_poll_delay = types.MethodType(proposed_poll_delay, worker)  # type: ignore[method-assign]
+
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    result: BatchResult = asyncio.run(run_batch(m, settings, transport=inner, on_worker=hook))
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    counts = {str(k): v for k, v in result.outcome.counts.items() if v}
+    return {
+        "cpu": cpu,
+        "wall": wall,
+        "counts": counts,
+        "stopped": result.outcome.stopped,
+        "polls": {k: v for k, v in log.polls.items()} if record else None,
+    }

@@ -1,0 +1,359 @@
+"""``flora-batch report``: the ledger's jobs joined back to the input rows, as files.
+
+The middle is pure: ``join`` / ``lines_from_ledger`` pair each input row (in input
+order) with its job record, ``results_table`` and ``jsonl_records`` turn those lines
+into cells and objects, ``sidecar`` describes one asset's provenance, and
+``report_html.contact_sheet`` renders the HTML.  They read no clock, no disk and no
+database.  ``write_report`` at the bottom is the edge: it reads the text outputs it
+shows inline and writes ``results.csv``, ``results.xlsx``, ``results.jsonl``,
+``index.html`` and one ``<asset>.json`` beside each output file.
+
+CSV and XLSX cells that a spreadsheet would run as a formula (starting with ``=``,
+``+``, ``-``, ``@``, tab or carriage return) get a leading apostrophe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePath
+from typing import Any
+
+from .errors import UsageError
+from .report_html import contact_sheet
+from .rows import Row
+from .types import JobRecord, OutputRecord
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+FIXED_COLUMNS = ("row", "technique", "status", "run_id", "cost", "error_code", "error_message")
+TEXT_PREVIEW_CHARS = 4000
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One line of the report: an input row through one technique, and its job (if any)."""
+
+    number: int  # the row's 1-based position in the input
+    row: Mapping[str, Any]
+    technique: str
+    record: JobRecord | None
+
+    @property
+    def status(self) -> str:
+        """The job's state, or ``not run`` for a row the ledger has no job for."""
+        return self.record.state.value if self.record else "not run"
+
+
+def _matches(rec: JobRecord, slug: str, row: Row, id_column: str | None) -> bool:
+    if rec.technique != slug:
+        return False
+    if id_column is not None:
+        return rec.row_id == row.values.get(id_column)
+    return rec.row_index == row.index
+
+
+def _best(candidates: list[JobRecord], row: Row) -> JobRecord | None:
+    """The job made from exactly this row's cells, else the most recently updated one."""
+    exact = [r for r in candidates if r.row == row.values]
+    pool = exact or candidates
+    return max(pool, key=lambda r: (r.updated_at or 0.0, r.attempt), default=None)
+
+
+def join(
+    rows: Sequence[Row],
+    techniques: Sequence[str],
+    records: Iterable[JobRecord],
+    id_column: str | None,
+) -> list[Line]:
+    """Each row through each technique, in input order, with its job record (or None)."""
+    by_slug: dict[str, list[JobRecord]] = {}
+    for rec in records:
+        by_slug.setdefault(rec.technique, []).append(rec)
+    lines: list[Line] = []
+    for row in rows:
+        for slug in techniques:
+            found = [r for r in by_slug.get(slug, []) if _matches(r, slug, row, id_column)]
+            lines.append(Line(row.index + 1, row.values, slug, _best(found, row)))
+    return lines
+
+
+def lines_from_ledger(records: Iterable[JobRecord]) -> list[Line]:
+    """Report lines straight from the ledger (no manifest): each job with the row it kept."""
+    ordered = sorted(records, key=lambda r: (r.batch, r.row_index, r.technique, r.key))
+    return [Line(r.row_index + 1, r.row, r.technique, r) for r in ordered]
+
+
+# --- cells -----------------------------------------------------------------------------
+
+
+def protect(value: Any) -> Any:
+    """A cell value a spreadsheet will not run as a formula (strings only change)."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
+def relative(path: str | None, root: Path) -> str:
+    """An output path relative to the results folder (as given when it is outside)."""
+    if not path:
+        return ""
+    try:
+        return PurePath(path).relative_to(root).as_posix()
+    except ValueError:
+        return path
+
+
+def _input_columns(lines: Sequence[Line]) -> list[str]:
+    seen: dict[str, None] = {}
+    for line in lines:
+        seen.update(dict.fromkeys(line.row))
+    return list(seen)
+
+
+def _output_ids(lines: Sequence[Line]) -> list[str]:
+    seen: dict[str, None] = {}
+    for line in lines:
+        if line.record:
+            seen.update(dict.fromkeys(o.output_id for o in line.record.outputs))
+    return list(seen)
+
+
+def _header_name(column: str) -> str:
+    clash = column in FIXED_COLUMNS or column.startswith("output:")
+    return f"input:{column}" if clash else column
+
+
+def results_table(lines: Sequence[Line], root: Path) -> tuple[list[str], list[list[Any]]]:
+    """Header and rows of the results table, in input order (cells not yet protected)."""
+    inputs = _input_columns(lines)
+    outputs = _output_ids(lines)
+    header = [
+        "row",
+        *(_header_name(c) for c in inputs),
+        "technique",
+        "status",
+        *(f"output:{o}" for o in outputs),
+        "run_id",
+        "cost",
+        "error_code",
+        "error_message",
+    ]
+    body = [_table_row(line, inputs, outputs, root) for line in lines]
+    return header, body
+
+
+def _table_row(line: Line, inputs: list[str], outputs: list[str], root: Path) -> list[Any]:
+    rec = line.record
+    paths = {o.output_id: relative(o.path, root) for o in (rec.outputs if rec else ())}
+    return [
+        line.number,
+        *(_cell_text(line.row.get(c)) for c in inputs),
+        line.technique,
+        line.status,
+        *(paths.get(o, "") for o in outputs),
+        rec.run_id if rec else None,
+        rec.charged_cost if rec else None,
+        rec.error_code if rec else None,
+        rec.error_message if rec else None,
+    ]
+
+
+def _cell_text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _output_dict(out: OutputRecord, root: Path) -> dict[str, Any]:
+    return {
+        "id": out.output_id,
+        "type": out.type,
+        "path": relative(out.path, root) or None,
+        "size": out.size,
+        "sha256": out.sha256,
+        "content_type": out.content_type,
+    }
+
+
+def jsonl_records(lines: Sequence[Line], root: Path) -> list[dict[str, Any]]:
+    """One JSON object per report line (``results.jsonl``)."""
+    out: list[dict[str, Any]] = []
+    for line in lines:
+        rec = line.record
+        out.append(
+            {
+                "row": line.number,
+                "fields": dict(line.row),
+                "technique": line.technique,
+                "status": line.status,
+                "outputs": [_output_dict(o, root) for o in rec.outputs] if rec else [],
+                "run_id": rec.run_id if rec else None,
+                "cost": rec.charged_cost if rec else None,
+                "quoted_cost": rec.quoted_cost if rec else None,
+                "error_code": rec.error_code if rec else None,
+                "error_message": rec.error_message if rec else None,
+                "batch": rec.batch if rec else None,
+                "key": rec.key if rec else None,
+                "attempt": rec.attempt if rec else None,
+            }
+        )
+    return out
+
+
+def iso(epoch: float | None) -> str | None:
+    """Epoch seconds as ISO 8601 in UTC."""
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+
+
+def sidecar(rec: JobRecord, out: OutputRecord, root: Path) -> dict[str, Any]:
+    """The provenance of one asset: what made it, from which inputs, for how much."""
+    return {
+        "file": PurePath(out.path or "").name,
+        "path": relative(out.path, root),
+        "output_id": out.output_id,
+        "type": out.type,
+        "content_type": out.content_type,
+        "size": out.size,
+        "sha256": out.sha256,
+        "technique": rec.technique,
+        "batch": rec.batch,
+        "job_key": rec.key,
+        "run_id": rec.run_id,
+        "attempt": rec.attempt,
+        "run_cost": rec.charged_cost,
+        "quoted_cost": rec.quoted_cost,
+        "inputs": {i.id: i.value for i in rec.inputs},
+        "row": dict(rec.row),
+        "row_number": rec.row_index + 1,
+        "source": rec.source,
+        "submitted_at": iso(rec.submitted_at),
+        "completed_at": iso(rec.completed_at),
+        "generator": "flora-batch report",
+    }
+
+
+def summary(lines: Sequence[Line]) -> dict[str, Any]:
+    """Counts by status and money spent over the report's lines."""
+    counts: dict[str, int] = {}
+    for line in lines:
+        counts[line.status] = counts.get(line.status, 0) + 1
+    spent = sum(line.record.charged_cost or 0.0 for line in lines if line.record)
+    return {"lines": len(lines), "statuses": counts, "spent": round(spent, 6)}
+
+
+# --- the edge: reading text outputs and writing the files ----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What ``write_report`` wrote."""
+
+    folder: Path
+    files: tuple[Path, ...]
+    sidecars: int
+
+
+def write_report(
+    lines: Sequence[Line], *, root: Path, out_dir: Path, title: str, generated: float
+) -> Written:
+    """Write the results table (CSV, XLSX, JSONL), ``index.html`` and the asset sidecars."""
+    root, out_dir = root.absolute(), out_dir.absolute()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    header, body = results_table(lines, root)
+    files = [
+        _write_csv(out_dir / "results.csv", header, body),
+        _write_xlsx(out_dir / "results.xlsx", header, body),
+        _write_jsonl(out_dir / "results.jsonl", jsonl_records(lines, root)),
+    ]
+    html = contact_sheet(
+        lines,
+        out_dir=out_dir,
+        title=title,
+        summary=summary(lines),
+        texts=_read_texts(lines),
+        generated=iso(generated) or "",
+    )
+    files.append(_atomic(out_dir / "index.html", html.encode("utf-8")))
+    return Written(out_dir, tuple(files), _write_sidecars(lines, root))
+
+
+def _atomic(path: Path, data: bytes) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path
+
+
+def _write_csv(path: Path, header: list[str], body: list[list[Any]]) -> Path:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\r\n")
+    writer.writerow([protect(h) for h in header])
+    writer.writerows([[protect("" if v is None else v) for v in row] for row in body])
+    return _atomic(path, buf.getvalue().encode("utf-8-sig"))
+
+
+def _write_xlsx(path: Path, header: list[str], body: list[list[Any]]) -> Path:
+    from openpyxl import Workbook
+
+    book = Workbook()
+    sheet = book.active
+    assert sheet is not None
+    sheet.title = "results"
+    sheet.append([protect(h) for h in header])
+    for row in body:
+        sheet.append([protect(v) for v in row])
+    sheet.freeze_panes = "A2"
+    tmp = path.with_name(f".{path.name}.tmp")
+    book.save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    return _atomic(path, text.encode("utf-8"))
+
+
+def _assets(lines: Sequence[Line]) -> Iterator[tuple[JobRecord, OutputRecord, Path]]:
+    """Every output file on disk, with its job."""
+    for rec in (line.record for line in lines if line.record is not None):
+        for out in rec.outputs:
+            if out.path and Path(out.path).is_file():
+                yield rec, out, Path(out.path)
+
+
+def _read_texts(lines: Sequence[Line]) -> dict[str, str]:
+    """The text outputs' contents (the start of each), keyed by their path."""
+    texts: dict[str, str] = {}
+    for _, out, path in _assets(lines):
+        if out.type == "text":
+            with path.open(encoding="utf-8", errors="replace") as fh:
+                texts[str(path)] = fh.read(TEXT_PREVIEW_CHARS + 1)
+    return texts
+
+
+def _write_sidecars(lines: Sequence[Line], root: Path) -> int:
+    count = 0
+    for rec, out, path in _assets(lines):
+        data = json.dumps(sidecar(rec, out, root), indent=2, ensure_ascii=False) + "\n"
+        _atomic(path.with_name(path.name + ".json"), data.encode("utf-8"))
+        count += 1
+    return count
+
+
+def common_root(records: Iterable[JobRecord]) -> Path:
+    """The results folder guessed from the ledger: the deepest folder every output is in.
+
+    Raises:
+        UsageError: no job has an output file yet (give ``--results``).
+    """
+    parents = [str(PurePath(o.path).parent) for r in records for o in r.outputs if o.path]
+    if not parents:
+        raise UsageError("no output files in the ledger yet: give --results DIR")
+    return Path(os.path.commonpath(parents))
