@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean setup
+.PHONY: demo test lint bench docs clean setup
 
 setup: $(STAMP)
 
@@ -28,6 +28,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+docs: $(STAMP)  # docs/cli.md from --help (tests/toolbox/test_toolbox_docs.py checks it)
+	$(BIN)/python -m flora_batch.docs_cli > docs/cli.md.tmp && mv docs/cli.md.tmp docs/cli.md
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

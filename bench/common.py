@@ -106,9 +106,24 @@ class Measured:
 def run_measured(
     args: Sequence[str], *, module: str = "bench.side", timeout: float = 600
 ) -> Measured:
-    """Run ``python -m MODULE ARGS``; its last stdout line is JSON.  Peak RSS via wait4."""
-    cmd = [sys.executable, "-m", module, *args]
-    return run_cmd(cmd, timeout=timeout, parse_json=True)
+    """Run ``python -m MODULE ARGS``; its last stdout line is JSON.  Peak RSS via wait4.
+
+    A long JSON argument is handed over in a file (``@path``) to keep errors readable.
+    """
+    files = []
+    argv = []
+    for arg in args:
+        if len(arg) > 500:
+            path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-spec-{time.time_ns()}.json"
+            path.write_text(arg)
+            files.append(path)
+            arg = f"@{path}"
+        argv.append(arg)
+    try:
+        return run_cmd([sys.executable, "-m", module, *argv], timeout=timeout, parse_json=True)
+    finally:
+        for path in files:
+            path.unlink(missing_ok=True)
 
 
 def run_cmd(cmd: Sequence[str], *, timeout: float = 600, parse_json: bool = False,

@@ -66,7 +66,13 @@ def _serve_uvicorn(config: EmulatorConfig, preload: Path | None) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(
-        uvicorn.Config(emu.app, log_level="warning", lifespan="off", access_log=False)
+        uvicorn.Config(
+            emu.app,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            timeout_keep_alive=75,  # uvicorn's 5 s would race the 2-s waits of every side
+        )
     )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -60,6 +60,9 @@ def make_transport(kind: str) -> httpx.AsyncBaseTransport | None:
         return None
     if kind == "httpcore":
         return httpx.AsyncHTTPTransport(limits=CLIENT_LIMITS)
+    if kind.startswith("httpcore"):  # httpcoreN: a pool of N connections
+        n = int(kind.removeprefix("httpcore"))
+        return httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=n, max_keepalive_connections=n))
     if kind == "aiohttp":
         from httpx_aiohttp import AiohttpTransport
 

@@ -441,8 +441,9 @@ def report(
     )
     if not ctx.obj.get("quiet"):
         summary = rp.summary(lines)
-        counts = ", ".join(f"{n} {s}" for s, n in summary["statuses"].items())
-        click.echo(f"{len(lines)} lines ({counts or 'no jobs'}); {written.sidecars} sidecars")
+        counts = ", ".join(f"{n} {s}" for s, n in summary["statuses"].items()) or "no jobs"
+        cards = len({line.group for line in lines})
+        click.echo(f"{cards} rows, {len(lines)} jobs ({counts}); {written.sidecars} sidecars")
     for path in written.files:
         click.echo(str(path))
 

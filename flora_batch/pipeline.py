@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from . import retrying
 from .client import FloraClient
 from .config import Settings
 from .errors import ManifestError, ManifestProblems
@@ -78,7 +79,11 @@ async def fetch_techniques(client: FloraClient, manifest: Manifest) -> dict[str,
         if use.slug in found:
             continue
         try:
-            found[use.slug] = await client.get_technique(use.slug)
+            # A free, repeatable read: a 429 or 5xx here must not end the run.
+            found[use.slug] = await retrying.call(
+                lambda slug=use.slug: client.get_technique(slug),  # type: ignore[misc]
+                what=f"technique {use.slug}",
+            )
         except NotFound:
             missing.append(
                 ManifestError(

@@ -40,6 +40,7 @@ class Line:
     row: Mapping[str, Any]
     technique: str
     record: JobRecord | None
+    group: str = ""  # lines of one input row share it (one contact-sheet card per row)
 
     @property
     def status(self) -> str:
@@ -76,14 +77,16 @@ def join(
     for row in rows:
         for slug in techniques:
             found = [r for r in by_slug.get(slug, []) if _matches(r, slug, row, id_column)]
-            lines.append(Line(row.index + 1, row.values, slug, _best(found, row)))
+            lines.append(Line(row.index + 1, row.values, slug, _best(found, row), str(row.index)))
     return lines
 
 
 def lines_from_ledger(records: Iterable[JobRecord]) -> list[Line]:
     """Report lines straight from the ledger (no manifest): each job with the row it kept."""
     ordered = sorted(records, key=lambda r: (r.batch, r.row_index, r.technique, r.key))
-    return [Line(r.row_index + 1, r.row, r.technique, r) for r in ordered]
+    return [
+        Line(r.row_index + 1, r.row, r.technique, r, f"{r.batch}:{r.row_index}") for r in ordered
+    ]
 
 
 # --- cells -----------------------------------------------------------------------------

@@ -40,26 +40,32 @@ header a{color:#fafaf7}
 nav{display:flex;gap:8px;padding:12px 24px;flex-wrap:wrap}
 nav button{border:1px solid #bbb;background:#fff;border-radius:16px;padding:4px 12px;cursor:pointer}
 nav button[aria-pressed=true]{background:#1d1d1b;color:#fff;border-color:#1d1d1b}
-main{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:16px;
+main{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:16px;
  padding:0 24px 24px}
 .card{background:#fff;border-radius:8px;overflow:hidden;box-shadow:0 1px 3px rgba(0,0,0,.12);
  border-top:4px solid #999}
 .card[hidden]{display:none}
 .card.succeeded{border-top-color:#2e8b57}.card.failed{border-top-color:#c0392b}
-.media{background:#e9e9e4;display:flex;flex-wrap:wrap;gap:2px}
-.media img,.media video{display:block;width:100%;height:200px;object-fit:contain;background:#e9e9e4}
-.media .none{padding:24px;color:#777;width:100%;text-align:center}
-.media pre{margin:0;padding:8px;max-height:200px;overflow:auto;white-space:pre-wrap;
- font:12px/1.35 ui-monospace,monospace;width:100%;background:#fbfbf8}
+.media{background:#e9e9e4;display:grid;grid-template-columns:repeat(auto-fit,minmax(120px,1fr));
+ gap:2px}
+.media figure{margin:0;background:#e9e9e4;min-width:0}
+.media a{display:block}
+.media img,.media video{display:block;width:100%;height:170px;object-fit:contain}
+.media pre{margin:0;padding:8px;height:170px;overflow:auto;white-space:pre-wrap;
+ font:12px/1.35 ui-monospace,monospace;background:#fbfbf8}
+.media figcaption{font-size:11px;color:#555;padding:2px 6px;overflow-wrap:anywhere}
+.media .none{padding:24px;color:#777;text-align:center;grid-column:1/-1}
 .body{padding:10px 12px}
 .body h2{font-size:15px;margin:0 0 4px;overflow-wrap:anywhere}
 .badge{display:inline-block;font-size:11px;padding:1px 8px;border-radius:10px;background:#ddd}
-.succeeded .badge{background:#d6f0e0}.failed .badge{background:#f7d8d4}
+.badge.succeeded{background:#d6f0e0}.badge.failed{background:#f7d8d4}
+.jobs{margin:6px 0 0;padding:0;list-style:none;font-size:12px}
+.jobs li{margin:2px 0;overflow-wrap:anywhere}
+code{font-size:11px;color:#666}
 .meta{color:#555;margin:4px 0;overflow-wrap:anywhere}
 dl{display:grid;grid-template-columns:auto 1fr;gap:2px 8px;margin:6px 0 0;font-size:12px}
 dt{color:#777}dd{margin:0;overflow-wrap:anywhere}
-.error{color:#a52a1f;margin:6px 0 0;overflow-wrap:anywhere}
-.outputs{margin:6px 0 0;padding:0;list-style:none;font-size:12px}
+.error{color:#a52a1f;margin:2px 0 0}
 """
 
 SCRIPT = """
@@ -94,25 +100,25 @@ def group_of(status: str) -> str:
     return GROUPS.get(status, "other")
 
 
-def _media(out: OutputRecord, out_dir: Path, texts: Mapping[str, str]) -> str:
+def _media(out: OutputRecord, out_dir: Path, texts: Mapping[str, str], caption: str) -> str:
+    label = esc(caption)
     if not out.path:
-        return f'<div class="none">{esc(out.output_id)}: not downloaded</div>'
+        return f'<figure class="none">{label}: not downloaded</figure>'
     src = esc(href(out.path, out_dir))
-    label = esc(out.output_id)
     if out.type == "imageUrl":
-        return f'<a href="{src}"><img src="{src}" alt="{label}" loading="lazy"></a>'
-    if out.type == "videoUrl":
-        return f'<video src="{src}" controls muted preload="metadata" title="{label}"></video>'
-    if out.type == "text":
-        return f'<pre title="{label}">{esc(texts.get(out.path, ""))}</pre>'
-    return f'<div class="none"><a href="{src}">{label}</a></div>'
+        body = f'<a href="{src}"><img src="{src}" alt="{label}" loading="lazy"></a>'
+    elif out.type == "videoUrl":
+        body = f'<video src="{src}" controls muted preload="metadata" title="{label}"></video>'
+    elif out.type == "text":
+        body = f"<pre>{esc(texts.get(out.path, ''))}</pre>"
+    else:
+        body = f'<a href="{src}">open file</a>'
+    return f"<figure>{body}<figcaption>{label}</figcaption></figure>"
 
 
 def _fields(row: Mapping[str, Any]) -> str:
-    items = list(row.items())[:CARD_FIELDS]
-    cells = "".join(
-        f"<dt>{esc(k)}</dt><dd>{esc(_clip(str(v)))}</dd>" for k, v in items if str(v).strip()
-    )
+    items = [(k, str(v)) for k, v in row.items() if str(v).strip()][:CARD_FIELDS]
+    cells = "".join(f"<dt>{esc(k)}</dt><dd>{esc(_clip(v))}</dd>" for k, v in items)
     return f"<dl>{cells}</dl>" if cells else ""
 
 
@@ -124,41 +130,67 @@ def _money(value: float | None) -> str:
     return "" if value is None else f"${value:,.2f}"
 
 
-def card(line: Line, out_dir: Path, texts: Mapping[str, str]) -> str:
-    """One line of the report as a card."""
+def _job(line: Line) -> str:
+    """One technique's line on a card: status, cost, run id, error."""
     rec = line.record
-    group = group_of(line.status)
-    outputs = rec.outputs if rec else ()
-    media = "".join(_media(o, out_dir, texts) for o in outputs) or (
-        f'<div class="none">{esc(line.status)}</div>'
-    )
-    name = rec.row_id if rec and rec.row_id else f"row {line.number}"
-    meta = " · ".join(
-        p
-        for p in (
-            esc(line.technique),
-            _money(rec.charged_cost if rec else None),
-            esc(rec.run_id if rec else ""),
+    parts = [
+        f"<b>{esc(line.technique)}</b>",
+        f'<span class="badge {group_of(line.status)}">{esc(line.status)}</span>',
+    ]
+    if rec is not None:
+        parts += [esc(_money(rec.charged_cost)), f"<code>{esc(rec.run_id or '')}</code>"]
+    error = ""
+    if rec is not None and (rec.error_code or rec.error_message):
+        error = f'<div class="error">{esc(rec.error_code)}: {esc(rec.error_message)}</div>'
+    return f"<li>{' '.join(p for p in parts if p)}{error}</li>"
+
+
+def row_group(lines: Sequence[Line]) -> str:
+    """The filter group of a row: failed if any job failed, succeeded if all are done."""
+    groups = {group_of(line.status) for line in lines}
+    if "failed" in groups:
+        return "failed"
+    return "succeeded" if groups == {"succeeded"} else "other"
+
+
+def card(lines: Sequence[Line], out_dir: Path, texts: Mapping[str, str]) -> str:
+    """One input row (all its techniques) as a card."""
+    first = lines[0]
+    group = row_group(lines)
+    media = (
+        "".join(
+            _media(o, out_dir, texts, f"{line.technique} · {o.output_id}")
+            for line in lines
+            for o in (line.record.outputs if line.record else ())
         )
-        if p
+        or f'<figure class="none">{esc(first.status)}</figure>'
     )
-    error = (
-        f'<p class="error">{esc(rec.error_code)}: {esc(rec.error_message)}</p>'
-        if rec and (rec.error_code or rec.error_message)
-        else ""
-    )
+    row_id = next((ln.record.row_id for ln in lines if ln.record and ln.record.row_id), None)
+    name = row_id or f"row {first.number}"
+    cost = sum(ln.record.charged_cost or 0.0 for ln in lines if ln.record)
+    statuses = ", ".join(sorted({ln.status for ln in lines}))
     return (
-        f'<article class="card {group}" data-group="{group}" data-status="{esc(line.status)}">'
+        f'<article class="card {group}" data-group="{group}" data-status="{esc(statuses)}">'
         f'<div class="media">{media}</div><div class="body">'
-        f'<h2>#{line.number} · {esc(name)}</h2><span class="badge">{esc(line.status)}</span>'
-        f'<p class="meta">{meta}</p>{_fields(line.row)}{error}</div></article>'
+        f"<h2>#{first.number} · {esc(name)}</h2>"
+        f'<p class="meta">{esc(_money(cost))} · {len(lines)} job(s)</p>'
+        f'<ul class="jobs">{"".join(_job(ln) for ln in lines)}</ul>{_fields(first.row)}'
+        "</div></article>"
     )
 
 
-def _nav(lines: Sequence[Line]) -> str:
-    counts = {"all": len(lines), "succeeded": 0, "failed": 0, "other": 0}
+def by_row(lines: Sequence[Line]) -> list[list[Line]]:
+    """Lines grouped per input row, in order of first appearance."""
+    rows: dict[str, list[Line]] = {}
     for line in lines:
-        counts[group_of(line.status)] += 1
+        rows.setdefault(line.group or str(id(line)), []).append(line)
+    return list(rows.values())
+
+
+def _nav(cards: Sequence[Sequence[Line]]) -> str:
+    counts = {"all": len(cards), "succeeded": 0, "failed": 0, "other": 0}
+    for lines in cards:
+        counts[row_group(lines)] += 1
     return (
         "<nav>"
         + "".join(
@@ -181,16 +213,17 @@ def contact_sheet(
 ) -> str:
     """The whole self-contained HTML page."""
     statuses = ", ".join(f"{n} {s}" for s, n in summary["statuses"].items()) or "no jobs"
-    cards = "\n".join(card(line, out_dir, texts) for line in lines)
+    rows = by_row(lines)
+    cards = "\n".join(card(row, out_dir, texts) for row in rows)
     return (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         '<link rel="icon" href="data:,">'
         f"<title>{esc(title)}: flora-batch report</title><style>{CSS}</style></head><body>"
-        f"<header><h1>{esc(title)}</h1><p>{len(lines)} lines: {esc(statuses)} · "
+        f"<header><h1>{esc(title)}</h1><p>{len(rows)} rows, {len(lines)} jobs: {esc(statuses)} · "
         f"{esc(_money(summary['spent']))} spent · generated {esc(generated)} · "
         '<a href="results.csv">CSV</a> · <a href="results.xlsx">XLSX</a> · '
         '<a href="results.jsonl">JSONL</a></p></header>'
-        f"{_nav(lines)}<main>\n{cards}\n</main><script>{SCRIPT}</script></body></html>\n"
+        f"{_nav(rows)}<main>\n{cards}\n</main><script>{SCRIPT}</script></body></html>\n"
     )

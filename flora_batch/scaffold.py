@@ -15,8 +15,7 @@ import re
 
 from .manifest import send_type
 from .naming import placeholder_ok
-from .progress import money
-from .techniques import constraints
+from .techniques import constraints, money
 from .types import IOSlot, Technique
 
 

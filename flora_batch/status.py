@@ -111,8 +111,8 @@ class Status:
 
     @property
     def finished(self) -> bool:
-        """Every job is in a terminal state (nothing more happens on its own)."""
-        return all(n == 0 or s.terminal for s, n in self.counts.items())
+        """There are jobs and every one is in a terminal state (nothing more happens on its own)."""
+        return self.total > 0 and all(n == 0 or s.terminal for s, n in self.counts.items())
 
     def as_dict(self) -> dict[str, Any]:
         """JSON shape, for ``status --json``."""

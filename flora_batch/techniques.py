@@ -14,15 +14,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .errors import NotFound
 from .manifest import send_type
-from .progress import money
 from .types import IOSlot, Technique
-
-if TYPE_CHECKING:
-    from .client import FloraClient
 
 SEED_FILE = "data/techniques.json"
 #: The input media hosts FLORA accepts (CONTRACT.md §9; ``wire.DEFAULT_ALLOWED_HOSTS``).
@@ -30,6 +26,11 @@ ALLOWED_HOSTS_TEXT = (
     "https:// on media.flora.ai, storage.googleapis.com (Google Cloud Storage), "
     "Amazon S3 or ik.imagekit.io"
 )
+
+
+def money(value: float, unit: str = "usd") -> str:
+    """``$1.23`` for USD, ``123 credits`` for the older dialect (as ``progress.money``)."""
+    return f"${value:,.2f}" if unit == "usd" else f"{value:,.0f} credits"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +60,15 @@ def seed_techniques() -> list[Listing]:
     return [Listing(t["slug"], t["name"], t["description"]) for t in json.loads(text)["techniques"]]
 
 
-async def list_techniques(client: FloraClient) -> tuple[list[Listing], bool]:
+class Lister(Protocol):
+    """What ``list_techniques`` needs of a client (``FloraClient`` has it)."""
+
+    async def list_techniques(self) -> list[Technique]:
+        """Every technique, from the list endpoint."""
+        ...
+
+
+async def list_techniques(client: Lister) -> tuple[list[Listing], bool]:
     """Every technique and whether it came from the seed list (the list endpoint said 404)."""
     try:
         found = await client.list_techniques()

@@ -87,7 +87,7 @@ class AssetRecord:
     uploaded_at: float | None = None
     completed_at: float | None = None
     storage_type: str | None = None  # the storage file part's Content-Type
-    uploads: int = 0  # transfers the fake storage accepted
+    transfers: int = 0  # storage transfers (signed uploads) accepted
     reservations: int = 0  # signed reservations issued (create + retries)
     clock: Callable[[], float] = field(default=lambda: 0.0, repr=False)
 
@@ -151,7 +151,7 @@ class AssetRecord:
             "created_at": self.created_at,
             "ready_at": self.ready_at,
             "expires_at": self.expires_at,
-            "uploads": self.uploads,
+            "transfers": self.transfers,
             "reservations": self.reservations,
             "failure_message": self.failure_message_at(now),
         }
@@ -304,7 +304,7 @@ class AssetStore:
             record.keep(file.data, kind)
             record.storage_type = file.content_type
             record.uploaded_at = now
-            record.uploads += 1
+            record.transfers += 1
 
     # -- run inputs and inspection ---------------------------------------------------------
 

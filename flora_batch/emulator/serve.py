@@ -5,6 +5,10 @@
 to let the OS pick one), so end-to-end tests and ``flora-batch run --demo`` can point a
 client at ``handle.base_url``.  Deliberate connection drops (``ConnectionDropped``) are
 kept out of uvicorn's error log: they are the point, not a bug.
+
+The command's banner prints the base URL, the API key and the workspace id
+(``--workspace-id``, default ``ws_emulator``) that a client needs as
+``FLORA_WORKSPACE_ID`` for asset uploads.
 """
 
 from __future__ import annotations
@@ -181,7 +185,15 @@ def _parse_faults(ctx: click.Context, param: click.Parameter, value: str | None)
         raise click.BadParameter(str(exc)) from None
 
 
-@click.command("emulator")
+EMULATOR_EXAMPLES = """
+\b
+Examples:
+  flora-batch emulator --port 8787 --speed 30     # then: FLORA_BASE_URL=http://127.0.0.1:8787/api/v1
+  flora-batch emulator --faults "seed=7,rate_limit=0.1,run_failure=0.05"
+"""
+
+
+@click.command("emulator", epilog=EMULATOR_EXAMPLES)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
 @click.option("--port", default=8787, show_default=True, help="Port to bind (0: any free port).")
 @click.option("--speed", default=1.0, show_default=True, help="Divide run times by this.")

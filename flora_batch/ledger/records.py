@@ -27,11 +27,12 @@ RESERVING_STATES = frozenset(
 )
 
 
-_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+# Keys keep their order (a row's cells stay in column order); one encoder, built once.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def dumps(value: Any) -> str:
-    """Canonical JSON text, as stored in the ledger's JSON columns."""
+    """Compact JSON text, as stored in the ledger's JSON columns."""
     return _ENCODER.encode(value)
 
 

@@ -13,7 +13,7 @@ nothing changes.  The legal moves (``moves.py``)::
     mark_running          submitting | needs_reconcile | unresolved -> running
     mark_needs_reconcile  submitting -> needs_reconcile
     mark_unresolved       submitting | needs_reconcile -> unresolved
-    resubmit_unresolved   unresolved -> planned          (same idempotency key)
+    resubmit_unresolved   unresolved -> planned          (new attempt, new key)
     mark_downloading      running -> downloading
     mark_done             downloading -> done            (every output saved)
     reopen_download       done -> downloading
@@ -36,7 +36,7 @@ from sqlalchemy.sql import ColumnElement
 
 from ..errors import LedgerConflict
 from ..types import JobKey, JobRecord, JobSpec, JobState, RunOutput
-from . import connect, outputs_sql
+from . import bulk, connect, outputs_sql
 from . import migrate as schema
 from . import moves as mv
 from .core import LedgerCore
@@ -52,8 +52,7 @@ from .records import (
 from .tables import events, meta, outputs
 from .tables import jobs as jobs_table
 
-_LOOKUP_CHUNK = 500  # keys per IN (...) when looking for existing jobs
-_INSERT_CHUNK = 5_000  # rows per executemany
+_LOOKUP_CHUNK = (5_000, 500)  # keys per IN (...) looking for existing jobs: (other, SQLite)
 _NO_ERROR: Mapping[str, Any] = {"error_code": None, "error_message": None, "error_category": None}
 
 
@@ -119,9 +118,8 @@ class Ledger(LedgerCore):
                 {"job_key": r["key"], "at": now, "to_state": planned, "detail": detail}
                 for r in rows
             ]
-            for start in range(0, len(rows), _INSERT_CHUNK):
-                conn.execute(insert(jobs_table), rows[start : start + _INSERT_CHUNK])
-                conn.execute(insert(events), logs[start : start + _INSERT_CHUNK])
+            bulk.insert_rows(conn, jobs_table, rows)
+            bulk.insert_rows(conn, events, logs)
         return len(rows)
 
     def known(self, batch: str) -> dict[JobKey, JobState]:
@@ -286,8 +284,12 @@ class Ledger(LedgerCore):
         return self._move(key, mv.MARK_UNRESOLVED, now, values, {"reason": reason})
 
     def resubmit_unresolved(self, key: JobKey, *, now: float) -> JobRecord:
-        """``unresolved -> planned``, keeping the idempotency key: the user asked for it."""
-        return self._move(key, mv.RESUBMIT_UNRESOLVED, now, _NO_ERROR)
+        """``unresolved -> planned`` as a new attempt with a new key: the user asked for it.
+
+        The old key is known to FLORA (that is why the job is unresolved), so sending it
+        again would only meet the same duplicate answer; a new purchase needs a new key.
+        """
+        return self._next_attempt(key, mv.RESUBMIT_UNRESOLVED, now)
 
     # -- results -----------------------------------------------------------------------
 
@@ -390,8 +392,12 @@ class Ledger(LedgerCore):
         old run id, key, request ids, bill and error go to the event log; the old bill
         stays in ``money()``'s spent total.  A burned key never comes back.
         """
+        return self._next_attempt(key, mv.RETRY_FAILED, now)
+
+    def _next_attempt(self, key: JobKey, move: mv.Move, now: float) -> JobRecord:
+        """Start attempt n+1 with key ``<key>-r<n+1>``; the old attempt goes to the events."""
         with self._write(key) as conn:
-            row = self._expect(conn, key, mv.RETRY_FAILED)
+            row = self._expect(conn, key, move)
             attempt = row["attempt"] + 1
             old = {k: row[k] for k in _ATTEMPT_COLUMNS}
             values = {
@@ -402,7 +408,7 @@ class Ledger(LedgerCore):
                 "request_ids": "[]",
             }
             detail = {"attempt": attempt, "old": {**old, "request_ids": row["request_ids"]}}
-            self._apply(conn, row, mv.RETRY_FAILED, now, values, detail)
+            self._apply(conn, row, move, now, values, detail)
             conn.execute(outputs.delete().where(outputs.c.job_key == key))
             return self._record(conn, key)
 
@@ -432,8 +438,9 @@ def _request_ids(row: RowMapping, request_id: str | None) -> dict[str, Any]:
 def _existing_keys(conn: Connection, keys: list[str]) -> set[str]:
     found: set[str] = set()
     key = jobs_table.c.key
-    for start in range(0, len(keys), _LOOKUP_CHUNK):
-        chunk = keys[start : start + _LOOKUP_CHUNK]
+    size = _LOOKUP_CHUNK[conn.dialect.name == "sqlite"]
+    for start in range(0, len(keys), size):
+        chunk = keys[start : start + size]
         found.update(conn.execute(select(key).where(key.in_(chunk))).scalars())
     return found
 

@@ -524,7 +524,7 @@ async def test_storage_enforces_the_post_policy(
     async with httpx.AsyncClient(transport=client._transport, headers=headers) as storage:
         r = await storage.post(url, files=parts)
     assert r.status_code == status and f"<Code>{code}</Code>".encode() in r.content
-    assert all(record.uploads == 0 for record in emu.assets.values())
+    assert all(record.transfers == 0 for record in emu.assets.values())
 
 
 async def test_storage_accepts_auth_when_told_to(make_emu: Factory) -> None:
@@ -757,9 +757,9 @@ async def test_storage_error(emu: Emulator, client: httpx.AsyncClient) -> None:
     failed = await send_to_storage(client, upload, png_bytes())
     assert failed.status_code in (500, 503) and b"<Error>" in failed.content
     [record] = emu.assets.values()
-    assert record.uploads == 0 and record.sha256 is None
+    assert record.transfers == 0 and record.sha256 is None
     assert (await send_to_storage(client, upload, png_bytes())).status_code == 204
-    assert record.uploads == 1
+    assert record.transfers == 1
 
 
 async def test_fetch_refused(emu: Emulator, client: httpx.AsyncClient, clock: ManualClock) -> None:
@@ -913,7 +913,7 @@ async def test_inspection_api(emu: Emulator, client: httpx.AsyncClient, clock: M
     assert (record.status, record.idempotency_key, record.created_at) == ("ready", "k1", start)
     sha = hashlib.sha256(data).hexdigest()
     assert emu.assets_by_sha256() == {sha: 2}  # the same file, uploaded twice
-    assert emu.assets[signed["asset_id"]].uploads == 1
+    assert emu.assets[signed["asset_id"]].transfers == 1
     counts = emu.request_counts
     assert (counts[CREATE_ASSET], counts[STORAGE], counts[COMPLETE_ASSET]) == (2, 1, 1)
     assert (counts[GET_ASSET], counts[LIST_ASSETS], counts[RETRY_ASSET]) == (1, 1, 0)

@@ -130,6 +130,7 @@ class CliRun:
     code: int
     out: str
     killed: bool = False
+    seconds: float = 0.0
 
 
 @dataclass
@@ -145,7 +146,7 @@ class Schedule:
 
     def describe(self) -> str:
         """A compact account for assertion messages."""
-        codes = [("KILL" if r.killed else r.code) for r in self.runs]
+        codes = [("KILL" if r.killed else r.code, round(r.seconds, 1)) for r in self.runs]
         return f"codes={codes}\n--- last output ---\n{self.last.out[-3000:]}"
 
 
@@ -157,35 +158,64 @@ def cli_env(server: Any) -> dict[str, str]:
     return env
 
 
-def start_cli(server: Any, args: list[str], log: Path) -> subprocess.Popen[bytes]:
+#: The real entry point with retry waits zeroed, as every in-process test runs it.
+FAST_RETRIES_BOOT = (
+    "from flora_batch import retrying\n"
+    "from flora_batch.cli import main\n"
+    "with retrying.set_testing():\n"
+    "    main()\n"
+)
+
+
+def cli_command(args: list[str], *, real_waits: bool = False) -> list[str]:
+    """``flora-batch ARGS`` as a user types it, or with retry waits zeroed."""
+    if real_waits:
+        return [sys.executable, "-m", "flora_batch", *args]
+    return [sys.executable, "-c", FAST_RETRIES_BOOT, *args]
+
+
+def start_cli(
+    server: Any, args: list[str], log: Path, *, real_waits: bool = False
+) -> subprocess.Popen[bytes]:
     """Start ``flora-batch ARGS`` with its output going to ``log`` (never a pipe that fills)."""
     with open(log, "wb") as fh:
         return subprocess.Popen(
-            [sys.executable, "-m", "flora_batch", *args],
+            cli_command(args, real_waits=real_waits),
             env=cli_env(server),
             stdout=fh,
             stderr=subprocess.STDOUT,
         )
 
 
-def run_cli(server: Any, args: list[str], log: Path, timeout: float = 90) -> CliRun:
+def run_cli(
+    server: Any, args: list[str], log: Path, *, timeout: float = 90, real_waits: bool = False
+) -> CliRun:
     """Run the CLI to its end."""
-    proc = start_cli(server, args, log)
+    began = time.monotonic()
+    proc = start_cli(server, args, log, real_waits=real_waits)
     try:
         code = proc.wait(timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-        raise AssertionError(f"flora-batch did not finish in {timeout}s:\n{log.read_text()}")
-    return CliRun(code, log.read_text(errors="replace"))
+        message = f"flora-batch did not finish in {timeout}s:\n{log.read_text()}"
+        raise AssertionError(message) from None
+    return CliRun(code, log.read_text(errors="replace"), seconds=time.monotonic() - began)
 
 
 def kill_when(
-    server: Any, args: list[str], log: Path, trigger: Callable[[], bool], timeout: float = 60
+    server: Any,
+    args: list[str],
+    log: Path,
+    trigger: Callable[[], bool],
+    *,
+    timeout: float = 60,
+    real_waits: bool = False,
 ) -> CliRun:
     """Start the CLI and SIGKILL it the moment ``trigger()`` holds (unless it ends first)."""
-    proc = start_cli(server, args, log)
-    end = time.monotonic() + timeout
+    began = time.monotonic()
+    proc = start_cli(server, args, log, real_waits=real_waits)
+    end = began + timeout
     killed = False
     while proc.poll() is None and time.monotonic() < end:
         if trigger():
@@ -197,15 +227,24 @@ def kill_when(
         proc.send_signal(signal.SIGKILL)
         killed = True
     code = proc.wait()
-    return CliRun(code, log.read_text(errors="replace"), killed=killed and code == -9)
+    out = log.read_text(errors="replace")
+    return CliRun(code, out, killed=killed and code == -9, seconds=time.monotonic() - began)
 
 
 def random_trigger(rng: random.Random, emu: Emulator) -> Callable[[], bool]:
-    """A seeded kill moment: after a delay, after N more creates, or after N more requests."""
+    """A seeded kill moment: a delay after the process's first request, N more creates,
+    or N more requests of any kind (polls and downloads included)."""
     kind = rng.choice(("delay", "creates", "requests"))
     if kind == "delay":
-        at = time.monotonic() + rng.uniform(0.4, 2.0)
-        return lambda: time.monotonic() >= at
+        delay, seen = rng.uniform(0.0, 0.8), all_requests(emu)
+        woke: list[float] = []
+
+        def after_delay() -> bool:
+            if not woke and all_requests(emu) > seen:
+                woke.append(time.monotonic())
+            return bool(woke) and time.monotonic() - woke[0] >= delay
+
+        return after_delay
     if kind == "creates":
         target = creates(emu) + rng.randint(1, 6)
         return lambda: creates(emu) >= target
@@ -225,6 +264,7 @@ def crash_until_done(
     seed: int,
     *,
     max_reruns: int = 8,
+    real_waits: bool = False,
 ) -> Schedule:
     """Kill the CLI 1–3 times at seeded moments, then re-run it until the batch settles."""
     rng = random.Random(seed)
@@ -234,9 +274,10 @@ def crash_until_done(
     logs.mkdir(exist_ok=True)
     for n in range(rng.randint(1, 3)):
         log = logs / f"kill-{n}.log"
-        schedule.runs.append(kill_when(server, args, log, random_trigger(rng, emu)))
+        trigger = random_trigger(rng, emu)
+        schedule.runs.append(kill_when(server, args, log, trigger, real_waits=real_waits))
     for n in range(max_reruns):
-        run = run_cli(server, args, logs / f"rerun-{n}.log")
+        run = run_cli(server, args, logs / f"rerun-{n}.log", real_waits=real_waits)
         schedule.runs.append(run)
         if run.code in SETTLED_CODES and not unsettled(manifest):
             return schedule

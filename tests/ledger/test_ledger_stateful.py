@@ -90,7 +90,7 @@ class JobModel:
             self.run_id = run
         elif action == "mark_downloading":
             self.saved = {o.output_id: self.saved.get(o.output_id, False) for o in OUTPUTS}
-        elif action == "retry_failed":
+        elif action in ("retry_failed", "resubmit_unresolved"):
             self.charged_before += self.charged or 0.0
             self.charged, self.run_id, self.saved = None, None, {}
             self.attempt += 1

@@ -90,6 +90,7 @@ def test_record_planned_inserts_new_jobs(ledger: Ledger, job_factory: JobFactory
     )  # fmt: skip
     assert rec.inputs == spec.inputs
     assert rec.row == spec.row
+    assert list(rec.row) == list(spec.row), "cells keep their column order"
     assert rec.output_name == spec.output_name
     assert (rec.updated_at, rec.submitted_at, rec.run_id, rec.outputs) == (10.0, None, None, ())
     assert ledger.get(key_b).quoted_cost == 1.5
@@ -229,14 +230,16 @@ def test_mark_submitting_sets_submitted_at(ledger: Ledger, job_in: JobIn) -> Non
     assert ledger.mark_submitting(key, now=42.0).submitted_at == 42.0
 
 
-def test_resend_keeps_first_submitted_at(ledger: Ledger, job_in: JobIn) -> None:
-    """After resubmit_unresolved the same key is resent and keeps its first send time."""
+def test_resubmit_unresolved_starts_a_new_attempt_with_a_new_key(
+    ledger: Ledger, job_in: JobIn
+) -> None:
+    """resubmit_unresolved never resends the key FLORA already holds: attempt 2, key -r2."""
     key = job_in(S.UNRESOLVED)  # submitted at 100.0
     ledger.resubmit_unresolved(key, now=200.0)
     rec = ledger.mark_submitting(key, now=300.0)
-    assert (rec.submitted_at, rec.idempotency_key) == (100.0, key)
+    assert (rec.submitted_at, rec.idempotency_key, rec.attempt) == (300.0, f"{key}-r2", 2)
     released = ledger.release_unsent(key, now=301.0, reason="429")
-    assert released.submitted_at == 100.0, "an earlier send may have landed"
+    assert released.submitted_at is None
 
 
 def test_release_unsent_clears_first_send(ledger: Ledger, job_in: JobIn) -> None:

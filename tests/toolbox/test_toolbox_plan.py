@@ -1,4 +1,4 @@
-"""`flora-batch plan`: validation, job counts against the ledger, cost against max_cost, no spend."""
+"""`flora-batch plan`: validation, job counts against the ledger, cost against max_cost."""
 
 from __future__ import annotations
 

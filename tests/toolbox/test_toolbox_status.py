@@ -7,12 +7,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from e2e_helpers import FAST, cli_cmd, wait_for
+from toolbox_helpers import PRODUCTS, as_json, env, run_batch, write_batch
+
 from flora_batch.emulator import FaultPlan
 from flora_batch.ledger import Ledger
 from flora_batch.status import WINDOW, throughput
-from toolbox_helpers import as_json, env, run_batch, write_batch
 
 
 def test_status_of_a_half_done_batch(emulator, run_cli, tmp_path: Path):
@@ -52,10 +52,12 @@ def test_status_groups_failures_by_code_with_their_rows(emulator, run_cli, tmp_p
 
 def test_status_watch_follows_a_run_to_the_end(emulator, run_cli, tmp_path: Path):
     """--watch --json prints a line per refresh while the run goes, and stops once all finish."""
-    server = emulator(speed=20.0)
-    manifest = write_batch(tmp_path / "b")
+    server = emulator()
+    rows = [{**p, "sku": f"{p['sku']}-{n}"} for n in range(2) for p in PRODUCTS]
+    manifest = write_batch(tmp_path / "b", rows=rows)
     ledger = manifest.parent / "shop.ledger.db"
-    run = subprocess.Popen(cli_cmd("run", str(manifest), *FAST), env=env(tmp_path, server),
+    command = cli_cmd("run", str(manifest), *FAST, "--rate", "1")  # ~12 s: outlasts a CLI start
+    run = subprocess.Popen(command, env=env(tmp_path, server),
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(ledger.exists)
@@ -65,7 +67,7 @@ def test_status_watch_follows_a_run_to_the_end(emulator, run_cli, tmp_path: Path
         assert run.wait(timeout=120) == 0
     snapshots = [json.loads(line) for line in watch.out.splitlines()]
     assert watch.code == 0 and len(snapshots) >= 2
-    assert snapshots[-1]["finished"] is True and snapshots[-1]["states"]["done"] == 6
+    assert snapshots[-1]["finished"] is True and snapshots[-1]["states"]["done"] == 12
     assert any(not s["finished"] for s in snapshots[:-1])
 
 

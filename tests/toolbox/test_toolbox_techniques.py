@@ -9,10 +9,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from toolbox_helpers import as_json, env
 
 from flora_batch.emulator.catalog import load_catalog
 from flora_batch.techniques import seed_techniques
-from toolbox_helpers import as_json, env
 
 
 class _NoList(BaseHTTPRequestHandler):
