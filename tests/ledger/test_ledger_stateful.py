@@ -252,9 +252,9 @@ class LedgerMachine(RuleBasedStateMachine):
 
 def test_random_transitions_keep_the_promises(open_ledger: Opener, ledger_url: str) -> None:
     """Any sequence of moves, file losses, late bills and crashes keeps the invariants."""
-    examples = 25 if ledger_url.endswith(".ledger") else 10
+    examples = 15 if ledger_url.endswith(".ledger") else 6
     machine = type("Machine", (LedgerMachine,), {"opener": staticmethod(open_ledger)})
     run_state_machine_as_test(
         machine,
-        settings=settings(max_examples=examples, stateful_step_count=50, deadline=None),
+        settings=settings(max_examples=examples, stateful_step_count=40, deadline=None),
     )
