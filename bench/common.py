@@ -47,6 +47,15 @@ class Emu:
 
         return httpx.get(f"{self.origin}/_emulator/state", timeout=120).json()  # type: ignore[no-any-return]
 
+    def preload(self, path: Path) -> list[str]:
+        """Create runs straight on the emulator's state (see ``emu_proc``); their ids."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"preload {path}\n")
+        self.proc.stdin.flush()
+        self.proc.stdout.readline()
+        ids: list[str] = json.loads(Path(f"{path}.out").read_text())
+        return ids
+
     def cpu_seconds(self) -> float:
         """User + system CPU the emulator process has used so far (Linux /proc)."""
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -66,14 +75,11 @@ def emulator(
     max_running: int | None = None,
     *,
     server: str = "uvicorn",
-    preload: Path | None = None,
 ) -> Iterator[Emu]:
     """Start ``bench.emu_proc`` and stop it afterwards."""
     cmd = [sys.executable, "-m", "bench.emu_proc", "--speed", repr(speed), "--server", server]
     if max_running is not None:
         cmd += ["--max-running", str(max_running)]
-    if preload is not None:
-        cmd += ["--preload", str(preload)]
     proc = subprocess.Popen(
         cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_env(), cwd=REPO
     )

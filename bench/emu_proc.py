@@ -4,10 +4,11 @@
 loopback port, prints one JSON line ``{"port": N}`` and serves until its standard input
 closes (the parent died or is done) or it gets SIGTERM.
 
-``--preload FILE`` creates runs before serving, straight on the emulator's state (no HTTP):
-FILE holds ``[[slug, inputs, idempotency_key], ...]``; the run ids are written, in the
-same order, to ``FILE + ".out"``.  Scenario 4 uses it to put 10,000 runs in flight at once
-without paying 10,000 creates of setup time.
+A line ``preload FILE`` on standard input creates runs straight on the emulator's state
+(no HTTP): FILE holds ``[[slug, inputs, idempotency_key], ...]``; the run ids are
+written, in the same order, to ``FILE + ".out"`` and a line ``{"preloaded": N}`` is
+printed.  Scenario 4 uses it to put 10,000 runs in flight at once without paying for
+10,000 creates of setup.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flora_batch.emulator import Emulator, EmulatorConfig
 import uvicorn
 
+from flora_batch.emulator import Emulator, EmulatorConfig
 from flora_batch.emulator.validation import CreateRequest
 from flora_batch.types import RunInput
 
@@ -41,19 +42,23 @@ def _preload(emu: Emulator, path: Path) -> None:
     Path(f"{path}.out").write_text(json.dumps(ids))
 
 
-def _wait_for_eof_or_term() -> None:
+def _wait_for_eof_or_term(emu: Emulator) -> None:
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
 
     def stdin_watch() -> None:
-        sys.stdin.read()
+        for line in sys.stdin:
+            command, _, arg = line.strip().partition(" ")
+            if command == "preload":
+                _preload(emu, Path(arg))
+                print(json.dumps({"preloaded": arg}), flush=True)
         done.set()
 
     threading.Thread(target=stdin_watch, daemon=True).start()
     done.wait()
 
 
-def _serve_uvicorn(config: EmulatorConfig, preload: Path | None) -> None:
+def _serve_uvicorn(config: EmulatorConfig) -> None:
     """``serve.start_server``, but on a socket made with ``IPPROTO_TCP``.
 
     ``serve._bind`` makes its socket with protocol 0; asyncio sets TCP_NODELAY only on
@@ -78,10 +83,8 @@ def _serve_uvicorn(config: EmulatorConfig, preload: Path | None) -> None:
     thread.start()
     while not server.started:
         time.sleep(0.01)
-    if preload is not None:
-        _preload(emu, preload)
     print(json.dumps({"port": sock.getsockname()[1]}), flush=True)
-    _wait_for_eof_or_term()
+    _wait_for_eof_or_term(emu)
     server.should_exit = True
     thread.join(5)
 
@@ -120,14 +123,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--speed", type=float, default=1.0)
     parser.add_argument("--max-running", type=int, default=None)
     parser.add_argument("--server", choices=["uvicorn", "hypercorn"], default="uvicorn")
-    parser.add_argument("--preload", type=Path, default=None)
     args = parser.parse_args(argv)
     kw: dict[str, Any] = {"speed": args.speed, "max_running": args.max_running}
     config = EmulatorConfig(**kw)
     if args.server == "hypercorn":
         _serve_hypercorn(config)
     else:
-        _serve_uvicorn(config, args.preload)
+        _serve_uvicorn(config)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from . import wire
+from . import asset_wire, wire
+from .asset_wire import AssetInfo, UploadTarget
 from .errors import (
     AmbiguousCreate,
     ApiError,
@@ -33,6 +34,7 @@ from .errors import (
     RateLimited,
     RemoteError,
     ResultsError,
+    StorageError,
     TransportError,
     api_error_class,
 )
@@ -285,6 +287,87 @@ class FloraClient:
             if newer_than is not None and batch and (batch[-1].created_at or 0) < newer_than:
                 break
         return runs
+
+    # -- assets (ASSETS.md) ------------------------------------------------------------
+
+    async def create_asset(self, body: dict[str, str], key: str) -> AssetInfo:
+        """``POST /assets`` with a JSON body (a source URL, or ``"signed-url"``).
+
+        The key goes in the ``Idempotency-Key`` header (the body takes no extra field).
+        Raises AmbiguousCreate when the asset may exist but no answer came back.
+        """
+        data, request_id, _ = await self._request(
+            "POST", "/assets", creating=True, json=body, headers={"Idempotency-Key": key}
+        )
+        return asset_wire.parse_asset(data, request_id)
+
+    async def upload_asset(
+        self, fields: dict[str, str], data: bytes, content_type: str | None, key: str
+    ) -> AssetInfo:
+        """``POST /assets`` as multipart: the text ``fields`` first, then the bytes (path A)."""
+        file = (fields.get("file_name") or "file", data, content_type or "application/octet-stream")
+        body, request_id, _ = await self._request(
+            "POST",
+            "/assets",
+            creating=True,
+            data=fields,
+            files={"file": file},
+            headers={"Idempotency-Key": key},
+        )
+        return asset_wire.parse_asset(body, request_id)
+
+    async def get_asset(self, asset_id: str) -> AssetInfo:
+        """``GET /assets/{asset_id}``."""
+        data, request_id, _ = await self._request("GET", f"/assets/{asset_id}")
+        return asset_wire.parse_asset(data, request_id)
+
+    async def list_assets(
+        self, workspace_id: str, *, query: str | None = None, max_pages: int = 5
+    ) -> list[AssetInfo]:
+        """``GET /assets``, newest first, following ``meta.next_cursor`` for a few pages."""
+        params: dict[str, Any] = {"workspace_id": workspace_id, "limit": 100}
+        if query:
+            params["query"] = query
+        found: list[AssetInfo] = []
+        async for page in self._pages("/assets", "assets", params, max_pages):
+            found.extend(asset_wire.parse_asset_list({"assets": page})[0])
+        return found
+
+    async def complete_asset(self, asset_id: str, key: str) -> AssetInfo:
+        """``POST /assets/{asset_id}/complete``: the signed upload's bytes are in place."""
+        data, request_id, _ = await self._request(
+            "POST", f"/assets/{asset_id}/complete", creating=True, headers={"Idempotency-Key": key}
+        )
+        return asset_wire.parse_asset(data, request_id)
+
+    async def retry_asset(self, asset_id: str) -> AssetInfo:
+        """``POST /assets/{asset_id}/retry``: a fresh signed-upload reservation, same asset."""
+        data, request_id, _ = await self._request("POST", f"/assets/{asset_id}/retry")
+        return asset_wire.parse_asset(data, request_id)
+
+    async def send_to_storage(
+        self, target: UploadTarget, path: Path, file_name: str, content_type: str | None
+    ) -> None:
+        """The signed upload's transfer: a multipart POST to the storage host (ASSETS.md §3).
+
+        The policy fields go first, in order, then the file; no FLORA ``Authorization``
+        header is sent (the signature is in the fields).  Raises StorageError on a non-2xx
+        answer, with its status and the start of its body.
+        """
+        check_fetch_url(target.url)
+        kind = content_type or "application/octet-stream"
+        with open(path, "rb") as fh, map_http_errors():
+            resp = await self._http.request(
+                target.method,
+                target.url,
+                data=dict(target.fields),
+                files={target.file_field: (file_name, fh, kind)},
+            )
+        if not resp.is_success:
+            raise StorageError(
+                f"the storage host answered {resp.status_code}: {resp.text[:500]}",
+                status=resp.status_code,
+            )
 
     # -- downloads ----------------------------------------------------------------
 

@@ -12,6 +12,7 @@
     │   ├── LedgerConflict(key)    an illegal state transition or a duplicate key
     │   └── LedgerTooNew           the ledger was written by a newer flora-batch
     ├── ResultsError               the results folder cannot be written
+    ├── UploadError                an input file could not be made a FLORA asset (its jobs wait)
     ├── BudgetExhausted            max_cost reached (exit 4)
     └── RemoteError(request_id)    anything the FLORA API or the network said
         ├── TransportError         connect/read failures, timeouts (retryable)
@@ -27,6 +28,7 @@
         │   ├── RateLimited(retry_after) 429 rate_limited (retryable)
         │   └── ServerError              5xx (retryable)
         ├── ProtocolError          a 2xx response that breaks the contract
+        ├── StorageError(status)   the storage host of a signed upload refused the bytes
         └── RunFailed(code, category)    a run that ended with status "failed"
 
 Each class carries ``retryable``: whether the *same request* may be sent again.
@@ -144,6 +146,10 @@ class ResultsError(FloraError):
     """The results folder cannot be written: check the path, permissions and free space."""
 
 
+class UploadError(FloraError):
+    """An input file could not be uploaded to FLORA; the jobs that use it were not submitted."""
+
+
 class BudgetExhausted(FloraError):
     """The batch reached its max_cost; raise the cap to continue."""
 
@@ -172,6 +178,14 @@ class ProtocolError(RemoteError):
     """FLORA answered with something that breaks its contract."""
 
     retryable = True
+
+
+class StorageError(RemoteError):
+    """The storage host of a signed upload refused the file (ASSETS.md §3)."""
+
+    def __init__(self, message: str | None = None, *, status: int = 0) -> None:
+        self.status = status
+        super().__init__(message)
 
 
 class ApiError(RemoteError):

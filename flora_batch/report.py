@@ -14,6 +14,8 @@ CSV and XLSX cells that a spreadsheet would run as a formula (starting with ``=`
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -107,6 +109,18 @@ def relative(path: str | None, root: Path) -> str:
         return PurePath(path).relative_to(root).as_posix()
     except ValueError:
         return path
+
+
+def common_root(records: Iterable[JobRecord]) -> Path:
+    """The results folder guessed from the ledger: the deepest folder every output is in.
+
+    Raises:
+        UsageError: no job has an output file yet (give ``--results``).
+    """
+    parents = [str(PurePath(o.path).parent) for r in records for o in r.outputs if o.path]
+    if not parents:
+        raise UsageError("no output files in the ledger yet: give --results DIR")
+    return Path(os.path.commonpath(parents))
 
 
 def _input_columns(lines: Sequence[Line]) -> list[str]:
@@ -291,9 +305,6 @@ def _atomic(path: Path, data: bytes) -> Path:
 
 
 def _write_csv(path: Path, header: list[str], body: list[list[Any]]) -> Path:
-    import csv
-    import io
-
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\r\n")
     writer.writerow([protect(h) for h in header])
@@ -337,7 +348,9 @@ def _read_texts(lines: Sequence[Line]) -> dict[str, str]:
     for _, out, path in _assets(lines):
         if out.type == "text":
             with path.open(encoding="utf-8", errors="replace") as fh:
-                texts[str(path)] = fh.read(TEXT_PREVIEW_CHARS + 1)
+                text = fh.read(TEXT_PREVIEW_CHARS + 1)
+            cut = len(text) > TEXT_PREVIEW_CHARS
+            texts[str(path)] = text[:TEXT_PREVIEW_CHARS] + ("\n…" if cut else "")
     return texts
 
 
@@ -348,15 +361,3 @@ def _write_sidecars(lines: Sequence[Line], root: Path) -> int:
         _atomic(path.with_name(path.name + ".json"), data.encode("utf-8"))
         count += 1
     return count
-
-
-def common_root(records: Iterable[JobRecord]) -> Path:
-    """The results folder guessed from the ledger: the deepest folder every output is in.
-
-    Raises:
-        UsageError: no job has an output file yet (give ``--results``).
-    """
-    parents = [str(PurePath(o.path).parent) for r in records for o in r.outputs if o.path]
-    if not parents:
-        raise UsageError("no output files in the ledger yet: give --results DIR")
-    return Path(os.path.commonpath(parents))

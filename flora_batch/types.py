@@ -189,3 +189,42 @@ class JobRecord:
     completed_at: float | None = None
     outputs: tuple[OutputRecord, ...] = ()
     source: str = ""
+
+
+class UploadState(StrEnum):
+    """Where an input file's upload stands (the ledger's ``uploads`` table; ``uploads.py``)."""
+
+    PLANNED = "planned"  # recorded, nothing sent: safe to create the asset
+    UPLOADING = "uploading"  # key committed: the create may have left; asset id once known
+    READY = "ready"  # FLORA said the asset is ready: its URL may go into runs
+    FAILED = "failed"  # this attempt failed for sure; the next run tries with a new key
+
+
+@dataclass(frozen=True, slots=True)
+class UploadRecord:
+    """One distinct input file (or web image) and its FLORA asset, as the ledger holds it.
+
+    ``sha256`` is the row's identity: the SHA-256 (hex) of a file's bytes, or
+    ``url:<normalized url>`` for a web image that FLORA fetches itself (``sources.py``).
+    ``via`` is the path taken (``direct``, ``signed_url`` or ``url``); ``step`` how far a
+    signed upload got (``reserved``, ``transferred``, ``completed``).
+    """
+
+    sha256: str
+    source: str  # the local path or the URL the file came from (the first one seen)
+    file_name: str  # the name the asset gets in FLORA (it carries a hash tag)
+    workspace_id: str
+    state: UploadState
+    idempotency_key: str
+    size: int | None = None
+    content_type: str | None = None
+    attempt: int = 1
+    via: str | None = None
+    step: str | None = None
+    asset_id: str | None = None
+    url: str | None = None
+    error: str | None = None
+    sent_at: float | None = None  # first create sent with the current idempotency key
+    created_at: float | None = None
+    updated_at: float | None = None
+    ready_at: float | None = None

@@ -166,6 +166,7 @@ class Worker:
         self.stop_new: str | None = None
         self.abort: FloraError | None = None
         self._stop_error: FloraError | None = None
+        self.batch: str | None = None  # money is counted per batch: a ledger may hold several
         self.last_success = clock()
         self.started = clock()
         self.done_this_run = 0
@@ -236,11 +237,17 @@ class Worker:
 
     def _load(self, jobs: list[JobRecord]) -> None:
         """Put each job where its ledger state says it belongs."""
-        spent, reserved = self.ledger.money()
+        self.batch = jobs[0].batch if jobs else None
+        spent, reserved = self.ledger.money(self.batch)
         self.committed = spent + reserved
         resumed: list[JobKey] = []
         for rec in jobs:
             self.jobs[rec.key] = rec
+            if rec.run_id is None and rec.submitted_at is not None:
+                # An earlier process may have sent creates any time since the first one.
+                self.windows[rec.key] = [(rec.submitted_at, self.clock())]
+            if rec.run_id and rec.charged_cost is None and rec.state.terminal:
+                self._schedule(rec.key, self.clock(), "charge")  # the bill came late
             if rec.state is JobState.PLANNED:
                 self.queue.append(rec.key)
             elif rec.state is JobState.SUBMITTING:
@@ -671,10 +678,8 @@ class Worker:
         rivals = {
             c
             for other, r in self.jobs.items()
-            if other != key and r.state is JobState.NEEDS_RECONCILE and r.technique == rec.technique
-            for c in self._candidates(
-                runs, self.windows.get(other) or [(r.submitted_at or 0, self.clock())], known
-            )
+            if other != key and r.technique == rec.technique and self._may_own_unknown_run(r)
+            for c in self._candidates(runs, self._sent_between(r), known)
         }
         if len(mine) == 1 and not (mine & rivals):
             run_id = next(iter(mine))
@@ -689,6 +694,19 @@ class Worker:
             "check them in FLORA, then run again with --resubmit-unresolved to buy it again"
         )
         self._update(self.ledger.mark_unresolved(key, now=self.clock(), reason=reason))
+
+    @staticmethod
+    def _may_own_unknown_run(rec: JobRecord) -> bool:
+        """Whether one of this job's creates may have made a run the ledger does not know."""
+        return (
+            rec.run_id is None and rec.submitted_at is not None and rec.state is not JobState.FAILED
+        )
+
+    def _sent_between(self, rec: JobRecord) -> list[tuple[float, float]]:
+        """When this job's creates may have been in the air: first send to its last move, or now."""
+        settled = rec.state in (JobState.NEEDS_RECONCILE, JobState.UNRESOLVED)
+        end = rec.updated_at if settled and rec.updated_at else self.clock()
+        return [(rec.submitted_at or 0.0, end)]
 
     @staticmethod
     def _candidates(
@@ -719,7 +737,7 @@ class Worker:
         )
 
     def _outcome(self) -> Outcome:
-        spent, reserved = self.ledger.money()
+        spent, reserved = self.ledger.money(self.batch)
         counts = Counter(r.state for r in self.jobs.values())
         error = self.abort or self._stop_error
         stopped = self.stop_new

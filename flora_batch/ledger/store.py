@@ -39,7 +39,6 @@ from ..types import JobKey, JobRecord, JobSpec, JobState, RunOutput
 from . import bulk, connect, outputs_sql
 from . import migrate as schema
 from . import moves as mv
-from .core import LedgerCore
 from .records import (
     RESERVING_STATES,
     dumps,
@@ -51,13 +50,17 @@ from .records import (
 )
 from .tables import events, meta, outputs
 from .tables import jobs as jobs_table
+from .upload_store import UploadLedger
 
 _LOOKUP_CHUNK = (5_000, 500)  # keys per IN (...) looking for existing jobs: (other, SQLite)
 _NO_ERROR: Mapping[str, Any] = {"error_code": None, "error_message": None, "error_category": None}
 
 
-class Ledger(LedgerCore):
-    """The job ledger on one database; build it with :meth:`open`."""
+class Ledger(UploadLedger):
+    """The job ledger on one database; build it with :meth:`open`.
+
+    Its upload methods (``record_uploads``, ``begin_upload``...) are in ``upload_store``.
+    """
 
     @classmethod
     def open(cls, url_or_path: str | Path, *, migrate: bool = True) -> Ledger:

