@@ -129,7 +129,7 @@ def main() -> None:
     now = time.time()
     ledger.record_planned(keyed, quoted_cost=costs, now=now)
     if spec.get("dump_jobs"):  # for the emulator's preload: [slug, inputs, key] per job
-        rows = [[j.technique, [i.__dict__ for i in j.inputs], k] for k, j in keyed]
+        rows = [[j.technique, [{"id": i.id, "type": i.type, "value": i.value} for i in j.inputs], k] for k, j in keyed]
         Path(spec["dump_jobs"]).write_text(json.dumps(rows))
         ledger.close()
         print(json.dumps({"jobs": len(keyed), "seconds": time.perf_counter() - t0}))

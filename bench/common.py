@@ -107,10 +107,24 @@ class Measured:
     wall: float  # parent's view, start-up included
     maxrss_mb: float  # peak resident set size of the child
     rusage_cpu: float  # child's whole-life user+sys CPU
+    samples: list[tuple[float, float, float]]  # (seconds since start, CPU s, RSS MB)
+
+
+def proc_sample(pid: int) -> tuple[float, float] | None:
+    """``(cpu seconds, rss MB)`` of a live process, from /proc (None once it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    cpu = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+    rss = next((int(x.split()[1]) for x in status.splitlines() if x.startswith("VmRSS")), 0)
+    return cpu, rss / 1024
 
 
 def run_measured(
-    args: Sequence[str], *, module: str = "bench.side", timeout: float = 600
+    args: Sequence[str], *, module: str = "bench.side", timeout: float = 600,
+    sample_every: float | None = None,
 ) -> Measured:
     """Run ``python -m MODULE ARGS``; its last stdout line is JSON.  Peak RSS via wait4.
 
@@ -126,14 +140,15 @@ def run_measured(
             arg = f"@{path}"
         argv.append(arg)
     try:
-        return run_cmd([sys.executable, "-m", module, *argv], timeout=timeout, parse_json=True)
+        return run_cmd([sys.executable, "-m", module, *argv], timeout=timeout, parse_json=True,
+                       sample_every=sample_every)
     finally:
         for path in files:
             path.unlink(missing_ok=True)
 
 
 def run_cmd(cmd: Sequence[str], *, timeout: float = 600, parse_json: bool = False,
-            env: dict[str, str] | None = None) -> Measured:
+            env: dict[str, str] | None = None, sample_every: float | None = None) -> Measured:
     """Run a command to the end and measure it (wall, peak RSS, CPU) from outside."""
     out_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-out-{os.getpid()}-{time.time_ns()}"
     start = time.perf_counter()
@@ -143,11 +158,19 @@ def run_cmd(cmd: Sequence[str], *, timeout: float = 600, parse_json: bool = Fals
         )
         deadline = start + timeout
         status, usage = 0, None
+        samples: list[tuple[float, float, float]] = []
+        next_sample = start
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
-            if time.perf_counter() > deadline:
+            now = time.perf_counter()
+            if sample_every and now >= next_sample:
+                got = proc_sample(proc.pid)
+                if got:
+                    samples.append((now - start, *got))
+                next_sample = now + sample_every
+            if now > deadline:
                 proc.kill()
                 pid, status, usage = os.wait4(proc.pid, 0)
                 break
@@ -165,7 +188,9 @@ def run_cmd(cmd: Sequence[str], *, timeout: float = 600, parse_json: bool = Fals
         data = json.loads(text.strip().splitlines()[-1])
     data.setdefault("stderr", err[-2000:])
     assert usage is not None
-    return Measured(data, wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
+    return Measured(
+        data, wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime, samples
+    )
 
 
 def median(values: Sequence[float]) -> float:

@@ -70,6 +70,25 @@ def make_transport(kind: str) -> httpx.AsyncBaseTransport | None:
     raise ValueError(kind)
 
 
+def gate_client(limit: int) -> None:
+    """Resize FloraClient's request gate in this process; ``0`` takes the gate away.
+
+    client.py lets at most ``max_connections`` requests into httpx at once (the rest
+    wait on a semaphore); ``0`` measures flora-batch as it was before that change.
+    """
+    import asyncio
+
+    from flora_batch import client as client_mod
+
+    original_init = client_mod.FloraClient.__init__
+
+    def init(self: Any, *args: Any, **kw: Any) -> None:
+        original_init(self, *args, **kw)
+        self._gate = asyncio.Semaphore(limit or 1 << 30)
+
+    client_mod.FloraClient.__init__ = init  # type: ignore[method-assign]
+
+
 def premigrate(ledger: Path) -> None:
     """Create and migrate the ledger outside the measured window (a one-time cost)."""
     Ledger.open(str(ledger)).close()
@@ -115,6 +134,9 @@ def run_flora(
     record: bool = False,
     poll_policy: str = "current",
     max_poll: float = 30.0,
+    submit_rate: float = 0.0,
+    max_runtime: float | None = None,
+    gate: int | None = None,
 ) -> dict[str, Any]:
     """One batch; returns CPU seconds (this process, around the batch only) and counts."""
     import asyncio
@@ -128,10 +150,13 @@ def run_flora(
         concurrency=concurrency,
         min_poll=2.0 / scale,
         max_poll=max_poll / scale,
-        submit_rate=0.0,
+        submit_rate=submit_rate,
+        max_runtime=max_runtime,
         progress=False,
     )
     premigrate(ledger)
+    if gate is not None:
+        gate_client(gate)
     log = PollLog()
     inner = make_transport(transport)
     if record:

@@ -18,8 +18,17 @@ from pathlib import Path
 from .common import REPO
 
 DOC = REPO / "docs" / "performance.md"
-START = "<!-- bench:results:start (written by `make bench`; edit outside these markers) -->"
-END = "<!-- bench:results:end -->"
+#: Generated blocks: ``results`` (``make bench``) and ``stack`` (``python -m bench --stack``).
+MARKERS = {
+    "results": (
+        "<!-- bench:results:start (written by `make bench`; edit outside these markers) -->",
+        "<!-- bench:results:end -->",
+    ),
+    "stack": (
+        "<!-- bench:stack:start (written by `python -m bench --stack`) -->",
+        "<!-- bench:stack:end -->",
+    ),
+}
 
 
 @dataclass
@@ -99,15 +108,16 @@ def machine() -> str:
     )
 
 
-def write_doc(header: str, rows: list[Row], notes: list[str]) -> None:
-    """Replace the results block of docs/performance.md (create the file if needed)."""
+def write_doc(header: str, rows: list[Row], notes: list[str], block_name: str = "results") -> None:
+    """Replace one generated block of docs/performance.md (create the file if needed)."""
+    start, end = MARKERS[block_name]
     block = "\n".join(
-        [START, "", header, "", table(rows), "", *(f"- {n}" for n in notes), "", END]
+        [start, "", header, "", table(rows), "", *(f"- {n}" for n in notes), "", end]
     )
-    text = DOC.read_text() if DOC.exists() else "# Performance\n\n" + START + "\n" + END + "\n"
-    if START in text and END in text:
-        before = text.split(START, 1)[0]
-        after = text.split(END, 1)[1]
+    text = DOC.read_text() if DOC.exists() else "# Performance\n"
+    if start in text and end in text:
+        before = text.split(start, 1)[0]
+        after = text.split(end, 1)[1]
         text = before + block + after
     else:
         text = text.rstrip() + "\n\n" + block + "\n"

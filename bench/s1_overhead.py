@@ -77,6 +77,7 @@ MAIN = {
 
 #: The HTTP stack, measured behind the same interface (name -> side, spec extras, server).
 STACK: dict[str, tuple[str, dict[str, Any], str]] = {
+    "bare aiohttp": ("aiohttp", {}, "uvicorn"),
     "httpx default, no sniffio": ("httpx", {"stack": "default", "sniffio": "absent"}, "uvicorn"),
     "httpx default + sniffio": ("httpx", {"stack": "default", "sniffio": "present"}, "uvicorn"),
     "httpx pool 32/32, no sniffio": ("httpx", {"stack": "pool32", "sniffio": "absent"}, "uvicorn"),
@@ -87,15 +88,22 @@ STACK: dict[str, tuple[str, dict[str, Any], str]] = {
     "httpx HTTP/1.1 (Hypercorn)": ("httpx", {"stack": "http1-pool32", "sniffio": "absent"},
                                    "hypercorn"),
     "httpx HTTP/2 (Hypercorn)": ("httpx", {"stack": "http2", "sniffio": "absent"}, "hypercorn"),
-    "flora-batch, no sniffio": ("flora", {"sniffio": "absent"}, "uvicorn"),
-    "flora-batch + sniffio": ("flora", {"sniffio": "present"}, "uvicorn"),
+    "flora-batch, no sniffio, ungated": ("flora", {"sniffio": "absent", "gate": 0}, "uvicorn"),
+    "flora-batch + sniffio, ungated": ("flora", {"sniffio": "present", "gate": 0}, "uvicorn"),
+    "flora-batch, no sniffio (as shipped)": ("flora", {"sniffio": "absent"}, "uvicorn"),
+    "flora-batch + sniffio (as shipped)": ("flora", {"sniffio": "present"}, "uvicorn"),
     "flora-batch + httpx-aiohttp transport": (
         "flora", {"transport": "aiohttp", "sniffio": "absent"}, "uvicorn"),
 }
 
 
-def run(work: Path, sizes: Sizes, *, stack: bool = True) -> tuple[list[Row], dict[str, Any]]:
-    """The main comparison (rounds) and, with ``stack``, the stack variants."""
+def per_request_ms(raw: dict[str, Any]) -> float:
+    """The bare httpx loop's CPU per request (a job is a create, a poll and a download)."""
+    return median([m["ms"] for m in raw["main"]["httpx"]]) / 3
+
+
+def run(work: Path, sizes: Sizes) -> tuple[list[Row], dict[str, Any]]:
+    """The main comparison, in interleaved rounds."""
     per: dict[str, list[dict[str, float]]] = {k: [] for k in MAIN}
     order = list(MAIN)
     for r in range(sizes.rounds):
@@ -118,23 +126,25 @@ def run(work: Path, sizes: Sizes, *, stack: bool = True) -> tuple[list[Row], dic
         Row("1", "CPU/job, bare httpx vs bare aiohttp (the stack)", f"{ms['httpx']:.2f} ms",
             f"{ms['aiohttp']:.2f} ms", f"{httpx_vs_aio:.2f}×", "(info; ~3.5× before)", None),
     ]
-    raw: dict[str, Any] = {"main": per}
-    if stack:
-        variants = {}
-        for i, (name, (side, extra, server)) in enumerate(STACK.items()):
-            spec = _spec(side, work, sizes.stack_jobs, sizes.concurrency, f"s{i}", **extra)
-            variants[name] = measure(spec, sizes.stack_jobs, server)
-        raw["stack"] = variants
-        rows += _stack_rows(variants, ms["aiohttp"])
-    return rows, raw
+    return rows, {"main": per}
 
 
-def _stack_rows(variants: dict[str, dict[str, float]], aiohttp_ms: float) -> list[Row]:
-    rows = []
-    base = variants["httpx default, no sniffio"]["ms"]
-    for name, m in variants.items():
-        rows.append(
-            Row("1s", name, f"{m['ms']:.2f} ms", f"{base:.2f} ms (httpx default)",
-                f"{m['ms'] / base:.2f}× · {m['ms'] / aiohttp_ms:.1f}× aiohttp", "(info)", None)
-        )
-    return rows
+def run_stack(work: Path, sizes: Sizes) -> tuple[list[Row], dict[str, Any]]:
+    """Every stack variant, ``sizes.rounds`` times in rotated order; medians per variant."""
+    variants: dict[str, list[dict[str, float]]] = {name: [] for name in STACK}
+    names = list(STACK)
+    for r in range(sizes.rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            side, extra, server = STACK[name]
+            spec = _spec(side, work, sizes.stack_jobs, sizes.concurrency,
+                         f"s{r}-{names.index(name)}", **extra)
+            variants[name].append(measure(spec, sizes.stack_jobs, server))
+    ms = {name: median([m["ms"] for m in v]) for name, v in variants.items()}
+    aio = ms["bare aiohttp"]
+    base = ms["httpx default, no sniffio"]
+    rows = [
+        Row("1s", name, f"{value:.2f} ms", f"{base:.2f} ms (httpx default, no sniffio)",
+            f"{value / base:.2f}× · {value / aio:.1f}× aiohttp", "(info)", None)
+        for name, value in ms.items()
+    ]
+    return rows, {"stack": variants}

@@ -24,7 +24,7 @@ from typing import Any
 import click
 
 from . import errors as E
-from .config import Settings, check_api_key
+from .config import Settings, check_api_key, check_workspace_id
 from .pipeline import BatchResult, plan_batch, run_batch
 from .progress import Progress, duration, money
 from .types import JobState
@@ -133,6 +133,17 @@ def _common_run_options(fn: Any) -> Any:
         click.option(
             "--demo", is_flag=True, help="Run against a local FLORA emulator (no key, no network)."
         ),
+        click.option(
+            "--workspace-id",
+            envvar="FLORA_WORKSPACE_ID",
+            help="Workspace (ws_…) that local input files are uploaded to "
+            "(env FLORA_WORKSPACE_ID; default: the manifest's assets.workspace_id).",
+        ),
+        click.option(
+            "--asset-folder",
+            envvar="FLORA_ASSET_FOLDER",
+            help="Workspace library folder for uploaded files (default: assets.folder).",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -175,6 +186,20 @@ def _demo_server(enabled: bool, speed: float = 30.0) -> Any:
         yield handle
     finally:
         handle.stop()
+
+
+def _assets(workspace_id: str | None, folder: str | None, m: Any, server: Any) -> dict[str, Any]:
+    """Where input files go: --demo's emulator workspace; else the flag or environment,
+    then the manifest's ``assets:``, then the config file (below the manifest)."""
+    ctx = click.get_current_context()
+    from_file = click.core.ParameterSource.DEFAULT_MAP
+    if ctx.get_parameter_source("workspace_id") is from_file:
+        workspace_id = m.workspace_id or workspace_id
+    if ctx.get_parameter_source("asset_folder") is from_file:
+        folder = m.asset_folder or folder
+    if server is not None:
+        workspace_id = server.emulator.config.workspace_id
+    return {"workspace_id": check_workspace_id(workspace_id), "asset_folder": folder}
 
 
 def _settings(base_url: str, api_key: str | None, **kw: Any) -> Settings:
@@ -224,6 +249,12 @@ def _settings(base_url: str, api_key: str | None, **kw: Any) -> Settings:
 @click.option(
     "--verify", "verify_deep", is_flag=True, help="Re-hash every finished output on disk."
 )
+@click.option(
+    "--max-download-mb",
+    type=click.IntRange(min=1),
+    metavar="MIB",
+    help="Refuse any output file larger than this many MiB (default: 2048).",
+)
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -235,6 +266,8 @@ def run(
     inputs: tuple[str, ...],
     skip_invalid: bool,
     demo: bool,
+    workspace_id: str | None,
+    asset_folder: str | None,
     concurrency: int | None,
     max_cost: float | None,
     retry_failed: bool,
@@ -243,6 +276,7 @@ def run(
     min_poll: float,
     submit_rate: float,
     verify_deep: bool,
+    max_download_mb: int | None,
 ) -> None:
     """Run a batch: validate every row, then submit, poll and download — resumably.
 
@@ -274,6 +308,8 @@ def run(
             min_poll=min_poll,
             submit_rate=submit_rate,
             verify_deep=verify_deep,
+            max_download_bytes=max_download_mb * 1024 * 1024 if max_download_mb else None,
+            **_assets(workspace_id, asset_folder, m, server),
         )
         progress = Progress(m.name, enabled=not quiet)
         result = asyncio.run(_run_with_signals(m, settings, progress))
@@ -343,6 +379,8 @@ def _summarise(result: BatchResult, *, demo: bool) -> None:
         click.echo(f"  waiting {line}")
     for skipped in prep.skipped[:20]:
         click.echo(f"  skipped {skipped}")
+    if result.uploads is not None:
+        click.echo("\n".join(upload_lines(result.uploads)))
     hint = _stop_hint(out.stopped, out.error)
     if hint:
         click.echo(hint, err=True)
@@ -377,6 +415,8 @@ def plan(
     inputs: tuple[str, ...],
     skip_invalid: bool,
     demo: bool,
+    workspace_id: str | None,
+    asset_folder: str | None,
     as_json: bool,
 ) -> None:
     """Dry run: validate, count new / done / in-flight / failed / changed jobs, estimate cost.
@@ -392,6 +432,7 @@ def plan(
             ledger=ledger,
             results=results,
             skip_invalid=skip_invalid,
+            **_assets(workspace_id, asset_folder, m, server),
         )
         try:
             prepared, ledger_url = asyncio.run(plan_batch(m, settings))
@@ -422,6 +463,7 @@ def plan(
         "results": str(settings.results or m.output_dir),
         "ledger": ledger_url,
         "skipped": [str(s) for s in prepared.skipped],
+        "uploads": prepared.upload_summary.as_dict() if prepared.upload_summary else None,
     }
     over = m.max_cost is not None and spent + reserved + p.total_cost > m.max_cost + 1e-9
     if as_json:
@@ -442,9 +484,15 @@ def _register_emulator() -> None:
 _register_emulator()
 
 # The operator's toolbox (techniques, init, status, report) and plan's helpers.
-from .commands import COMMANDS, apply_config, committed, plan_lines  # noqa: E402
+from .commands import COMMANDS, apply_config, committed, plan_lines, upload_lines  # noqa: E402
 
 for _command in COMMANDS:
+    cli.add_command(_command)
+
+# One batch on many machines: submit to a shared PostgreSQL ledger, then `worker` on each.
+from .cluster_commands import CLUSTER_COMMANDS  # noqa: E402
+
+for _command in CLUSTER_COMMANDS:
     cli.add_command(_command)
 
 
@@ -469,10 +517,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _report_error(exc: E.FloraError) -> None:
-    if isinstance(exc, E.ManifestProblems):
-        for problem in exc.problems:
+    if isinstance(exc, E.ManifestError):  # one or several: each as file:line[:column]
+        problems = exc.problems if isinstance(exc, E.ManifestProblems) else [exc]
+        for problem in problems:
             click.echo(str(problem), err=True)
-        click.echo(f"{len(exc.problems)} problem(s); nothing was submitted.", err=True)
+        click.echo(f"{len(problems)} problem(s); nothing was submitted.", err=True)
         return
     click.echo(f"error: {exc}", err=True)
     if logging.getLogger("flora_batch").isEnabledFor(logging.DEBUG):

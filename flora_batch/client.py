@@ -11,13 +11,15 @@ This module retries nothing by itself: what may be repeated, and how, is decided
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import hashlib
 import ipaddress
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,11 +35,13 @@ from .errors import (
     ProtocolError,
     RateLimited,
     RemoteError,
+    ResponseRefused,
     ResultsError,
     StorageError,
     TransportError,
     api_error_class,
 )
+from .sniff import HEAD_BYTES, media_problem
 from .types import RunInfo, RunInput, Technique
 
 MAX_JSON_BYTES = 8 * 1024 * 1024
@@ -66,16 +70,41 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
-def check_fetch_url(url: str) -> None:
-    """Refuse output URLs that are not HTTPS (plain HTTP only from loopback)."""
+def is_local(host: str | None) -> bool:
+    """``localhost`` or an IP address that is not public (loopback, private, link-local).
+
+    Numeric spellings the resolver accepts (``2130706433``, ``0x7f.1``) count as IPs.
+    """
+    name = (host or "").strip("[]").lower().rstrip(".")
+    if not name or name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return not ipaddress.ip_address(name).is_global
+    except ValueError:
+        pass
+    try:
+        return not ipaddress.IPv4Address(socket.inet_aton(name)).is_global
+    except OSError:
+        return False
+
+
+def check_fetch_url(url: str, *, local_ok: bool = True, previous: str | None = None) -> None:
+    """Refuse output URLs that are not HTTPS (plain HTTP only from loopback).
+
+    Args:
+        url: where the next request would go.
+        local_ok: False refuses ``is_local`` hosts too, so an output URL or a redirect
+            cannot reach into the user's own network (the API is not on loopback).
+        previous: the URL that redirected here; HTTPS never redirects down to HTTP.
+    """
     parts = urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
-        return
-    if parts.scheme == "http" and is_loopback(parts.hostname):
-        return
-    raise ProtocolError(
-        f"refusing to download from {parts.scheme}://{parts.hostname or ''}: not HTTPS"
-    )
+    where = f"{parts.scheme}://{parts.hostname or ''}"
+    secure = parts.scheme == "https" and bool(parts.hostname)
+    allowed = secure or (parts.scheme == "http" and is_loopback(parts.hostname))
+    if not allowed or (previous and urlsplit(previous).scheme == "https" and not secure):
+        raise ResponseRefused(f"refusing to download from {where}: not HTTPS")
+    if not local_ok and is_local(parts.hostname):
+        raise ResponseRefused(f"refusing to download from {where}: not a public host")
 
 
 def parse_retry_after(headers: httpx.Headers, now: float | None = None) -> float | None:
@@ -169,6 +198,11 @@ class FloraClient:
             ),
             follow_redirects=False,
         )
+        # At most as many requests inside httpx as its pool has connections; the rest
+        # wait here, in O(1).  Queued inside httpcore instead, each arrival or finish
+        # rescans every queued request against every connection: 10,000 polls due at
+        # once took minutes (docs/performance.md, scenarios 1 and 4).
+        self._gate = asyncio.Semaphore(max_connections)
 
     async def __aenter__(self) -> FloraClient:
         return self
@@ -180,6 +214,12 @@ class FloraClient:
         """Close the connection pool."""
         await self._http.aclose()
 
+    @asynccontextmanager
+    async def _stream(self, method: str, url: str, **kwargs: Any) -> AsyncIterator[httpx.Response]:
+        """``httpx.AsyncClient.stream`` through the request gate."""
+        async with self._gate, self._http.stream(method, url, **kwargs) as response:
+            yield response
+
     # -- JSON requests ------------------------------------------------------------
 
     async def _request(
@@ -189,7 +229,7 @@ class FloraClient:
         url = path if path.startswith("http") else f"{self.base_url}{path}"
         kwargs["headers"] = {**self._auth, **kwargs.get("headers", {})}
         with map_http_errors(creating=creating):
-            async with self._http.stream(method, url, **kwargs) as response:
+            async with self._stream(method, url, **kwargs) as response:
                 body = await self._read_capped(response)
         request_id = response.headers.get("request-id")
         if not response.is_success:
@@ -333,10 +373,11 @@ class FloraClient:
             found.extend(asset_wire.parse_asset_list({"assets": page})[0])
         return found
 
-    async def complete_asset(self, asset_id: str, key: str) -> AssetInfo:
+    async def complete_asset(self, asset_id: str, key: str | None = None) -> AssetInfo:
         """``POST /assets/{asset_id}/complete``: the signed upload's bytes are in place."""
+        headers = {"Idempotency-Key": key} if key else {}
         data, request_id, _ = await self._request(
-            "POST", f"/assets/{asset_id}/complete", creating=True, headers={"Idempotency-Key": key}
+            "POST", f"/assets/{asset_id}/complete", headers=headers
         )
         return asset_wire.parse_asset(data, request_id)
 
@@ -357,12 +398,13 @@ class FloraClient:
         check_fetch_url(target.url)
         kind = content_type or "application/octet-stream"
         with open(path, "rb") as fh, map_http_errors():
-            resp = await self._http.request(
-                target.method,
-                target.url,
-                data=dict(target.fields),
-                files={target.file_field: (file_name, fh, kind)},
-            )
+            async with self._gate:
+                resp = await self._http.request(
+                    target.method,
+                    target.url,
+                    data=dict(target.fields),
+                    files={target.file_field: (file_name, fh, kind)},
+                )
         if not resp.is_success:
             raise StorageError(
                 f"the storage host answered {resp.status_code}: {resp.text[:500]}",
@@ -372,45 +414,74 @@ class FloraClient:
     # -- downloads ----------------------------------------------------------------
 
     async def download(
-        self, url: str, dest: Path, *, max_bytes: int = DEFAULT_MAX_DOWNLOAD
+        self,
+        url: str,
+        dest: Path,
+        *,
+        max_bytes: int = DEFAULT_MAX_DOWNLOAD,
+        output_type: str | None = None,
     ) -> Downloaded:
         """Stream ``url`` into ``dest`` (a temporary file), hashing as it goes.
 
         Follows up to 5 redirects, each to HTTPS (or loopback) only.  Checks the byte
         count against Content-Length: a short body raises TransportError, never passes.
+        A body over ``max_bytes`` (declared or streamed) raises ResponseRefused.
+
+        Args:
+            output_type: for a run output, its type: the body must be that kind of file
+                (``sniff.media_problem``), and unless the API itself is on loopback the
+                URL and every redirect must name a public host.
         """
+        local_ok = output_type is None or is_loopback(self._base.hostname)
+        previous: str | None = None
         for _ in range(6):
-            check_fetch_url(url)
+            check_fetch_url(url, local_ok=local_ok, previous=previous)
             with map_http_errors():
-                async with self._http.stream("GET", url) as resp:
+                async with self._stream("GET", url) as resp:
                     if resp.is_redirect and "location" in resp.headers:
-                        url = urljoin(url, resp.headers["location"])
+                        previous, url = url, urljoin(url, resp.headers["location"])
                         continue
                     if not resp.is_success:
                         raise _error_from(resp, await self._read_capped(resp))
-                    return await self._stream_to(resp, dest, max_bytes)
-        raise ProtocolError("too many redirects while downloading an output")
+                    return await self._stream_to(resp, dest, max_bytes, output_type)
+        raise ResponseRefused("too many redirects while downloading an output")
 
     @staticmethod
-    async def _stream_to(resp: httpx.Response, dest: Path, max_bytes: int) -> Downloaded:
+    async def _stream_to(
+        resp: httpx.Response, dest: Path, max_bytes: int, output_type: str | None
+    ) -> Downloaded:
         expected = resp.headers.get("content-length")
+        ctype = resp.headers.get("content-type")
+        encoded = resp.headers.get("content-encoding", "identity") != "identity"
+        declared = int(expected) if expected and expected.isdigit() and not encoded else None
+        if declared is not None and declared > max_bytes:
+            raise ResponseRefused(f"output is {declared:,} bytes, over the {max_bytes:,}-byte cap")
+        _check_media(output_type, ctype, None)
         digest = hashlib.sha256()
-        size = 0
+        size, head = 0, b""
         try:
             with open(dest, "wb") as fh:
                 async for chunk in resp.aiter_bytes(1 << 16):
                     size += len(chunk)
                     if size > max_bytes:
-                        raise ProtocolError(f"output is larger than the {max_bytes}-byte cap")
+                        raise ResponseRefused(f"output is larger than the {max_bytes:,}-byte cap")
+                    head += chunk[: HEAD_BYTES - len(head)]
                     digest.update(chunk)
                     fh.write(chunk)
                 fh.flush()
         except OSError as exc:
             raise ResultsError(f"cannot write {dest}: {exc.strerror or exc}") from exc
-        encoded = resp.headers.get("content-encoding", "identity") != "identity"
-        if expected is not None and expected.isdigit() and not encoded and int(expected) != size:
+        if declared is not None and declared != size:
             raise TransportError(f"download truncated: got {size} of {expected} bytes")
-        return Downloaded(size, digest.hexdigest(), resp.headers.get("content-type"))
+        _check_media(output_type, ctype, head)
+        return Downloaded(size, digest.hexdigest(), ctype)
+
+
+def _check_media(output_type: str | None, content_type: str | None, head: bytes | None) -> None:
+    """ResponseRefused if a run output's body is not the kind of file its type promises."""
+    problem = media_problem(output_type, content_type, head) if output_type else None
+    if problem:
+        raise ResponseRefused(f"the {output_type} output {problem}")
 
 
 __all__ = [
@@ -418,6 +489,7 @@ __all__ = [
     "FloraClient",
     "RemoteError",
     "check_fetch_url",
+    "is_local",
     "is_loopback",
     "map_http_errors",
     "parse_retry_after",

@@ -258,10 +258,48 @@ def plan_lines(data: dict[str, Any], unit: str, *, skipped: list[Any], over: boo
         notes.append(f"max_cost {money(data['max_cost'], unit)}")
     note = f" ({'; '.join(notes)})" if notes else ""
     lines.append(f"  estimated cost {money(data['estimated_cost'], unit)}{note}")
+    lines += plan_upload_lines(data.get("uploads"))
     lines += [f"  results {data['results']}", f"  ledger  {data['ledger']}"]
     lines += [f"  skipped {problem}" for problem in skipped[:20]]
     if over:
         lines.append("Over budget: `run` would stop at max_cost; raise it or split the rows.")
+    return lines
+
+
+def size_text(count: int) -> str:
+    """``512 B``, ``4.4 MB``: a byte count for people (decimal units)."""
+    value = float(count)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
+        value /= 1000
+    return f"{count} B"  # pragma: no cover
+
+
+def plan_upload_lines(up: dict[str, int] | None) -> list[str]:
+    """``plan``'s line about input files: how many, how big, how many already in FLORA."""
+    if not up:
+        return []
+    web = f", {up['web']} from the web" if up["web"] else ""
+    again = f"; {up['failed']} failed last time" if up["failed"] else ""
+    return [
+        f"  uploads {up['files']} input file(s) ({size_text(up['bytes'])}{web}): "
+        f"{up['uploaded']} already uploaded, {up['to_upload']} to upload "
+        f"({size_text(up['bytes_to_upload'])}){again}"
+    ]
+
+
+def upload_lines(report: Any) -> list[str]:
+    """The run summary's lines about input files (an ``uploads.UploadReport``)."""
+    if not report.files and not report.failed:
+        return []
+    sent = f", {size_text(report.bytes_sent)} sent" if report.bytes_sent else ""
+    lines = [
+        f"  uploads {report.files} input file(s): {report.uploaded} uploaded now, "
+        f"{report.already} already in FLORA{sent}"
+    ]
+    shown = list(report.failed.items())
+    lines += [f"  not uploaded {source}: {why}" for source, why in shown[:10]]
     return lines
 
 
@@ -422,6 +460,7 @@ def report(
     url, batch, m = _target(manifest, ledger, batch)
     with _open_ledger(url) as led:
         records = led.jobs(batch=batch)
+        uploads = led.uploads()
     if m is not None:
         from .pipeline import results_location
         from .rows import load_rows
@@ -438,6 +477,7 @@ def report(
         out_dir=out or root / "_report",
         title=batch or "flora-batch",
         generated=time.time(),
+        uploads=uploads,
     )
     if not ctx.obj.get("quiet"):
         summary = rp.summary(lines)

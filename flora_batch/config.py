@@ -18,10 +18,16 @@ DEFAULT_MAX_POLL = 30.0
 DEFAULT_SUBMIT_RATE = 5.0  # creates per second at most
 DEFAULT_KEY_WINDOW = 2 * 3600.0  # the shortest documented idempotency window (CONTRACT.md §6)
 DEFAULT_MAX_DOWNLOAD = 2 * 1024**3
+#: Seconds of nothing but unknown run statuses before a job is left for a later run
+#: (CONTRACT.md §4: not terminal, but bound the wait; real runs take seconds to minutes).
+DEFAULT_UNKNOWN_STATUS_LIMIT = 3600.0
 DEFAULT_TIMEOUT = 60.0
 DEMO_API_KEY = "sk_test_emulator"
+DEFAULT_UPLOAD_CONCURRENCY = 4  # files uploaded at once
+DEFAULT_UPLOAD_TIMEOUT = 600.0  # seconds to wait for one asset to be ready (videos are slow)
 
 _KEY_RE = re.compile(r"^sk_(live|test)_[A-Za-z0-9_\-]{4,200}$")
+WORKSPACE_RE = re.compile(r"ws_\S{1,200}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,9 +50,16 @@ class Settings:
     max_runtime: float | None = None
     outage_limit: float = 600.0  # stop cleanly after this long without one good answer
     max_download_bytes: int = DEFAULT_MAX_DOWNLOAD
+    unknown_status_limit: float = DEFAULT_UNKNOWN_STATUS_LIMIT
     timeout: float = DEFAULT_TIMEOUT
     verify_deep: bool = False
     progress: bool = True
+    # Input files as FLORA assets (uploads.py): the workspace they go to (else the
+    # manifest's ``assets.workspace_id``), its library folder, and how uploads run.
+    workspace_id: str | None = None
+    asset_folder: str | None = None
+    upload_concurrency: int = DEFAULT_UPLOAD_CONCURRENCY
+    upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT
 
 
 def check_api_key(key: str | None) -> str:
@@ -62,3 +75,15 @@ def check_api_key(key: str | None) -> str:
             "check for quotes, spaces or a truncated copy"
         )
     return key.strip()
+
+
+def check_workspace_id(value: str | None, where: str = "FLORA_WORKSPACE_ID") -> str | None:
+    """A workspace id for asset uploads (``ws_...``), or None; a clear error if malformed."""
+    if value is None or not value.strip():
+        return None
+    if not WORKSPACE_RE.fullmatch(value.strip()):
+        raise ConfigError(
+            f"{where} {value!r} is not a FLORA workspace id: it starts with ws_ "
+            "(FLORA: the workspace's settings)"
+        )
+    return value.strip()

@@ -10,6 +10,7 @@
     ├── LedgerError                the ledger database cannot be used
     │   ├── LedgerBusy             another run holds this ledger (exit 5)
     │   ├── LedgerConflict(key)    an illegal state transition or a duplicate key
+    │   │   └── LeaseLost          another worker holds the job now (cluster mode)
     │   └── LedgerTooNew           the ledger was written by a newer flora-batch
     ├── ResultsError               the results folder cannot be written
     ├── UploadError                an input file could not be made a FLORA asset (its jobs wait)
@@ -28,6 +29,7 @@
         │   ├── RateLimited(retry_after) 429 rate_limited (retryable)
         │   └── ServerError              5xx (retryable)
         ├── ProtocolError          a 2xx response that breaks the contract
+        │   └── ResponseRefused    an output we will not keep: too big, not HTTPS, wrong kind
         ├── StorageError(status)   the storage host of a signed upload refused the bytes
         └── RunFailed(code, category)    a run that ended with status "failed"
 
@@ -136,6 +138,10 @@ class LedgerConflict(LedgerError):
         super().__init__(message)
 
 
+class LeaseLost(LedgerConflict):
+    """Another worker holds this job now: this worker's lease on it ran out; leave it be."""
+
+
 class LedgerTooNew(LedgerError):
     """This ledger was written by a newer flora-batch: upgrade flora-batch to use it."""
 
@@ -178,6 +184,12 @@ class ProtocolError(RemoteError):
     """FLORA answered with something that breaks its contract."""
 
     retryable = True
+
+
+class ResponseRefused(ProtocolError):
+    """An output flora-batch will not keep: over the size cap, not HTTPS, or not its type."""
+
+    retryable = False
 
 
 class StorageError(RemoteError):

@@ -53,10 +53,13 @@ TOP_KEYS = (
     "concurrency",
     "ledger",
     "skip_invalid",
+    "assets",
 )
-OPTIONAL_KEYS = ("id", "output", "max_cost", "concurrency", "ledger", "skip_invalid")
+OPTIONAL_KEYS = ("id", "output", "max_cost", "concurrency", "ledger", "skip_invalid", "assets")
 ROWS_KEYS = ("path", "encoding", "sheet")
 OUTPUT_KEYS = ("dir", "name")
+ASSETS_KEYS = ("workspace_id", "folder")
+WORKSPACE_RE = re.compile(r"ws_\S{1,200}")
 USE_KEYS = ("technique", "inputs")
 #: Technique slot types, by their spelling with ``_`` removed and lower-cased.
 _SLOT_TYPES = {t.lower(): t for t in ("text", "imageUrl", "videoUrl", "audioUrl", "documentUrl")}
@@ -100,6 +103,14 @@ class Manifest:
     ledger: str | None = None
     skip_invalid: bool = False
     lines: dict[str, int] = field(default_factory=dict, compare=False)
+    workspace_id: str | None = None  # assets.workspace_id: where input files are uploaded
+    asset_folder: str | None = None  # assets.folder: the workspace library folder
+
+
+#: ``build_jobs``' hook for media inputs: ``(slot type, cell value) -> (value to send,
+#: problem)``; ``sources.MediaInputs`` turns local files and web images into upload
+#: placeholders.  Without one, a media input must be an https URL on an allowed host.
+MediaResolver = Callable[[str, str], tuple[str, str | None]]
 
 
 # --- reading YAML with line numbers ----------------------------------------------------
@@ -265,6 +276,7 @@ def _manifest(r: _Reader, top: dict[str, Node], first_line: int) -> Manifest | N
     id_column = r.text(top.get("id"), "id")
     out_dir, out_name = _output(r, top.get("output"), base, name, id_column)
     max_cost, concurrency, ledger, skip_invalid = _limits(r, top, base)
+    workspace_id, asset_folder = _assets(r, top.get("assets"))
     if name is None or rows is None or not uses or r.problems:
         return None
     return Manifest(
@@ -280,6 +292,8 @@ def _manifest(r: _Reader, top: dict[str, Node], first_line: int) -> Manifest | N
         ledger=ledger,
         skip_invalid=skip_invalid,
         lines=r.lines,
+        workspace_id=workspace_id,
+        asset_folder=asset_folder,
     )
 
 
@@ -505,6 +519,26 @@ def _limits(
     )
 
 
+def _assets(r: _Reader, node: Node | None) -> tuple[str | None, str | None]:
+    """``assets: {workspace_id: ws_..., folder: ...}``: where input files are uploaded."""
+    if node is None:
+        return None, None
+    if not isinstance(node, MappingNode):
+        r.error("assets must be a mapping with workspace_id and/or folder", node)
+        return None, None
+    entry = r.entries(node, ASSETS_KEYS, "assets")
+    workspace = r.text(entry.get("workspace_id"), "assets.workspace_id")
+    if workspace is not None and not WORKSPACE_RE.fullmatch(workspace):
+        r.error(
+            f"assets.workspace_id {workspace!r} is not a FLORA workspace id (ws_...)",
+            entry["workspace_id"],
+        )
+    folder = r.text(entry.get("folder"), "assets.folder")
+    if folder is not None and not folder.strip():
+        r.error("assets.folder is empty: name a folder, or leave it out", entry["folder"])
+    return workspace, (folder.strip() if folder else None)
+
+
 def _scalar(node: Node) -> object:
     try:
         return yaml.constructor.SafeConstructor().construct_object(node)
@@ -721,6 +755,7 @@ def build_jobs(
     techniques: Mapping[str, Technique],
     *,
     allowed_hosts: tuple[str, ...] = DEFAULT_ALLOWED_HOSTS,
+    media: MediaResolver | None = None,
 ) -> tuple[list[JobSpec], list[ManifestError]]:
     """Every (row, technique) pair as a ``JobSpec``, and every problem found on the way.
 
@@ -733,6 +768,9 @@ def build_jobs(
 
     Identical jobs (same technique and inputs after normalising) get ``occurrence``
     0, 1, 2... in row order, so each is paid for once and only once.
+
+    ``media``, when given, decides what a media input sends (``MediaResolver``): a
+    local file or a web image becomes an upload placeholder that the key hashes.
     """
     fatal = check_manifest(m, columns, techniques)
     if fatal:
@@ -744,7 +782,7 @@ def build_jobs(
     specs: list[JobSpec] = []
     for row in (r for r in rows if r.index in ids):
         for slug, binds in bindings:
-            inputs = _render_inputs(binds, row, source, allowed_hosts, errors)
+            inputs = _render_inputs(binds, row, source, (allowed_hosts, media), errors)
             if inputs is not None:
                 specs.append(_spec(m, slug, inputs, row, ids[row.index], source))
     specs = number_occurrences(specs)
@@ -819,7 +857,7 @@ def _render_inputs(
     binds: list[_Binding],
     row: Row,
     source: str,
-    hosts: tuple[str, ...],
+    checks: tuple[tuple[str, ...], MediaResolver | None],
     errors: list[ManifestError],
 ) -> tuple[RunInput, ...] | None:
     """A row's run inputs, or None (with the problems added to ``errors``)."""
@@ -831,7 +869,7 @@ def _render_inputs(
         except ManifestError as exc:
             problem: str | None = exc.message
         else:
-            problem = _value_problem(bind, value, hosts)
+            value, problem = _checked_value(bind, value, *checks)
             if problem is None and value:
                 inputs.append(RunInput(id=bind.slot.id, type=bind.kind, value=value))
         if problem:
@@ -839,6 +877,16 @@ def _render_inputs(
     if len(errors) == count and not inputs:
         errors.append(ManifestError("every input of this row is empty", path=source, line=row.line))
     return tuple(inputs) if len(errors) == count else None
+
+
+def _checked_value(
+    bind: _Binding, value: str, hosts: tuple[str, ...], media: MediaResolver | None
+) -> tuple[str, str | None]:
+    """The value to send (a file becomes an upload placeholder) and why it is refused."""
+    if media is None or bind.kind == "text" or not value:
+        return value, _value_problem(bind, value, hosts)
+    sent, reason = media(bind.kind, value)
+    return sent, (f"input {bind.slot.id!r}: {value[:100]!r} {reason}" if reason else None)
 
 
 def _value_problem(bind: _Binding, value: str, hosts: tuple[str, ...]) -> str | None:

@@ -26,6 +26,8 @@ from .errors import ManifestError
 MAX_COMPONENT_BYTES = 200
 #: Hex digits of the job key that ``{key}`` gives: enough to tell a batch's jobs apart.
 KEY_DIGITS = 12
+#: The results folder's temporary area (``results.TMP_DIR``): no output may land in it.
+RESERVED_FOLDER = ".flora-tmp"
 #: Fields every output template may use besides the row's columns.  They win over a
 #: column of the same name.
 OUTPUT_FIELDS = ("technique", "output_id", "ext", "index", "row", "key")
@@ -195,6 +197,8 @@ def render_output_name(
        with ``-`` + 8 hex digits of its BLAKE2b hash + its extension (when it has a
        short one), so long names stay distinct.
     6. If nothing is left, the name is ``row-{row}-{output_id}{ext}``.
+    7. A first component that is ``.flora-tmp`` (any case: the results folder's
+       temporary area, swept on every run) gets a ``_`` prefix.
 
     Raises:
         ManifestError: the template is invalid or names a missing column.
@@ -209,7 +213,8 @@ def render_output_name(
         key=key.rsplit(":", 1)[-1][:KEY_DIGITS],
     )
     path = _clean_path(render_template(template, fields))
-    return path or _clean_path(f"row-{row_number}-{output_id}{ext}") or "_"
+    path = path or _clean_path(f"row-{row_number}-{output_id}{ext}") or "_"
+    return "_" + path if path.split("/")[0].casefold() == RESERVED_FOLDER else path
 
 
 def _flatten(value: str) -> str:

@@ -7,6 +7,8 @@ transport, clock), so tests drive the real thing against the emulator.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,16 +18,18 @@ import httpx
 
 from . import retrying
 from .client import FloraClient
-from .config import Settings
-from .errors import ManifestError, ManifestProblems
+from .config import Settings, check_workspace_id
+from .errors import AuthError, FloraError, InsufficientCredits, ManifestError, ManifestProblems
 from .keys import job_key
 from .ledger import Ledger
 from .manifest import Manifest, build_jobs, check_manifest
 from .plan import Plan, make_plan
 from .results import Results
 from .rows import load_rows
+from .sources import MediaInputs, UploadSource, UploadSummary, needed_sources, summarise
 from .types import JobKey, JobRecord, JobSpec, JobState, Technique
-from .worker import Outcome, ProgressHook, Worker
+from .uploads import FileProbe, Uploader, UploadReport
+from .worker import Outcome, ProgressHook, Snapshot, Worker
 
 Clock = Callable[[], float]
 
@@ -40,6 +44,9 @@ class Prepared:
     keyed: list[tuple[JobKey, JobSpec]]
     skipped: list[ManifestError]
     plan: Plan
+    uploads: dict[str, UploadSource] = field(default_factory=dict)  # by upload key
+    upload_summary: UploadSummary | None = None
+    workspace_id: str | None = None
 
 
 @dataclass
@@ -53,6 +60,7 @@ class BatchResult:
     retried: int = 0
     unresolved: list[JobRecord] = field(default_factory=list)
     failed: list[JobRecord] = field(default_factory=list)
+    uploads: UploadReport | None = None
 
 
 def ledger_location(manifest: Manifest, settings: Settings) -> str:
@@ -62,6 +70,11 @@ def ledger_location(manifest: Manifest, settings: Settings) -> str:
     if manifest.ledger:
         return manifest.ledger
     return str(manifest.path.parent / f"{manifest.name}.ledger.db")
+
+
+def workspace_location(manifest: Manifest, settings: Settings) -> str | None:
+    """The workspace input files are uploaded to: flag or environment, then manifest."""
+    return check_workspace_id(settings.workspace_id) or manifest.workspace_id
 
 
 def results_location(manifest: Manifest, settings: Settings) -> Path:
@@ -106,13 +119,21 @@ async def prepare(
     fatal = check_manifest(manifest, columns, techniques)
     if fatal:  # problems of the manifest itself stop the batch even with --skip-invalid
         raise ManifestProblems(fatal)
-    specs, problems = build_jobs(manifest, columns, rows, techniques)
-    if problems and not (settings.skip_invalid or manifest.skip_invalid):
+    workspace = workspace_location(manifest, settings)
+    media = MediaInputs(FileProbe(manifest.path.parent), uploads=workspace is not None)
+    specs, problems = build_jobs(manifest, columns, rows, techniques, media=media)
+    skip = settings.skip_invalid or manifest.skip_invalid
+    if problems and (media.needs_workspace or not skip):  # no workspace: no run at all
         raise ManifestProblems(problems)
     keyed = [(job_key(s), s) for s in specs]
     known = _known(ledger, manifest.name)
     plan = make_plan(specs, known, techniques, retry_failed=settings.retry_failed)
-    return Prepared(manifest, techniques, specs, keyed, problems, plan)
+    uploads = needed_sources((s.inputs for s in specs), media.sources)
+    held = ledger.uploads(uploads) if ledger is not None and uploads else {}
+    summary = summarise(uploads, held, workspace) if uploads else None
+    return Prepared(
+        manifest, techniques, specs, keyed, problems, plan, uploads, summary, workspace
+    )
 
 
 def _known(
@@ -168,6 +189,7 @@ async def run_batch(
                 quoted_cost={slug: t.run_cost for slug, t in prepared.techniques.items()},
                 now=clock(),
             )
+            uploader = _uploader(ledger, client, prepared, settings, clock)
             retried = _reopen(ledger, prepared, settings, clock)
             jobs = _jobs_of(ledger, prepared)
             worker = Worker(
@@ -179,11 +201,12 @@ async def run_batch(
                 concurrency=settings.concurrency or manifest.concurrency or 4,
                 max_cost=settings.max_cost if settings.max_cost is not None else manifest.max_cost,
                 clock=clock,
-                progress=progress,
+                progress=_with_uploads(progress, uploader),
+                resolve_inputs=uploader.resolve_inputs if uploader else None,
             )
             if on_worker is not None:
                 on_worker(worker)
-            outcome = await worker.run(jobs)
+            outcome = await _work(worker, uploader, jobs)
         final = _jobs_of(ledger, prepared)
         return BatchResult(
             prepared,
@@ -193,10 +216,69 @@ async def run_batch(
             retried,
             unresolved=[j for j in final if j.state is JobState.UNRESOLVED],
             failed=[j for j in final if j.state is JobState.FAILED],
+            uploads=uploader.report if uploader else None,
         )
     finally:
         ledger.release_runner_lock()
         ledger.close()
+
+
+def _uploader(
+    ledger: Ledger, client: FloraClient, prepared: Prepared, settings: Settings, clock: Clock
+) -> Uploader | None:
+    """The upload stage, its files recorded as ``planned`` (None: no input files)."""
+    if not prepared.uploads or prepared.workspace_id is None:
+        return None
+    uploader = Uploader(
+        ledger,
+        client,
+        prepared.uploads,
+        workspace_id=prepared.workspace_id,
+        folder=settings.asset_folder or prepared.manifest.asset_folder,
+        settings=settings,
+        clock=clock,
+        concurrency=settings.upload_concurrency,
+    )
+    uploader.record(clock())
+    return uploader
+
+
+async def _work(worker: Worker, uploader: Uploader | None, jobs: list[JobRecord]) -> Outcome:
+    """The worker, with the upload stage beside it; a fatal upload error stops the batch."""
+    if uploader is None:
+        return await worker.run(jobs)
+    uploader.plan(jobs)
+    stage = asyncio.ensure_future(uploader.run(worker.stop_event))
+    try:
+        outcome = await worker.run(jobs)
+    finally:
+        stage.cancel()
+        (ended,) = await asyncio.gather(stage, return_exceptions=True)
+    if isinstance(ended, Exception) and not isinstance(ended, asyncio.CancelledError):
+        raise ended  # a bug in the upload stage: surface it
+    fatal = uploader.fatal
+    if fatal is not None and outcome.error is None:
+        outcome.error = fatal
+        outcome.stopped = outcome.stopped or _stop_reason(fatal)
+    return outcome
+
+
+def _stop_reason(exc: FloraError) -> str:
+    if isinstance(exc, InsufficientCredits):
+        return "credits"
+    return "auth" if isinstance(exc, AuthError) else "error"
+
+
+def _with_uploads(progress: ProgressHook | None, uploader: Uploader | None) -> ProgressHook | None:
+    """The progress hook, told how many input files are ready."""
+    if progress is None or uploader is None:
+        return progress
+    shown = progress
+
+    def hook(snap: Snapshot) -> None:
+        shown(dataclasses.replace(snap, uploads=uploader.counts()))
+
+    return hook
 
 
 def _reopen(ledger: Ledger, prepared: Prepared, settings: Settings, clock: Clock) -> int:

@@ -86,7 +86,8 @@ def make_plan(
     ]
     if retry_failed:
         billable += groups["failed"]
-    costs = _costs([spec for key, spec in jobs if key in set(billable)], techniques)
+    billed = set(billable)
+    costs = _costs([spec for key, spec in jobs if key in billed], techniques)
     return Plan(
         batch=specs[0].batch if specs else "",
         jobs=tuple(jobs),

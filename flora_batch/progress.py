@@ -38,6 +38,10 @@ def line(snap: Snapshot, unit: str = "usd") -> str:
         f"{in_flight} in flight",
         f"{c[JobState.PLANNED]} waiting",
     ]
+    if snap.uploads and snap.uploads[2]:
+        ready, missing, files = snap.uploads
+        not_yet = f" ({missing} failed)" if missing else ""
+        parts.insert(0, f"files {ready}/{files} uploaded{not_yet}")
     if c[JobState.FAILED]:
         parts.append(f"{c[JobState.FAILED]} failed")
     if c[JobState.NEEDS_RECONCILE] + c[JobState.UNRESOLVED]:

@@ -27,7 +27,8 @@ from typing import Any
 from .errors import UsageError
 from .report_html import contact_sheet
 from .rows import Row
-from .types import JobRecord, OutputRecord
+from .sources import is_placeholder, upload_key, upload_keys
+from .types import JobRecord, OutputRecord, UploadRecord
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 FIXED_COLUMNS = ("row", "technique", "status", "run_id", "cost", "error_code", "error_message")
@@ -225,9 +226,39 @@ def iso(epoch: float | None) -> str | None:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
 
 
-def sidecar(rec: JobRecord, out: OutputRecord, root: Path) -> dict[str, Any]:
+UPLOAD_COLUMNS = ("source", "sha256", "size", "content_type", "state", "asset_id", "url", "error")
+
+
+def uploaded_inputs(
+    rec: JobRecord, uploads: Mapping[str, UploadRecord]
+) -> dict[str, dict[str, Any]]:
+    """The job's inputs that were local files or web images: where each came from, and
+    the FLORA asset it became (the job's ``inputs`` hold only the placeholder)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in rec.inputs:
+        if is_placeholder(item.value):
+            up = uploads.get(upload_key(item.value))
+            out[item.id] = {c: getattr(up, c) for c in UPLOAD_COLUMNS} if up else {}
+    return out
+
+
+def upload_table(
+    lines: Sequence[Line], uploads: Mapping[str, UploadRecord]
+) -> tuple[list[str], list[list[Any]]]:
+    """Header and rows of ``uploads.csv``: every input file the report's jobs used."""
+    used = dict.fromkeys(k for ln in lines if ln.record for k in upload_keys(ln.record.inputs))
+    body = [[getattr(uploads[k], c) for c in UPLOAD_COLUMNS] for k in used if k in uploads]
+    return list(UPLOAD_COLUMNS), body
+
+
+def sidecar(
+    rec: JobRecord,
+    out: OutputRecord,
+    root: Path,
+    uploads: Mapping[str, UploadRecord] | None = None,
+) -> dict[str, Any]:
     """The provenance of one asset: what made it, from which inputs, for how much."""
-    return {
+    data = {
         "file": PurePath(out.path or "").name,
         "path": relative(out.path, root),
         "output_id": out.output_id,
@@ -250,6 +281,8 @@ def sidecar(rec: JobRecord, out: OutputRecord, root: Path) -> dict[str, Any]:
         "completed_at": iso(rec.completed_at),
         "generator": "flora-batch report",
     }
+    extra = uploaded_inputs(rec, uploads or {})
+    return data | {"uploaded_inputs": extra} if extra else data
 
 
 def summary(lines: Sequence[Line]) -> dict[str, Any]:
@@ -274,9 +307,19 @@ class Written:
 
 
 def write_report(
-    lines: Sequence[Line], *, root: Path, out_dir: Path, title: str, generated: float
+    lines: Sequence[Line],
+    *,
+    root: Path,
+    out_dir: Path,
+    title: str,
+    generated: float,
+    uploads: Mapping[str, UploadRecord] | None = None,
 ) -> Written:
-    """Write the results table (CSV, XLSX, JSONL), ``index.html`` and the asset sidecars."""
+    """Write the results table (CSV, XLSX, JSONL), ``index.html`` and the asset sidecars.
+
+    With ``uploads`` (the ledger's), also ``uploads.csv``: the input files the jobs used
+    and the FLORA assets they became.
+    """
     root, out_dir = root.absolute(), out_dir.absolute()
     out_dir.mkdir(parents=True, exist_ok=True)
     header, body = results_table(lines, root)
@@ -294,12 +337,18 @@ def write_report(
         generated=iso(generated) or "",
     )
     files.append(_atomic(out_dir / "index.html", html.encode("utf-8")))
-    return Written(out_dir, tuple(files), _write_sidecars(lines, root))
+    up_header, up_body = upload_table(lines, uploads or {})
+    if up_body:
+        files.append(_write_csv(out_dir / "uploads.csv", up_header, up_body))
+    return Written(out_dir, tuple(files), _write_sidecars(lines, root, uploads or {}))
 
 
 def _atomic(path: Path, data: bytes) -> Path:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
+    tmp.unlink(missing_ok=True)  # a leftover or a planted symlink: never written through
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
     os.replace(tmp, path)
     return path
 
@@ -354,10 +403,12 @@ def _read_texts(lines: Sequence[Line]) -> dict[str, str]:
     return texts
 
 
-def _write_sidecars(lines: Sequence[Line], root: Path) -> int:
+def _write_sidecars(
+    lines: Sequence[Line], root: Path, uploads: Mapping[str, UploadRecord]
+) -> int:
     count = 0
     for rec, out, path in _assets(lines):
-        data = json.dumps(sidecar(rec, out, root), indent=2, ensure_ascii=False) + "\n"
+        data = json.dumps(sidecar(rec, out, root, uploads), indent=2, ensure_ascii=False) + "\n"
         _atomic(path.with_name(path.name + ".json"), data.encode("utf-8"))
         count += 1
     return count

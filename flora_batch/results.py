@@ -3,9 +3,10 @@
 Every output is written to a temporary file inside ``<root>/.flora-tmp/`` (same file
 system, so the final rename is atomic), fsynced, then renamed into place.  A partial
 file therefore never carries a final name.  Paths come from ``naming`` (sanitised,
-relative) and are checked once more here: after resolving symlinks, a target must
-still be inside the root, so a symlink planted in the results folder cannot redirect
-a write elsewhere.
+relative) and are checked once more here: a name must stay below the root, outside
+``.flora-tmp``, and no folder on its way may be a symlink, so a link planted in the
+results folder can neither redirect a write elsewhere nor onto another job's file.
+A symlinked ``.flora-tmp`` is refused, and the sweep removes only ``*.part`` files.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import hashlib
 import os
 import secrets
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Protocol
 
 from .errors import ResultsError
 
@@ -26,7 +28,7 @@ TMP_DIR = ".flora-tmp"
 class SavedFile:
     """A file that is in place and whose bytes we hashed."""
 
-    path: Path
+    path: Path | str  # a local path, or an object's URL (``object_results``)
     size: int
     sha256: str
     content_type: str | None
@@ -49,8 +51,14 @@ class Results:
 
     def prepare(self) -> None:
         """Create the folder (and its temp area) or say clearly why it cannot be used."""
+        tmp = self.root / TMP_DIR
+        if tmp.is_symlink() or (tmp.exists() and not tmp.is_dir()):
+            raise ResultsError(
+                f"{tmp} is a symlink or a file, not flora-batch's temporary folder: "
+                "remove it and run again"
+            )
         try:
-            (self.root / TMP_DIR).mkdir(parents=True, exist_ok=True)
+            tmp.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ResultsError(
                 f"cannot create the results folder {self.root}: {exc.strerror or exc}"
@@ -63,20 +71,34 @@ class Results:
         """Remove leftovers of downloads that a crash interrupted; they are never trusted."""
         tmp = self.root / TMP_DIR
         removed = 0
-        if tmp.is_dir():
-            for leftover in tmp.iterdir():
+        if tmp.is_dir() and not tmp.is_symlink():
+            for leftover in tmp.glob("*.part"):
                 with contextlib.suppress(OSError):
                     leftover.unlink()
                     removed += 1
         return removed
 
     def target(self, relative: str) -> Path:
-        """The absolute path for a relative output name, refusing anything outside root."""
+        """The absolute path for a relative output name, refusing anything outside root.
+
+        Raises:
+            ResultsError: the name is absolute, has ``.``/``..`` parts, points into
+                ``.flora-tmp``, or a folder on its way is a symlink.
+        """
         root = self.root.resolve()
-        candidate = (root / relative).resolve()
-        if candidate == root or root not in candidate.parents:
+        parts = PurePosixPath(relative).parts
+        if not parts or parts[0] in ("/", TMP_DIR) or any(p in (".", "..") for p in parts):
             raise ResultsError(f"output name {relative!r} would write outside {self.root}")
-        return candidate
+        folder = root
+        for part in parts[:-1]:
+            folder = folder / part
+            if folder.is_symlink():
+                raise ResultsError(
+                    f"output name {relative!r} would write through the symlink {folder} "
+                    f"(to {os.readlink(folder)}): flora-batch never writes through links "
+                    "in the results folder; remove it and run again"
+                )
+        return root.joinpath(*parts)
 
     def temp_path(self) -> Path:
         """A fresh temporary file name inside the results folder."""
@@ -84,7 +106,11 @@ class Results:
 
     def commit(self, tmp: Path, relative: str) -> Path:
         """fsync ``tmp`` and rename it to its final name (atomic on one file system)."""
-        final = self.target(relative)
+        try:
+            final = self.target(relative)
+        except ResultsError:
+            self.discard(tmp)
+            raise
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
             if final.is_symlink():
@@ -130,3 +156,22 @@ class Results:
             return str(path.resolve().relative_to(self.root.resolve()))
         except ValueError:
             return str(path)
+
+
+class ResultStore(Protocol):
+    """What the worker needs of a results location: this folder, or ``object_results``."""
+
+    def temp_path(self) -> Path:
+        """A fresh local temporary file to download into."""
+
+    def commit(self, tmp: Path, relative: str) -> Path | str:
+        """Put a finished temporary file in place under its final name; where it went."""
+
+    def write_text(self, text: str, relative: str) -> SavedFile:
+        """Write a text output in place."""
+
+    def discard(self, tmp: Path) -> None:
+        """Forget a temporary file that did not make it."""
+
+    def verify(self, path: str | None, size: int | None, sha256: str | None, *, deep: bool) -> bool:
+        """Whether a recorded output is still there as recorded."""

@@ -17,6 +17,8 @@ Rules shared by all formats:
 * Column names are stripped; a blank or repeated name is an error, except that a
   column with neither a name nor any value is ignored.
 * A cell over 100 kB (UTF-8) is an error: nothing a technique takes is that long.
+* A rows file over 512 MiB, or with more than 100,000 rows, is refused before its rows
+  are built, so a runaway export fails fast in bounded memory: split it into batches.
 * Text files (CSV, JSONL) must be UTF-8 (a BOM is fine; UTF-16 with a BOM is read
   too).  Other bytes are refused with a note that names the likely encoding, because a
   guessed encoding would silently change the text you pay for; set ``encoding:`` on
@@ -32,9 +34,9 @@ from __future__ import annotations
 
 import codecs
 import csv
-import io
 import json
 import math
+import re
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -47,6 +49,10 @@ from .errors import ManifestError, ManifestProblems
 
 #: Largest cell accepted, in UTF-8 bytes.
 MAX_CELL_BYTES = 100_000
+#: Most rows one rows file may hold (the ledger, plan and report keep a batch in memory).
+MAX_ROWS = 100_000
+#: Largest rows file read, in bytes (it is read whole before parsing).
+MAX_FILE_BYTES = 512 * 1024 * 1024
 #: File suffix -> format name.
 FORMATS = {
     ".csv": "csv",
@@ -60,6 +66,8 @@ FORMATS = {
     ".pq": "parquet",
 }
 _SNIFF_BYTES = 8192
+_SNIFF_CHARS = 1 << 20  # the header line is looked for in the first MiB
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +149,13 @@ def load_rows(
 
 def _read_bytes(path: Path) -> bytes:
     try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ManifestError(
+                f"the rows file is {size:,} bytes; the limit is {MAX_FILE_BYTES:,}: "
+                "split it into several batches",
+                path=str(path),
+            )
         data = path.read_bytes()
     except FileNotFoundError:
         raise ManifestError("rows file not found", path=str(path)) from None
@@ -374,6 +389,26 @@ def rows_from_cells(
     return _finish(_Table(path, columns, None, records, []))
 
 
+def too_many_rows(path: str, line: int) -> ManifestError:
+    """The error for a rows source over ``MAX_ROWS``, at the first row past the limit."""
+    return ManifestError(
+        f"more than {MAX_ROWS:,} rows: split the file into batches of at most "
+        f"{MAX_ROWS:,} rows (one manifest each)",
+        path=path,
+        line=line,
+    )
+
+
+def _capped(
+    records: Iterable[tuple[int, list[str]]], path: str
+) -> Iterator[tuple[int, list[str]]]:
+    """Pass records through, raising ``too_many_rows`` past ``MAX_ROWS`` of them."""
+    for count, (line, cells) in enumerate(records, start=1):
+        if count > MAX_ROWS:
+            raise too_many_rows(path, line)
+        yield line, cells
+
+
 def _raise(problems: list[ManifestError]) -> None:
     raise problems[0] if len(problems) == 1 else ManifestProblems(problems)
 
@@ -383,15 +418,20 @@ def _raise(problems: list[ManifestError]) -> None:
 
 def _sniff_delimiter(text: str) -> str:
     """The delimiter of the header line: comma unless tabs or semicolons clearly win."""
-    first = next((line for line in text.splitlines() if line.strip()), "")
+    first = next((line for line in text[:_SNIFF_CHARS].splitlines() if line.strip()), "")
     counts = {d: first.count(d) for d in (",", "\t", ";")}
     best = max(counts, key=lambda d: counts[d])
     return best if counts[best] > counts[","] else ","
 
 
+def _lines(text: str) -> Iterator[str]:
+    """What ``io.StringIO(text, newline="")`` yields, without a 4-bytes-a-character copy."""
+    return (match.group() for match in _LINE.finditer(text))
+
+
 def _csv_records(text: str, path: str) -> Iterator[tuple[int, list[str]]]:
     """Non-blank records with the line each starts on."""
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_sniff_delimiter(text))
+    reader = csv.reader(_lines(text), delimiter=_sniff_delimiter(text))
     end = 0
     while True:
         start = end + 1
@@ -419,7 +459,9 @@ def _load_csv(text: str, path: str) -> tuple[list[str], list[Row]]:
     if first is None:
         raise ManifestError("the rows file is empty", path=path)
     line, header = first
-    rest: list[tuple[int, list[object]]] = [(n, list(cells)) for n, cells in records]
+    rest: list[tuple[int, list[object]]] = [
+        (n, list(cells)) for n, cells in _capped(records, path)
+    ]
     return _finish(_Table(path, list(header), line, rest, []))
 
 
@@ -434,6 +476,8 @@ def _load_jsonl(text: str, path: str) -> tuple[list[str], list[Row]]:
             obj = _json_object(line, path, number, problems)
             if obj is not None:
                 objects.append((number, obj))
+            if len(objects) > MAX_ROWS:
+                raise too_many_rows(path, number)
     columns = list(dict.fromkeys(key for _, obj in objects for key in obj))
     records: list[tuple[int, list[object]]] = [
         (n, [obj.get(c) for c in columns]) for n, obj in objects
@@ -535,7 +579,7 @@ def _xlsx_sheet(path: Path, sheet: str | None, *, data_only: bool) -> _Sheet:
             warnings.simplefilter("ignore")  # openpyxl warns about styles and extensions it skips
             book = openpyxl.load_workbook(path, read_only=True, data_only=data_only)
             try:
-                return _read_sheet(_worksheet(book, sheet, path))
+                return _read_sheet(_worksheet(book, sheet, path), str(path))
             finally:
                 book.close()
     except ManifestError:
@@ -558,10 +602,12 @@ def _worksheet(book: Any, sheet: str | None, path: Path) -> Any:
     return book[sheet]
 
 
-def _read_sheet(ws: Any) -> _Sheet:
+def _read_sheet(ws: Any, path: str) -> _Sheet:
     ws.reset_dimensions()  # the file's <dimension> may be wrong; never let it hide cells
     out = _Sheet([], {}, {})
     for r, row in enumerate(ws.iter_rows(min_row=1, min_col=1)):
+        if r > MAX_ROWS:  # row 1 is the header
+            raise too_many_rows(path, r + 1)
         out.grid.append([cell.value for cell in row])
         for c, cell in enumerate(row):
             if cell.data_type == "f":
@@ -599,6 +645,8 @@ def _load_parquet(path: Path) -> tuple[list[str], list[Row]]:
     columns: list[object] = list(table.column_names)
     if not columns:
         raise ManifestError("the Parquet file has no columns", path=str(path))
+    if table.num_rows > MAX_ROWS:
+        raise too_many_rows(str(path), MAX_ROWS + 1)
     data = [table.column(i).to_pylist() for i in range(table.num_columns)]
     records = _transpose(data, table.num_rows)
     return _finish(_Table(str(path), columns, None, records, []))

@@ -10,10 +10,11 @@ passed in, through its public methods only).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .types import JobRecord, JobState
+from .sources import upload_keys
+from .types import JobRecord, JobState, UploadRecord
 
 if TYPE_CHECKING:
     from .ledger import Ledger
@@ -98,6 +99,7 @@ class Status:
     failures: tuple[FailureGroup, ...]
     last_event: float | None
     now: float
+    uploads: Mapping[str, int] = field(default_factory=dict)  # input files by upload state
 
     @property
     def total(self) -> int:
@@ -131,6 +133,7 @@ class Status:
             "failures": [g.as_dict() for g in self.failures],
             "last_event": self.last_event,
             "now": self.now,
+            "uploads": dict(self.uploads),
         }
 
 
@@ -194,12 +197,25 @@ def throughput(
     return rate * 60.0, eta
 
 
+def upload_counts(
+    records: Iterable[JobRecord], uploads: Iterable[UploadRecord]
+) -> dict[str, int]:
+    """The input files these jobs use, counted by upload state (states present only)."""
+    used = {key for rec in records for key in upload_keys(rec.inputs)}
+    counts: dict[str, int] = {}
+    for up in uploads:
+        if up.sha256 in used:
+            counts[up.state.value] = counts.get(up.state.value, 0) + 1
+    return counts
+
+
 def compute(
     ledger_url: str,
     records: Sequence[JobRecord],
     events: Sequence[Mapping[str, Any]],
     money: tuple[float, float],
     now: float,
+    uploads: Iterable[UploadRecord] = (),
 ) -> Status:
     """The status of ``records`` (one batch, or every batch of a ledger)."""
     counts = dict.fromkeys(JobState, 0)
@@ -223,13 +239,15 @@ def compute(
         failures=failures(records),
         last_event=max((e["at"] for e in mine), default=None),
         now=now,
+        uploads=upload_counts(records, uploads),
     )
 
 
 def gather(ledger: Ledger, batch: str | None, now: float) -> Status:
     """Read one batch (or every batch, ``batch=None``) from the ledger and compute its status."""
     records = ledger.jobs(batch=batch)
-    return compute(ledger.url, records, ledger.events(), ledger.money(batch), now)
+    uploads = ledger.uploads().values()
+    return compute(ledger.url, records, ledger.events(), ledger.money(batch), now, uploads)
 
 
 # --- text ------------------------------------------------------------------------------
@@ -260,6 +278,9 @@ def lines(s: Status, *, max_rows: int = 10) -> list[str]:
     ]
     rate = "?" if s.per_minute is None else f"{s.per_minute:.1f} jobs/min"
     out.append(f"  pace     {rate} · ETA {_duration(s.eta)}")
+    if s.uploads:
+        files = " · ".join(f"{n} {state}" for state, n in sorted(s.uploads.items()))
+        out.append(f"  uploads  {sum(s.uploads.values())} input files: {files}")
     waiting = s.counts[JobState.PLANNED]
     if waiting and not s.in_flight:
         out.append(f"  idle     {waiting} jobs waiting: run the batch again to continue")

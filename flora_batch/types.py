@@ -189,6 +189,8 @@ class JobRecord:
     completed_at: float | None = None
     outputs: tuple[OutputRecord, ...] = ()
     source: str = ""
+    worker_id: str | None = None  # the `flora-batch worker` holding (or that finished) it
+    lease_until: float | None = None  # that worker's lease (epoch s); others claim it after
 
 
 class UploadState(StrEnum):

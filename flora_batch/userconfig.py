@@ -7,11 +7,15 @@
     api_key = "sk_live_..."      # only from a file nobody else can read (chmod 600)
     concurrency = 8
     ledger = "~/flora/ledger.db"  # a SQLite path or a SQLAlchemy URL
+    workspace_id = "ws_..."      # where local input files are uploaded (below a manifest's)
+    asset_folder = "batch-inputs"  # the workspace library folder for them
 
-Precedence is flags > environment (``FLORA_BASE_URL``, ``FLORA_API_KEY``) > this
-file > built-in defaults.  The CLI hands the file's values to click as each command's
-``default_map``, which click ranks exactly there.  An API key in a file that its group
-or others can read is refused (exit 2), never used.
+Precedence is flags > environment (``FLORA_BASE_URL``, ``FLORA_API_KEY``,
+``FLORA_WORKSPACE_ID``) > this file > built-in defaults; for ``workspace_id`` and
+``asset_folder`` a manifest's ``assets:`` also ranks above this file.  The CLI hands
+the file's values to click as each command's ``default_map``, which click ranks exactly
+there.  An API key in a file that its group or others can read is refused (exit 2),
+never used.
 """
 
 from __future__ import annotations
@@ -27,9 +31,16 @@ from typing import Any
 from .errors import ConfigError
 
 #: Each key and the type its value must have.
-KEYS: dict[str, type] = {"base_url": str, "api_key": str, "concurrency": int, "ledger": str}
+KEYS: dict[str, type] = {
+    "base_url": str,
+    "api_key": str,
+    "concurrency": int,
+    "ledger": str,
+    "workspace_id": str,
+    "asset_folder": str,
+}
 #: Keys that become command-line defaults (``api_key`` is read by the commands instead).
-OPTION_KEYS = ("base_url", "concurrency", "ledger")
+OPTION_KEYS = ("base_url", "concurrency", "ledger", "workspace_id", "asset_folder")
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ through the parsers here, so the rest of flora-batch sees one shape (``types``).
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
@@ -88,6 +89,18 @@ def _str(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def _said(value: Any, limit: int) -> str | None:
+    """Free text from the server, made safe to print, log and store.
+
+    At most ``limit`` characters; control and format characters (terminal escapes,
+    newlines, bidi overrides) become ``?``.
+    """
+    if value is None:
+        return None
+    text = str(value)[:limit]
+    return "".join("?" if unicodedata.category(c) in ("Cc", "Cf") else c for c in text)
+
+
 def parse_slot(data: Any) -> IOSlot:
     """One technique input/output slot, in either dialect."""
     if not isinstance(data, Mapping) or not isinstance(data.get("id"), str):
@@ -152,14 +165,14 @@ def parse_run(data: Any, request_id: str | None = None) -> RunInfo:
         raise ProtocolError("run outputs is not a list", request_id=request_id)
     return RunInfo(
         run_id=run_id,
-        status=str(data.get("status") or "pending"),
+        status=_said(data.get("status") or "pending", 64) or "pending",
         progress=_number(data.get("progress")) or 0.0,
         created_at=_number(_first(data, "created_at", "createdAt")),
         started_at=_number(_first(data, "started_at", "startedAt")),
         completed_at=_number(_first(data, "completed_at", "completedAt")),
         charged_cost=_number(_first(data, "charged_cost", "chargedCost")),
-        error_code=_str(_first(data, "error_code", "errorCode")),
-        error_message=_str(_first(data, "error_message", "errorMessage")),
+        error_code=_said(_first(data, "error_code", "errorCode"), 200),
+        error_message=_said(_first(data, "error_message", "errorMessage"), 2000),
         outputs=tuple(parse_output(o) for o in outputs),
         poll_url=_str(_first(data, "poll_url", "pollUrl")),
         technique_id=_str(tid),
@@ -182,8 +195,8 @@ def parse_error(data: Any) -> tuple[str, str, list[dict[str, Any]]]:
         err = data["error"]
         fields = err.get("fields")
         return (
-            str(err.get("code") or ""),
-            str(err.get("message") or ""),
+            _said(err.get("code") or "", 200) or "",
+            _said(err.get("message") or "", 2000) or "",
             [f for f in fields if isinstance(f, dict)] if isinstance(fields, list) else [],
         )
     return "", "", []

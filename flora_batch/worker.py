@@ -22,6 +22,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from . import retrying
 from .client import FloraClient
@@ -34,26 +35,37 @@ from .errors import (
     IdempotencyConflict,
     IdempotencyDuplicate,
     InsufficientCredits,
+    LeaseLost,
     NotFound,
     RateLimited,
+    ResponseRefused,
     ResultsError,
     TransportError,
+    UploadError,
 )
 from .ledger import Ledger
 from .naming import ext_for, render_output_name
-from .results import Results
-from .types import JobKey, JobRecord, JobState, OutputRecord, RunInfo, Technique
+from .results import ResultStore
+from .types import JobKey, JobRecord, JobState, OutputRecord, RunInfo, RunInput, Technique
 from .wire import classify_run_failure
 
 log = logging.getLogger("flora_batch.worker")
 
 Clock = Callable[[], float]
 ProgressHook = Callable[["Snapshot"], None]
+#: The upload stage's hook (``uploads.Uploader.resolve_inputs``): a job's inputs with its
+#: upload placeholders swapped for asset URLs; None while a file is still uploading;
+#: UploadError when one will not be ready in this run.
+InputResolver = Callable[[JobRecord], "tuple[RunInput, ...] | None"]
+#: Cluster mode (``cluster.py``): claim up to n more jobs from the shared ledger.
+Refill = Callable[[int], list[JobRecord]]
 
 _RESERVING = (JobState.SUBMITTING, JobState.RUNNING, JobState.DOWNLOADING)
 _MAX_SUBMIT_TRIES = 8
 _MAX_DOWNLOAD_ROUNDS = 4
 _CHARGE_REREADS = 3
+_INPUT_WAIT = 0.25  # seconds between looks at a job whose input files are still uploading
+_REFILL_IDLE = 0.25  # seconds between claims that found nothing
 
 
 @dataclass
@@ -67,6 +79,7 @@ class Snapshot:
     started: float
     now: float
     done_this_run: int
+    uploads: tuple[int, int, int] | None = None  # input files (ready, not ready, total)
 
     @property
     def eta(self) -> float | None:
@@ -106,10 +119,11 @@ class Pacer:
         """The earliest time the next create may leave."""
         return max(self.paused_until, self.next_submit)
 
-    def took(self) -> None:
-        """A create is leaving now."""
+    def took(self) -> float:
+        """A create is leaving; returns how long it must wait first (shared pacing only)."""
         if self.rate > 0:
             self.next_submit = max(self.clock(), self.next_submit) + 1.0 / self.rate
+        return 0.0
 
     def rate_limited(self, retry_after: float | None) -> float:
         """Back off the whole pool; returns the pause in seconds."""
@@ -134,7 +148,7 @@ class Worker:
         self,
         ledger: Ledger,
         client: FloraClient,
-        results: Results,
+        results: ResultStore,
         techniques: dict[str, Technique],
         *,
         settings: Settings,
@@ -142,6 +156,9 @@ class Worker:
         max_cost: float | None = None,
         clock: Clock = time.time,
         progress: ProgressHook | None = None,
+        resolve_inputs: InputResolver | None = None,
+        refill: Refill | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         self.ledger = ledger
         self.client = client
@@ -151,7 +168,10 @@ class Worker:
         self.max_cost = max_cost
         self.clock = clock
         self.progress = progress
-        self.pacer = Pacer(concurrency, settings.submit_rate, clock)
+        self.resolve_inputs = resolve_inputs
+        self.pacer = pacer or Pacer(concurrency, settings.submit_rate, clock)
+        self.refill = refill
+        self._refill_at = 0.0
         self.stop_event = asyncio.Event()
         self.jobs: dict[JobKey, JobRecord] = {}
         self.queue: deque[JobKey] = deque()
@@ -162,6 +182,8 @@ class Worker:
         self.durations: dict[str, list[float]] = {}
         self.download_rounds: Counter[JobKey] = Counter()
         self.stuck: dict[JobKey, str] = {}
+        self.unknown_since: dict[JobKey, float] = {}
+        self.names: dict[str, JobKey] = {}  # output names taken, casefolded (``_claim``)
         self.committed = 0.0
         self.stop_new: str | None = None
         self.abort: FloraError | None = None
@@ -189,6 +211,7 @@ class Worker:
                 if now - self.last_success > self.settings.outage_limit:
                     self.stop_new = "outage"
                     break
+                self._top_up(now)
                 self._start_submits(now)
                 self._start_due(now)
                 if not self.tasks and not self._waiting():
@@ -220,8 +243,12 @@ class Worker:
     def _reap(self) -> None:
         for task in [t for t in self.tasks if t.done()]:
             self.tasks.discard(task)
-            if not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]  # a bug: surface it
+            exc = None if task.cancelled() else task.exception()
+            if isinstance(exc, LeaseLost) and self.refill is not None:
+                log.warning("lost the lease: %s", exc)  # another worker has the job now
+                self._release(JobKey(exc.key))
+            elif exc is not None:
+                raise exc  # a bug: surface it
 
     def _spawn(self, coro: object) -> None:
         self.tasks.add(asyncio.ensure_future(coro))  # type: ignore[call-overload]
@@ -243,6 +270,7 @@ class Worker:
         resumed: list[JobKey] = []
         for rec in jobs:
             self.jobs[rec.key] = rec
+            self._claim_saved(rec)
             if rec.run_id is None and rec.submitted_at is not None:
                 # An earlier process may have sent creates any time since the first one.
                 self.windows[rec.key] = [(rec.submitted_at, self.clock())]
@@ -299,6 +327,8 @@ class Worker:
                 return
             key = self.queue[0]
             rec = self.jobs[key]
+            if not self._inputs_ready(key, now):
+                continue
             quote = self._quote(rec)
             if rec.state is JobState.PLANNED and self._over_budget(quote):
                 self.stop_new = "budget"
@@ -307,8 +337,40 @@ class Worker:
             if rec.state is JobState.PLANNED:
                 self.committed += quote
             self.slots.add(key)
-            self.pacer.took()
-            self._spawn(self._submit(key))
+            self._spawn(self._submit(key, wait=self.pacer.took()))
+
+    def _top_up(self, now: float) -> None:
+        """Cluster mode: claim more jobs from the shared ledger while there is room."""
+        if self.refill is None or self.stop_new is not None or self.queue or now < self._refill_at:
+            return
+        room = self.pacer.limit - len(self.slots)
+        if room <= 0:
+            return
+        claimed = self.refill(room)
+        self._refill_at = now + (0.0 if claimed else _REFILL_IDLE)
+        if claimed:
+            self._load(claimed)
+
+    def _inputs_ready(self, key: JobKey, now: float) -> bool:
+        """Whether the first queued job's input files are uploaded; if not, it waits unpaid.
+
+        Waiting for uploads is not an outage: the upload stage bounds its own waits.
+        """
+        try:
+            ready = self._inputs(self.jobs[key]) is not None
+        except UploadError as exc:
+            self.queue.popleft()
+            self.stuck[key] = str(exc)
+            return False
+        if not ready:
+            self.queue.popleft()
+            self.last_success = max(self.last_success, now)
+            self._schedule(key, now + _INPUT_WAIT, "submit")
+        return ready
+
+    def _inputs(self, rec: JobRecord) -> tuple[RunInput, ...] | None:
+        """What the create sends: the job's inputs, placeholders resolved to asset URLs."""
+        return rec.inputs if self.resolve_inputs is None else self.resolve_inputs(rec)
 
     def _quote(self, rec: JobRecord) -> float:
         if rec.quoted_cost is not None:
@@ -328,8 +390,10 @@ class Worker:
 
     # -- submit ------------------------------------------------------------------------
 
-    async def _submit(self, key: JobKey) -> None:
+    async def _submit(self, key: JobKey, wait: float = 0.0) -> None:
         """Create the job's run: key committed first, repeated only with the same key."""
+        if wait > 0:  # a slot reserved by the cluster-wide pacing
+            await asyncio.sleep(wait)
         rec = self.jobs[key]
         maybe_sent = rec.state is JobState.SUBMITTING
         if maybe_sent and self._key_expired(rec):
@@ -341,12 +405,13 @@ class Worker:
             self._release(key)
             await self._reconcile(key)
             return
+        inputs = self._inputs(rec) or rec.inputs  # _start_submits saw them resolved
         if rec.state is JobState.PLANNED:
             rec = self._update(self.ledger.mark_submitting(key, now=self.clock()))
         for attempt in range(1, _MAX_SUBMIT_TRIES + 1):
             sent_at = self.clock()
             try:
-                run = await self.client.create_run(rec.technique, rec.inputs, rec.idempotency_key)
+                run = await self.client.create_run(rec.technique, inputs, rec.idempotency_key)
             except FloraError as exc:
                 maybe_sent = maybe_sent or self._may_have_left(exc)
                 self._note_window(key, sent_at)
@@ -480,8 +545,32 @@ class Worker:
             self._completed(key, run)
         elif run.status == "failed":
             self._run_failed(key, run)
-        else:
+        elif not self._unknown_too_long(key, run):
             self._schedule(key, self.clock() + self._next_poll_delay(key, run), "poll")
+
+    def _unknown_too_long(self, key: JobKey, run: RunInfo) -> bool:
+        """CONTRACT.md §4: an unknown status is not terminal, but the wait for it is bounded.
+
+        After ``settings.unknown_status_limit`` seconds of nothing but unknown statuses
+        the job is left as it is (its run is kept, never bought again) and reported; the
+        next ``run`` polls it afresh.
+        """
+        if run.status in ("pending", "running"):
+            self.unknown_since.pop(key, None)
+            return False
+        now = self.clock()
+        if key not in self.unknown_since:
+            self.unknown_since[key] = now
+            log.warning("run %s: unknown status %r; still waiting", run.run_id, run.status)
+        waited = now - self.unknown_since[key]
+        if waited <= self.settings.unknown_status_limit:
+            return False
+        self.stuck[key] = (
+            f"run {run.run_id} has reported the unknown status {run.status!r} for "
+            f"{waited:.0f}s; it is kept (not bought again): run again later"
+        )
+        self._release(key)
+        return True
 
     def _next_poll_delay(self, key: JobKey, run: RunInfo) -> float:
         """Poll near the expected end: extrapolate progress, or use durations seen before."""
@@ -499,7 +588,7 @@ class Worker:
 
     def _completed(self, key: JobKey, run: RunInfo) -> None:
         rec = self.jobs[key]
-        if rec.submitted_at:
+        if rec.submitted_at and rec.submitted_at >= self.started:  # not across a restart's gap
             self.durations.setdefault(rec.technique, []).append(self.clock() - rec.submitted_at)
         if not run.outputs:
             self._run_failed(
@@ -589,7 +678,7 @@ class Worker:
     async def _download_one(self, key: JobKey, index: int, out: OutputRecord) -> None:
         rec = self.jobs[key]
         if out.type == "text":
-            rel = self._name(rec, out, index, None)
+            rel = self._claim(key, self._name(rec, out, index, None), out, None)
             saved = self.results.write_text(out.url, rel)
             path, size, sha, ctype = saved.path, saved.size, saved.sha256, saved.content_type
         else:
@@ -599,7 +688,7 @@ class Worker:
                 try:
                     got = await retrying.call(
                         lambda u=url, t=tmp: self.client.download(  # type: ignore[misc]
-                            u, t, max_bytes=self.settings.max_download_bytes
+                            u, t, max_bytes=self.settings.max_download_bytes, output_type=out.type
                         ),
                         what=f"download {out.output_id} of {rec.run_id}",
                     )
@@ -612,7 +701,8 @@ class Worker:
                 except BaseException:
                     self.results.discard(tmp)
                     raise
-                path = self.results.commit(tmp, self._name(rec, out, index, got.content_type))
+                name = self._claim(key, self._name(rec, out, index, got.content_type), out, tmp)
+                path = self.results.commit(tmp, name)
                 size, sha, ctype = got.size, got.sha256, got.content_type
                 break
         self.ledger.mark_output_saved(
@@ -624,6 +714,30 @@ class Worker:
             content_type=ctype,
             now=self.clock(),
         )
+
+    def _claim(self, key: JobKey, name: str, out: OutputRecord, tmp: Path | None) -> str:
+        """``name``, unless another job's output has it (ignoring case): then refuse.
+
+        Plan time checks names made with the technique's slot ids; the output ids of a
+        run come from FLORA, so a clash they cause is caught here and nothing is
+        overwritten.  Names of outputs saved before this run are claimed in ``_load``.
+        """
+        owner = self.names.setdefault(name.casefold(), key)
+        if owner == key:
+            return name
+        if tmp is not None:
+            self.results.discard(tmp)
+        other = self.jobs[owner].source if owner in self.jobs else owner
+        raise ResponseRefused(
+            f"output {out.output_id!r} would be saved as {name!r}, which is {other}'s file "
+            "already: not overwritten (make output.name unique per row)"
+        )
+
+    def _claim_saved(self, rec: JobRecord) -> None:
+        for index, out in enumerate(rec.outputs):
+            if out.sha256:
+                name = self._name(rec, out, index, out.content_type)
+                self.names.setdefault(name.casefold(), rec.key)
 
     async def _fresh_url(self, key: JobKey, output_id: str) -> str:
         """Output URLs expire: poll the run again for fresh ones."""
@@ -673,11 +787,12 @@ class Worker:
         except FloraError as exc:
             self.stuck[key] = f"could not read the run history to reconcile: {exc}"
             return
-        known = {r.run_id for r in self.jobs.values() if r.run_id}
+        peers = self._peers(rec)
+        known = {r.run_id for r in peers.values() if r.run_id}
         mine = self._candidates(runs, windows, known)
         rivals = {
             c
-            for other, r in self.jobs.items()
+            for other, r in peers.items()
             if other != key and r.technique == rec.technique and self._may_own_unknown_run(r)
             for c in self._candidates(runs, self._sent_between(r), known)
         }
@@ -694,6 +809,13 @@ class Worker:
             "check them in FLORA, then run again with --resubmit-unresolved to buy it again"
         )
         self._update(self.ledger.mark_unresolved(key, now=self.clock(), reason=reason))
+
+    def _peers(self, rec: JobRecord) -> dict[JobKey, JobRecord]:
+        """Jobs whose runs a reconciliation must not take: in cluster mode the whole batch
+        in the shared ledger (other workers' jobs too), else this worker's own."""
+        if self.refill is None:
+            return self.jobs
+        return {r.key: r for r in self.ledger.jobs(batch=rec.batch)}
 
     @staticmethod
     def _may_own_unknown_run(rec: JobRecord) -> bool:

@@ -21,7 +21,7 @@ from typing import Any, Self
 from sqlalchemy import Connection, Engine, RowMapping, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from ..errors import LedgerConflict, LedgerError
+from ..errors import LeaseLost, LedgerConflict, LedgerError
 from ..types import JobRecord, JobState
 from . import connect, lock, outputs_sql
 from .moves import Move
@@ -40,6 +40,9 @@ class LedgerCore:
         self._closed = False
         #: The database URL, any password masked.
         self.url = engine.url.render_as_string(hide_password=True)
+        #: Set by ``flora-batch worker`` (``cluster.py``): then a job changes only while this
+        #: worker holds its lease (LeaseLost otherwise), and every event names the worker.
+        self.worker_id: str | None = None
 
     def close(self) -> None:
         """Release the runner lock and every connection; the ledger cannot be used after."""
@@ -114,6 +117,10 @@ class LedgerCore:
         row = conn.execute(query).mappings().one_or_none()
         if row is None:
             raise LedgerConflict(conflict_message(key, action, None, ()), key=key)
+        if self.worker_id is not None and row["worker_id"] != self.worker_id:
+            holder = row["worker_id"] or "no worker"
+            message = f"job {key}: cannot {action}: {holder} holds it, not {self.worker_id}"
+            raise LeaseLost(message, key=key)
         return row
 
     def _expect(self, conn: Connection, key: str, move: Move) -> RowMapping:
@@ -177,6 +184,8 @@ class LedgerCore:
     ) -> None:
         """Append one event."""
         row = {"job_key": key, "at": at, "from_state": from_state, "to_state": to_state}
+        if self.worker_id is not None:
+            detail = {**detail, "worker": self.worker_id}
         conn.execute(insert(events).values(**row, detail=dumps(detail)))
 
     def _first_send(self, conn: Connection, key: str) -> bool:

@@ -44,7 +44,10 @@ class FileLock:
 
     def __init__(self, path: Path, where: str) -> None:
         self.path = path
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # O_NOFOLLOW: a planted symlink must not make us truncate someone's file
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            raise LedgerError(f"cannot lock {path}: {exc.strerror or exc}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -57,9 +60,10 @@ class FileLock:
         except OSError as exc:
             os.close(fd)
             raise LedgerError(f"cannot lock {path}: {exc}") from exc
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
         self._fd: int | None = fd
+        with contextlib.suppress(OSError):  # the pid is for messages only (a full disk)
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
 
     def release(self) -> None:
         """Unlock and close the sidecar file (the file itself stays, harmlessly)."""

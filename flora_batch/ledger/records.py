@@ -100,6 +100,8 @@ def job_record(row: RowMapping, outputs: Iterable[OutputRecord] = ()) -> JobReco
         completed_at=row["completed_at"],
         outputs=tuple(outputs),
         source=row["source"],
+        worker_id=row["worker_id"],
+        lease_until=row["lease_until"],
     )
 
 

@@ -67,10 +67,11 @@ jobs = Table(
     Column("submitted_at", Float),  # first create sent with the current idempotency key
     Column("updated_at", Float, nullable=False),
     Column("completed_at", Float),
-    Column("worker_id", String),  # reserved for a distributed mode
-    Column("lease_until", Float),  # reserved for a distributed mode
+    Column("worker_id", String),  # the `flora-batch worker` holding the job (cluster.py)
+    Column("lease_until", Float),  # its lease: anyone may claim the job after this
     Index(None, "batch", "state"),
     Index(None, "run_id"),
+    Index(None, "worker_id"),
 )
 
 #: The files a completed run produced, and where they were saved.
@@ -134,4 +135,32 @@ uploads = Table(
     Column("updated_at", Float, nullable=False),
     Column("ready_at", Float),
     Index(None, "state"),
+)
+
+#: What `flora-batch worker` needs to work a batch without its manifest (`flora-batch submit`).
+batches = Table(
+    "batches",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("results", Text, nullable=False),  # an absolute folder or an s3:// URL
+    Column("max_cost", Float),
+    Column("concurrency", Integer, nullable=False),  # runs in flight at most, cluster-wide
+    Column("submit_rate", Float, nullable=False),  # creates per second, cluster-wide (0: unpaced)
+    Column("techniques", Text, nullable=False),  # JSON: {slug: technique schema}
+    Column("manifest", Text),  # where it was submitted from, for people
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+#: Cluster-wide pacing of one batch, changed under a row lock (``ledger/leases.py``).
+pacing = Table(
+    "pacing",
+    metadata,
+    Column("batch", String, ForeignKey("batches.name"), primary_key=True),
+    Column("in_flight_limit", Integer, nullable=False),  # halved on 429, grown back on success
+    Column("max_limit", Integer, nullable=False),  # the batch's concurrency
+    Column("streak", Integer, nullable=False, server_default=text("0")),
+    Column("next_submit_at", Float, nullable=False, server_default=text("0")),
+    Column("paused_until", Float, nullable=False, server_default=text("0")),
+    Column("updated_at", Float, nullable=False),
 )

@@ -11,10 +11,11 @@ changes.  The moves (``uploads.py`` drives them)::
     set_upload_step     uploading              -> uploading   (signed upload progress)
     mark_upload_ready   uploading              -> ready       (asset id and URL)
     mark_upload_failed  planned | uploading    -> failed
-    reopen_upload       failed | ready | planned -> planned   (attempt n+1, a new key)
+    reopen_upload       failed | ready | planned | uploading -> planned   (attempt n+1, new key)
 
 ``reopen_upload`` is the only way back: after a definite failure, when a ready asset is
-gone, or when the batch now uploads into another workspace.
+gone, or when the batch now uploads into another workspace (the only case that may
+abandon an ``uploading`` row: its key and asset belong to the old workspace).
 """
 
 from __future__ import annotations
@@ -129,11 +130,16 @@ class UploadLedger(LedgerCore):
         size: int | None,
         content_type: str | None,
         now: float,
+        replaces: str | None = None,
     ) -> UploadRecord:
-        """``uploading -> ready``: FLORA said the asset is ready, at this URL."""
+        """``uploading -> ready``: FLORA said the asset is ready, at this URL.
+
+        The row's asset may be replaced only when the caller names it (``replaces``): a
+        web image whose fetch failed, uploaded from a download instead.
+        """
         with self._write(key) as conn:
             row = _one(conn, key)
-            if row["asset_id"] not in (None, asset_id):
+            if row["asset_id"] not in (None, asset_id, replaces):
                 raise LedgerConflict(
                     f"upload {key}: cannot be ready as {asset_id}: it has {row['asset_id']}",
                     key=key,
@@ -157,7 +163,10 @@ class UploadLedger(LedgerCore):
     def reopen_upload(
         self, key: str, *, workspace_id: str, idempotency_key: str, reason: str, now: float
     ) -> UploadRecord:
-        """``failed | ready | planned -> planned`` as attempt n+1 with ``idempotency_key``."""
+        """``failed | ready | planned | uploading -> planned``: attempt n+1, ``idempotency_key``.
+
+        The caller reopens an ``uploading`` row only to move it to another workspace.
+        """
         with self._write(key) as conn:
             row = _one(conn, key)
             values = {
@@ -167,7 +176,7 @@ class UploadLedger(LedgerCore):
                 "error": reason,
                 **dict.fromkeys(("via", "step", "asset_id", "url", "sent_at", "ready_at")),
             }
-            sources = (U.FAILED, U.READY, U.PLANNED)
+            sources = (U.FAILED, U.READY, U.PLANNED, U.UPLOADING)
             return _move(conn, row, sources, U.PLANNED, now, values)
 
 
@@ -196,8 +205,7 @@ def _move(
     if result.rowcount != 1:
         wanted = " or ".join(s.value for s in sources)
         raise LedgerConflict(
-            f"upload {key}: cannot move to {target.value}: it is {row['state']}, "
-            f"expected {wanted}",
+            f"upload {key}: cannot move to {target.value}: it is {row['state']}, expected {wanted}",
             key=key,
         )
     fresh = conn.execute(select(uploads).where(uploads.c.sha256 == key)).mappings().one()

@@ -1,7 +1,7 @@
 """Input files as FLORA assets: the uploads table, one row per distinct file.
 
 Revision ID: 0003_uploads
-Revises: 0001
+Revises: 0002_cluster
 Create Date: 2025-11-28
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0003_uploads"
-down_revision: str | Sequence[str] | None = "0001"
+down_revision: str | Sequence[str] | None = "0002_cluster"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -175,24 +175,31 @@ def cli_command(args: list[str], *, real_waits: bool = False) -> list[str]:
 
 
 def start_cli(
-    server: Any, args: list[str], log: Path, *, real_waits: bool = False
+    server: Any, args: list[str], log: Path, *, real_waits: bool = False, cwd: Path | None = None
 ) -> subprocess.Popen[bytes]:
     """Start ``flora-batch ARGS`` with its output going to ``log`` (never a pipe that fills)."""
     with open(log, "wb") as fh:
         return subprocess.Popen(
             cli_command(args, real_waits=real_waits),
             env=cli_env(server),
+            cwd=cwd,
             stdout=fh,
             stderr=subprocess.STDOUT,
         )
 
 
 def run_cli(
-    server: Any, args: list[str], log: Path, *, timeout: float = 90, real_waits: bool = False
+    server: Any,
+    args: list[str],
+    log: Path,
+    *,
+    timeout: float = 90,
+    real_waits: bool = False,
+    cwd: Path | None = None,
 ) -> CliRun:
     """Run the CLI to its end."""
     began = time.monotonic()
-    proc = start_cli(server, args, log, real_waits=real_waits)
+    proc = start_cli(server, args, log, real_waits=real_waits, cwd=cwd)
     try:
         code = proc.wait(timeout)
     except subprocess.TimeoutExpired:
@@ -211,10 +218,11 @@ def kill_when(
     *,
     timeout: float = 60,
     real_waits: bool = False,
+    cwd: Path | None = None,
 ) -> CliRun:
     """Start the CLI and SIGKILL it the moment ``trigger()`` holds (unless it ends first)."""
     began = time.monotonic()
-    proc = start_cli(server, args, log, real_waits=real_waits)
+    proc = start_cli(server, args, log, real_waits=real_waits, cwd=cwd)
     end = began + timeout
     killed = False
     while proc.poll() is None and time.monotonic() < end:
@@ -266,8 +274,13 @@ def crash_until_done(
     max_reruns: int = 8,
     real_waits: bool = False,
 ) -> Schedule:
-    """Kill the CLI 1–3 times at seeded moments, then re-run it until the batch settles."""
+    """Kill the CLI 1–3 times at seeded moments, then re-run it until the batch settles.
+
+    The CLI runs in the manifest's folder, so a stray write to its working directory shows
+    up in :func:`check_promise`; the logs are kept beside that folder.
+    """
     rng = random.Random(seed)
+    here = manifest.parent
     emu = server.emulator
     schedule = Schedule()
     logs = manifest.parent.parent / f"logs-{manifest.stem}"
@@ -275,9 +288,10 @@ def crash_until_done(
     for n in range(rng.randint(1, 3)):
         log = logs / f"kill-{n}.log"
         trigger = random_trigger(rng, emu)
-        schedule.runs.append(kill_when(server, args, log, trigger, real_waits=real_waits))
+        killed = kill_when(server, args, log, trigger, real_waits=real_waits, cwd=here)
+        schedule.runs.append(killed)
     for n in range(max_reruns):
-        run = run_cli(server, args, logs / f"rerun-{n}.log", real_waits=real_waits)
+        run = run_cli(server, args, logs / f"rerun-{n}.log", real_waits=real_waits, cwd=here)
         schedule.runs.append(run)
         if run.code in SETTLED_CODES and not unsettled(manifest):
             return schedule

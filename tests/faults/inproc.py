@@ -41,7 +41,7 @@ class CrashingTransport(httpx.AsyncBaseTransport):
         self.seen: list[str] = []
 
     def arm(self, after: int, phase: str, victim: asyncio.Task[Any], kind: str = "any") -> None:
-        """Crash ``victim`` at the ``after``-th request (of ``kind``: any or create) from now.
+        """Crash ``victim`` at the ``after``-th request of ``kind`` (any, create, media) from now.
 
         ``phase`` is ``before`` (the request never leaves) or ``after`` (it was handled).
         """
@@ -56,7 +56,7 @@ class CrashingTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Forward to the emulator, unless this is the request the crash was armed for."""
         self.seen.append(f"{request.method} {request.url.path}")
-        if self.kind == "any" or request.method == "POST":
+        if self._counts(request):
             self.counted += 1
         hit = self.crash_at is not None and self.counted == self.crash_at
         if hit and self.phase == "before":
@@ -66,6 +66,13 @@ class CrashingTransport(httpx.AsyncBaseTransport):
             await response.aread()  # the server finished its work; the answer is lost
             await self._die()
         return response
+
+    def _counts(self, request: httpx.Request) -> bool:
+        if self.kind == "create":
+            return request.method == "POST"
+        if self.kind == "media":
+            return request.url.path.startswith("/_media/")
+        return True
 
     async def _die(self) -> None:
         self.crashed = True

@@ -8,7 +8,6 @@ ends on the emulator's own books: charges per key, runs, served media.
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import httpx
@@ -100,7 +99,8 @@ async def test_crash_between_create_and_record_in_409_mode_adopts_the_run_later(
     manifest = write_batch(tmp_path / "b", 1)
     transport = CrashingTransport(emu)
     config = fast_settings(emu)
-    assert await run_crashing(manifest, config, transport, ("create", 1, "after"), clock=clock) is None
+    died = await run_crashing(manifest, config, transport, ("create", 1, "after"), clock=clock)
+    assert died is None
     clock.travel(300)
     await run_once(manifest, config, transport, clock=clock)
     [job] = read_jobs(manifest)
@@ -128,23 +128,28 @@ async def test_lost_create_is_not_matched_to_another_jobs_run_in_flight(tmp_path
 
 
 class HoldSecondCreate(CrashingTransport):
-    """Holds the answer of the second create until the run history has been read once."""
+    """Answers the 1st create once the 2nd made its run, and the 2nd after a history read."""
 
     def __init__(self, emu: Emulator) -> None:
         super().__init__(emu)
         self.posts = 0
+        self.second_made = asyncio.Event()
         self.listed = asyncio.Event()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        """Forward; delay the second create's answer until after a history read."""
-        response = await self.inner.handle_async_request(request)
-        if request.url.path.endswith("/technique-runs"):
-            self.listed.set()
+        """Forward, holding the two create answers as described."""
         if request.method == "POST":
             self.posts += 1
-            if self.posts == 2:
-                await response.aread()
-                await asyncio.wait_for(self.listed.wait(), 5)
+        number = self.posts
+        response = await self.inner.handle_async_request(request)
+        await response.aread()
+        if request.url.path.endswith("/technique-runs"):
+            self.listed.set()
+        if request.method == "POST" and number == 1:
+            await asyncio.wait_for(self.second_made.wait(), 5)
+        elif request.method == "POST" and number == 2:
+            self.second_made.set()
+            await asyncio.wait_for(self.listed.wait(), 5)
         return response
 
 
@@ -167,8 +172,21 @@ def test_two_ambiguous_creates_are_reported_and_never_bought_again(serve, tmp_pa
     assert again.code == 6 and creates(server.emulator) == sent
     check_promise(server, manifest, before, unresolved_ok=True)
     resubmit = run_cli(server, [*args, "--resubmit-unresolved"], tmp_path / "3.log")
-    assert creates(server.emulator) == sent + len(unresolved), resubmit.out
-    assert all(n == 1 for n in server.emulator.charges_by_key().values())
+    assert resubmit.code == 0, resubmit.out
+    assert creates(server.emulator) == sent + len(unresolved)
+    charged = server.emulator.charges_by_key()
+    assert all(n == 1 for n in charged.values())
+    for job in unresolved:  # bought again, as asked, under a key FLORA has never seen
+        assert charged[f"{job.key}-r2"] == 1
+
+
+async def test_rate_limited_technique_read_is_retried(tmp_path: Path):
+    """A 429 on the free technique read at start-up is retried, not the end of the run."""
+    emu = emulator()
+    manifest = write_batch(tmp_path / "b", 1)
+    emu.inject("rate_limit")
+    await run_once(manifest, fast_settings(emu), CrashingTransport(emu))
+    assert states(manifest) == [JobState.DONE]
 
 
 # -- the idempotency key window ---------------------------------------------------------------
@@ -193,7 +211,7 @@ async def test_key_older_than_the_window_is_reconciled_not_resent(tmp_path: Path
 
 
 async def test_expired_keys_never_adopt_another_jobs_run(tmp_path: Path):
-    """Two jobs past the key window, one run on the server: nobody takes a run that may not be theirs."""
+    """Two jobs past the key window, one run between them: nobody adopts a run not surely theirs."""
     clock = TravelClock()
     emu = emulator(idempotency="replay", key_window=60, clock=clock)
     manifest = write_batch(tmp_path / "b", 2)
@@ -222,7 +240,7 @@ async def test_expired_keys_never_adopt_another_jobs_run(tmp_path: Path):
 
 
 def test_retry_failed_rebuys_only_retryable_failures_under_a_new_key(serve, tmp_path: Path):
-    """Failures keep code/message/category; --retry-failed re-buys provider_error as <key>-r2 only."""
+    """Failures keep code, message, category; --retry-failed re-buys provider_error as <key>-r2."""
     server = serve(speed=1000.0)
     emu = server.emulator
     manifest = write_batch(tmp_path / "b", 3)
@@ -284,9 +302,10 @@ def test_budget_stop_exits_4_and_a_raised_cap_finishes(serve, tmp_path: Path):
     """The CLI exits 4 at the cap; the same command with a higher cap finishes, paying once."""
     server = serve(speed=1000.0)
     manifest = write_batch(tmp_path / "b", 5)
-    capped = run_cli(server, ["run", str(manifest), *FAST, "--max-cost", "0.13"], tmp_path / "1.log")
+    args = ["run", str(manifest), *FAST]
+    capped = run_cli(server, [*args, "--max-cost", "0.13"], tmp_path / "1.log")
     assert capped.code == 4, capped.out
-    done = run_cli(server, ["run", str(manifest), *FAST], tmp_path / "2.log")
+    done = run_cli(server, args, tmp_path / "2.log")
     assert done.code == 0, done.out
     assert sorted(server.emulator.charges_by_key().values()) == [1] * 5
 
@@ -325,8 +344,8 @@ async def test_burst_of_429s_shrinks_the_pool_and_the_batch_still_finishes(tmp_p
             return pause
 
         worker.pacer.rate_limited = rate_limited  # type: ignore[method-assign]
+        emu.inject("rate_limit", times=6)  # after the technique read: these hit the creates
 
-    emu.inject("rate_limit", times=6)
     transport = CrashingTransport(emu)
     await run_once(manifest, fast_settings(emu, concurrency=4), transport, on_worker=watch)
     assert limits and min(limits) < 4
@@ -378,9 +397,7 @@ async def test_expired_output_url_is_refreshed_by_polling_again(tmp_path: Path):
     manifest = write_batch(tmp_path / "b", 1)
     transport = CrashingTransport(emu)
     config = fast_settings(emu)
-    await run_crashing(manifest, config, transport, ("any", 1, "before"), clock=clock)
-    assert states(manifest) == [JobState.PLANNED]
-    await run_crashing(manifest, config, transport, ("any", 4, "before"), clock=clock)
+    await run_crashing(manifest, config, transport, ("media", 1, "before"), clock=clock)
     assert transport.seen[-1].startswith("GET /_media/"), transport.seen
     assert states(manifest) == [JobState.DOWNLOADING]
     polls = emu.request_counts[POLL]
@@ -437,8 +454,6 @@ def test_lock_of_a_sigkilled_run_does_not_block_the_next(serve, tmp_path: Path):
     killed = kill_when(server, args, tmp_path / "1.log", lambda: creates(server.emulator) >= 1)
     assert killed.killed
     assert Path(f"{ledger_path(manifest)}.lock").exists()
-    began = time.monotonic()
     finished = run_cli(server, args, tmp_path / "2.log")
-    assert finished.code == 0, finished.out
-    assert time.monotonic() - began < 30
+    assert finished.code == 0, finished.out  # not 5: the dead holder's lock went with it
     assert sorted(server.emulator.charges_by_key().values()) == [1] * 3

@@ -200,4 +200,4 @@ def test_migrations_folder_is_found() -> None:
     folder = migrate.migrations_dir()
     assert (folder / "env.py").is_file()
     assert (folder / "versions" / "0001_initial.py").is_file()
-    assert migrate.head_revision() == "0001"
+    assert migrate.head_revision() == "0003_uploads"

@@ -1,0 +1,124 @@
+"""Scenario 4: the ledger at scale.
+
+a) ``flora-batch plan`` and ``flora-batch run`` (real CLI subprocesses, peak RSS from
+   ``wait4``) on a 100,000-row manifest whose jobs are all done, each with one tiny
+   output file on disk.  The baseline is the same command on a 1-row manifest (start-up:
+   imports, the ledger's migration check, one schema request).
+b) 10,000 runs in flight at once: a ledger of 10,000 ``running`` jobs whose runs the
+   emulator holds (preloaded, 300 s each, at real speed), resumed by ``run_batch`` with
+   concurrency 10,000 for ``max_runtime`` seconds.  Peak RSS, and the scheduler's CPU
+   over that time (the process's CPU, sampled from /proc, while it only polls).
+   The baseline is the bare httpx loop's CPU per request from the same number of polls
+   (``polls x per-request CPU``) -- what the polls alone should cost.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .common import _env, emulator, run_cmd, run_measured, write_manifest
+from .report import Row
+
+
+@dataclass
+class Sizes:
+    rows: int = 100_000
+    in_flight: int = 10_000
+    runtime: float = 15.0  # seconds the 10,000-run batch is left to poll
+    give_up: float = 90.0  # seconds after which a stuck process is killed
+
+
+def _cli(args: list[str], emu: Any, timeout: float) -> Any:
+    env = {**_env(), "FLORA_BASE_URL": emu.base_url, "FLORA_API_KEY": "sk_test_emulator"}
+    return run_cmd([sys.executable, "-m", "flora_batch", *args], env=env, timeout=timeout)
+
+
+def _all_done(work: Path, sizes: Sizes) -> tuple[list[Row], dict[str, Any]]:
+    big = write_manifest(work / "s4-big", sizes.rows)
+    one = write_manifest(work / "s4-one", 1)
+    raw: dict[str, Any] = {}
+    with emulator(1.0) as emu:
+        t0 = time.perf_counter()
+        for manifest, folder in ((big, work / "s4-big"), (one, work / "s4-one")):
+            spec = {"manifest": str(manifest), "base_url": emu.base_url, "state": "done",
+                    "ledger": str(folder / "ledger.db"), "results": str(folder / "results")}
+            run_measured([json.dumps(spec)], module="bench.build_ledger")
+        raw["build_seconds"] = time.perf_counter() - t0
+        out = {}
+        for name, manifest in (("big", big), ("one", one)):
+            ledger = str(manifest.parent / "ledger.db")
+            results = str(manifest.parent / "results")
+            for cmd in ("plan", "run"):
+                args = [cmd, str(manifest), "--ledger", ledger, "--results", results]
+                got = _cli(["-q", *args] if cmd == "run" else args, emu, sizes.give_up)
+                out[f"{cmd}-{name}"] = {"wall": got.wall, "rss": got.maxrss_mb,
+                                        "cpu": got.rusage_cpu, "rc": got.data["returncode"]}
+        creates = emu.state()["request_counts"].get("POST /api/v1/techniques/{slug}/runs", 0)
+    raw.update(out, creates=creates)
+    rows = []
+    for cmd in ("plan", "run"):
+        b, o = out[f"{cmd}-big"], out[f"{cmd}-one"]
+        ok_exit = b["rc"] == 0 and (cmd == "plan" or creates == 0)
+        rows.append(Row(
+            "4", f"`{cmd}` on {sizes.rows:,} done jobs: wall", f"{b['wall']:.1f} s",
+            f"{o['wall']:.1f} s (1 row)", f"{b['wall']:.1f} s" + ("" if ok_exit else " (failed)"),
+            "≤ 5 s", b["wall"] <= 5.0 and ok_exit))
+        rows.append(Row(
+            "4", f"`{cmd}` on {sizes.rows:,} done jobs: peak RSS", f"{b['rss']:.0f} MB",
+            f"{o['rss']:.0f} MB (1 row)", f"{b['rss']:.0f} MB", "≤ 500 MB", b["rss"] <= 500))
+    return rows, raw
+
+
+def _in_flight(work: Path, sizes: Sizes, per_request_ms: float | None) -> tuple[list[Row], dict[str, Any]]:
+    n = sizes.in_flight
+    folder = work / "s4-flight"
+    manifest = write_manifest(folder, n, techniques=(("ugc-creation", "product"),))
+    ledger = str(folder / "ledger.db")
+    with emulator(1.0) as emu:
+        dump = folder / "jobs.json"
+        base = {"manifest": str(manifest), "base_url": emu.base_url, "ledger": ledger}
+        run_measured([json.dumps({**base, "dump_jobs": str(dump)})], module="bench.build_ledger")
+        ids = emu.preload(dump)
+        run_measured([json.dumps({**base, "state": "running", "run_ids": ids})],
+                     module="bench.build_ledger")
+        spec = {"side": "flora", **base, "results": str(folder / "results"), "concurrency": n,
+                "scale": 1.0, "max_runtime": sizes.runtime}
+        t0 = time.perf_counter()
+        try:
+            got = run_measured([json.dumps(spec)], sample_every=0.25, timeout=sizes.give_up)
+            finished = True
+        except RuntimeError as exc:  # killed after give_up seconds: report what was seen
+            got, finished = None, False
+            raw_err = str(exc)[-300:]
+        wall = time.perf_counter() - t0
+        polls = emu.state()["request_counts"].get("GET /api/v1/techniques/{slug}/runs/{run_id}", 0)
+    if got is None:
+        return [Row("4", f"{n:,} runs in flight: resume and poll for {sizes.runtime:.0f} s",
+                    f"killed after {wall:.0f} s, {polls} polls", "—", "did not finish",
+                    "≤ 300 MB · small CPU", False)], {"error": raw_err, "polls": polls}
+    cpu = float(got.data["cpu"])
+    share = cpu / max(got.data["wall"], 1e-9)
+    floor = polls * (per_request_ms or 0) / 1000
+    rows = [
+        Row("4", f"{n:,} runs in flight: peak RSS", f"{got.maxrss_mb:.0f} MB", "—",
+            f"{got.maxrss_mb:.0f} MB", "≤ 300 MB", got.maxrss_mb <= 300),
+        Row("4", f"{n:,} in flight: CPU over {sizes.runtime:.0f} s of polling ({polls:,} polls)",
+            f"{cpu:.1f} s ({100 * share:.0f}% of a core)",
+            f"{floor:.1f} s (bare httpx × polls)" if per_request_ms else "—",
+            f"{cpu / max(floor, 1e-9):.1f}× the polls alone" if per_request_ms else "",
+            "small (≤ 2× the polls alone)", finished and floor > 0 and cpu <= 2 * floor),
+    ]
+    raw = {"wall": wall, "rss": got.maxrss_mb, "cpu": cpu, "polls": polls,
+           "samples": got.samples[::4], "finished": finished, "stopped": got.data.get("stopped")}
+    return rows, raw
+
+
+def run(work: Path, sizes: Sizes, per_request_ms: float | None) -> tuple[list[Row], dict[str, Any]]:
+    rows_a, raw_a = _all_done(work, sizes)
+    rows_b, raw_b = _in_flight(work, sizes, per_request_ms)
+    return rows_a + rows_b, {"all_done": raw_a, "in_flight": raw_b}

@@ -1,0 +1,449 @@
+"""The shared ledger's side of `flora-batch worker`: batches, claims, leases and pacing.
+
+``Leases(ledger)`` runs the SQL that lets many worker processes, on many machines, work
+one PostgreSQL ledger without stepping on each other:
+
+* ``publish`` stores what a worker needs to work a batch without its manifest (``batches``)
+  and the batch's cluster-wide pacing row (``pacing``).
+* ``claim`` hands a worker up to ``n`` jobs, in one transaction serialised per batch by
+  ``pg_advisory_xact_lock`` and taking rows ``FOR UPDATE SKIP LOCKED``: first jobs whose
+  run may exist and whose lease ran out (a dead worker's: they go through the same
+  resume rules as after a crash), then ``planned`` jobs, only while the batch's in-flight
+  count (jobs in ``submitting | running | downloading | needs_reconcile``, plus ``planned``
+  jobs claimed under a live lease) stays under the pacing row's limit, the batch is not
+  paused after a 429, and the quotes fit ``max_cost``.  Each claim is an ``events`` row
+  naming the worker, the previous holder and its lease, and the in-flight count after it.
+* ``renew`` extends every lease a worker holds (its heartbeat); ``hand_back`` clears them.
+* ``reserve_submit``, ``rate_limited`` and ``succeeded`` change the pacing row in one
+  statement each (the row lock orders them): a create waits for its reserved slot, a 429
+  seen by one worker pauses and halves the limit for all, successes grow it back.
+
+The fence itself is in ``core.LedgerCore._row``: a ledger with ``worker_id`` set refuses
+to change a job that another worker holds (:class:`~flora_batch.errors.LeaseLost`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    and_,
+    case,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.sql import ColumnElement
+
+from ..errors import LedgerBusy, LedgerError
+from ..types import JobRecord, JobState
+from . import lock
+from .records import RESERVING_STATES, dumps, group_outputs, job_record
+from .store import Ledger
+from .tables import batches, events, jobs, outputs, pacing
+
+S = JobState
+#: States whose run may exist and is not settled: counted in flight, reclaimed as they are.
+HELD = (S.SUBMITTING, S.RUNNING, S.DOWNLOADING, S.NEEDS_RECONCILE)
+_TERMINAL = [s.value for s in JobState if s.terminal]
+_CLAIM_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || :k, 0))"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRow:
+    """A submitted batch, as workers read it."""
+
+    name: str
+    results: str
+    max_cost: float | None
+    concurrency: int
+    submit_rate: float
+    techniques: str  # JSON text: {slug: technique schema}
+    manifest: str | None
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Pacing:
+    """A batch's pacing row."""
+
+    in_flight_limit: int
+    max_limit: int
+    next_submit_at: float
+    paused_until: float
+
+
+@dataclass(frozen=True, slots=True)
+class Holding:
+    """What one worker holds: jobs by state, and the latest lease among them."""
+
+    worker_id: str
+    counts: dict[str, int]
+    lease_until: float | None
+
+
+class WorkerLock:
+    """A shared hold on the ledger's runner lock: many workers, but never beside a `run`."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        conn = ledger._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            self.lock_id = lock._lock_id(conn, "runner")
+            got = conn.execute(text("SELECT pg_try_advisory_lock_shared(:k)"), {"k": self.lock_id})
+            if not got.scalar_one():
+                raise LedgerBusy(
+                    f"a `flora-batch run` holds {ledger.url}: workers start once it has finished"
+                )
+        except BaseException:
+            conn.close()
+            raise
+        self._conn: Connection | None = conn
+
+    def release(self) -> None:
+        """Let go of the shared lock and its connection."""
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            try:
+                conn.execute(text("SELECT pg_advisory_unlock_shared(:k)"), {"k": self.lock_id})
+            finally:
+                conn.close()
+
+
+class Leases:
+    """Claims, leases and pacing on a PostgreSQL ledger."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        if ledger._engine.dialect.name != "postgresql":
+            raise LedgerError(f"{ledger.url}: workers need a PostgreSQL ledger")
+        self.ledger = ledger
+
+    # -- batches -----------------------------------------------------------------------
+
+    def publish(self, row: BatchRow, *, now: float) -> None:
+        """Store (or update) a batch and reset its pacing row to the batch's limit."""
+        values = {
+            "results": row.results,
+            "max_cost": row.max_cost,
+            "concurrency": row.concurrency,
+            "submit_rate": row.submit_rate,
+            "techniques": row.techniques,
+            "manifest": row.manifest,
+            "updated_at": now,
+        }
+        pace = {"in_flight_limit": row.concurrency, "max_limit": row.concurrency, "streak": 0}
+        with self.ledger._write() as conn:
+            conn.execute(text(_CLAIM_LOCK), {"k": f"/flora-batch-claim/{row.name}"})
+            where = batches.c.name == row.name
+            if conn.execute(update(batches).where(where).values(**values)).rowcount == 0:
+                conn.execute(insert(batches).values(name=row.name, created_at=now, **values))
+            done = conn.execute(
+                update(pacing).where(pacing.c.batch == row.name).values(**pace, updated_at=now)
+            )
+            if done.rowcount == 0:
+                conn.execute(insert(pacing).values(batch=row.name, **pace, updated_at=now))
+
+    def batch(self, name: str) -> BatchRow | None:
+        """The submitted batch called ``name``, if any."""
+        with self.ledger._read() as conn:
+            row = conn.execute(select(batches).where(batches.c.name == name)).mappings().first()
+        return None if row is None else _batch_row(row)
+
+    def batches(self) -> list[BatchRow]:
+        """Every submitted batch, oldest first."""
+        query = select(batches).order_by(batches.c.created_at, batches.c.name)
+        with self.ledger._read() as conn:
+            return [_batch_row(r) for r in conn.execute(query).mappings()]
+
+    def pacing(self, batch: str) -> Pacing | None:
+        """The batch's pacing row."""
+        query = select(pacing).where(pacing.c.batch == batch)
+        with self.ledger._read() as conn:
+            row = conn.execute(query).mappings().first()
+        if row is None:
+            return None
+        return Pacing(
+            row["in_flight_limit"], row["max_limit"], row["next_submit_at"], row["paused_until"]
+        )
+
+    # -- claims and leases -------------------------------------------------------------
+
+    def claim(
+        self, batch: str, worker: str, n: int, *, now: float, lease: float
+    ) -> list[JobRecord]:
+        """Up to ``n`` jobs of ``batch`` for ``worker``, leased until ``now + lease``."""
+        if n <= 0:
+            return []
+        with self.ledger._write() as conn:
+            conn.execute(text(_CLAIM_LOCK), {"k": f"/flora-batch-claim/{batch}"})
+            pace = conn.execute(
+                select(pacing).where(pacing.c.batch == batch).with_for_update()
+            ).mappings().first()
+            if pace is None:
+                return []
+            taken = _free(conn, batch, [s.value for s in HELD], n, now)
+            flying = _in_flight(conn, batch, now)
+            room = min(n - len(taken), pace["in_flight_limit"] - flying)
+            if room > 0 and pace["paused_until"] <= now:
+                planned = _free(conn, batch, [S.PLANNED.value], room, now)
+                planned = _affordable(conn, batch, planned, now)
+                taken += planned
+                flying += len(planned)
+            if not taken:
+                return []
+            keys = [r["key"] for r in taken]
+            until = now + lease
+            conn.execute(
+                update(jobs).where(jobs.c.key.in_(keys)).values(worker_id=worker, lease_until=until)
+            )
+            detail = {"action": "claim", "worker": worker, "lease_until": until}
+            detail |= {"in_flight": flying, "limit": pace["in_flight_limit"]}
+            conn.execute(
+                insert(events),
+                [_claim_event(r, now, detail) for r in taken],
+            )
+            return _records(conn, keys)
+
+    def renew(self, worker: str, *, now: float, lease: float) -> int:
+        """Extend every lease ``worker`` holds on an unfinished job; how many it holds."""
+        query = (
+            update(jobs)
+            .where(jobs.c.worker_id == worker, jobs.c.state.notin_(_TERMINAL))
+            .values(lease_until=now + lease)
+        )
+        with self.ledger._write() as conn:
+            return int(conn.execute(query).rowcount)
+
+    def hand_back(
+        self,
+        worker: str,
+        *,
+        now: float,
+        keys: Iterable[str] | None = None,
+        not_before: float | None = None,
+    ) -> int:
+        """Release ``worker``'s unfinished jobs (``keys`` only, if given) to any worker.
+
+        ``not_before`` keeps them unclaimable until then (jobs that are stuck for now).
+        """
+        where = [jobs.c.worker_id == worker, jobs.c.state.notin_(_TERMINAL)]
+        if keys is not None:
+            where.append(jobs.c.key.in_(list(keys)))
+        with self.ledger._write() as conn:
+            rows = conn.execute(
+                select(jobs.c.key, jobs.c.state).where(*where).with_for_update()
+            ).all()
+            if not rows:
+                return 0
+            released = [r.key for r in rows]
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.key.in_(released))
+                .values(worker_id=None, lease_until=not_before)
+            )
+            detail = dumps({"action": "hand_back", "worker": worker, "not_before": not_before})
+            logs = [
+                {"job_key": r.key, "at": now, "from_state": r.state, "detail": detail}
+                for r in rows
+            ]
+            conn.execute(insert(events), logs)
+            return len(released)
+
+    def has_work(self, batch: str, *, now: float) -> bool:
+        """Whether ``batch`` has jobs nobody holds: runs to resume, or planned jobs that fit
+        ``max_cost`` (the in-flight cap or a 429 pause may still make them wait)."""
+        with self.ledger._read() as conn:
+            if _free(conn, batch, [s.value for s in HELD], 1, now, lock=False):
+                return True
+            planned = _free(conn, batch, [S.PLANNED.value], 1, now, lock=False)
+            return bool(_affordable(conn, batch, planned, now))
+
+    def in_flight(self, batch: str, *, now: float) -> int:
+        """The batch's in-flight count, as claims see it."""
+        with self.ledger._read() as conn:
+            return _in_flight(conn, batch, now)
+
+    def holders(self, batch: str | None = None) -> list[Holding]:
+        """Who holds which unfinished jobs (of ``batch``), by worker."""
+        c = jobs.c
+        where: list[ColumnElement[bool]] = [c.worker_id.is_not(None), c.state.notin_(_TERMINAL)]
+        if batch is not None:
+            where.append(c.batch == batch)
+        query = (
+            select(c.worker_id, c.state, func.count(), func.max(c.lease_until))
+            .where(*where)
+            .group_by(c.worker_id, c.state)
+            .order_by(c.worker_id)
+        )
+        counts: dict[str, dict[str, int]] = {}
+        leases: dict[str, float] = {}
+        with self.ledger._read() as conn:
+            for worker, state, count, until in conn.execute(query):
+                counts.setdefault(worker, {})[state] = int(count)
+                leases[worker] = max(leases.get(worker, 0.0), until or 0.0)
+        return [Holding(w, counts[w], leases[w] or None) for w in counts]
+
+    # -- pacing ------------------------------------------------------------------------
+
+    def reserve_submit(self, batch: str, *, now: float, interval: float) -> float:
+        """The time this worker's next create may leave: after any pause, ``interval`` apart."""
+        p = pacing.c
+        slot = func.greatest(p.next_submit_at, p.paused_until, now)
+        query = (
+            update(pacing)
+            .where(p.batch == batch)
+            .values(next_submit_at=slot + interval)
+            .returning(p.next_submit_at)
+        )
+        with self.ledger._write() as conn:
+            after = conn.execute(query).scalar_one_or_none()
+        return now if after is None else float(after) - interval
+
+    def rate_limited(self, batch: str, worker: str, *, now: float, pause: float) -> Pacing | None:
+        """A 429: pause every worker's creates and halve the limit (once per pause)."""
+        p = pacing.c
+        fresh = p.paused_until <= now
+        query = (
+            update(pacing)
+            .where(p.batch == batch)
+            .values(
+                in_flight_limit=case(
+                    (fresh, func.greatest(1, p.in_flight_limit / 2)), else_=p.in_flight_limit
+                ),
+                paused_until=func.greatest(p.paused_until, now + pause),
+                streak=0,
+                updated_at=now,
+            )
+            .returning(p.in_flight_limit, p.max_limit, p.next_submit_at, p.paused_until)
+        )
+        with self.ledger._write() as conn:
+            row = conn.execute(query).first()
+            if row is None:
+                return None
+            detail = {"action": "rate_limited", "batch": batch, "worker": worker, "pause": pause}
+            detail |= {"limit": row[0], "paused_until": row[3]}
+            conn.execute(insert(events).values(job_key=None, at=now, detail=dumps(detail)))
+        return Pacing(int(row[0]), int(row[1]), float(row[2]), float(row[3]))
+
+    def succeeded(self, batch: str, *, now: float) -> None:
+        """One more create accepted: after ``limit`` in a row, allow one more in flight."""
+        p = pacing.c
+        grow = and_(p.streak + 1 >= p.in_flight_limit, p.in_flight_limit < p.max_limit)
+        query = (
+            update(pacing)
+            .where(p.batch == batch)
+            .values(
+                in_flight_limit=case((grow, p.in_flight_limit + 1), else_=p.in_flight_limit),
+                streak=case((grow, literal(0)), else_=p.streak + 1),
+                updated_at=now,
+            )
+        )
+        with self.ledger._write() as conn:
+            conn.execute(query)
+
+
+# -- helpers (each runs in the caller's transaction) ----------------------------------------
+
+
+def _lease_free(now: float) -> ColumnElement[bool]:
+    return or_(jobs.c.lease_until.is_(None), jobs.c.lease_until < now)
+
+
+def _free(
+    conn: Connection,
+    batch: str,
+    states: Sequence[str],
+    limit: int,
+    now: float,
+    *,
+    lock: bool = True,
+) -> list[Any]:
+    """Up to ``limit`` unleased jobs in ``states``, locked, skipping rows others have locked."""
+    c = jobs.c
+    query = (
+        select(c.key, c.state, c.worker_id, c.lease_until, c.quoted_cost)
+        .where(c.batch == batch, c.state.in_(states), _lease_free(now))
+        .order_by(c.row_index, c.technique, c.key)
+        .limit(limit)
+    )
+    if lock:
+        query = query.with_for_update(skip_locked=True)
+    return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def _in_flight(conn: Connection, batch: str, now: float) -> int:
+    c = jobs.c
+    claimed = and_(c.state == S.PLANNED.value, c.worker_id.is_not(None), c.lease_until >= now)
+    query = select(func.count()).where(
+        c.batch == batch, or_(c.state.in_([s.value for s in HELD]), claimed)
+    )
+    return int(conn.execute(query).scalar_one())
+
+
+def _affordable(conn: Connection, batch: str, planned: list[Any], now: float) -> list[Any]:
+    """The planned jobs (in order) whose quotes still fit the batch's ``max_cost``."""
+    cap = conn.execute(select(batches.c.max_cost).where(batches.c.name == batch)).scalar()
+    if cap is None or not planned:
+        return planned
+    c = jobs.c
+    bill = func.coalesce(c.charged_cost, 0) + c.charged_before
+    reserving = and_(c.state.in_([s.value for s in RESERVING_STATES]), c.charged_cost.is_(None))
+    claimed = and_(c.state == S.PLANNED.value, c.worker_id.is_not(None), c.lease_until >= now)
+    quote = func.coalesce(c.quoted_cost, 0)
+    committed = select(
+        func.coalesce(func.sum(bill), 0)
+        + func.coalesce(func.sum(case((or_(reserving, claimed), quote), else_=0)), 0)
+    ).where(c.batch == batch)
+    total = float(conn.execute(committed).scalar_one())
+    fits = []
+    for row in planned:
+        total += row["quoted_cost"] or 0.0
+        if total > cap + 1e-9:
+            break
+        fits.append(row)
+    return fits
+
+
+def _claim_event(row: Any, now: float, detail: dict[str, Any]) -> dict[str, Any]:
+    before = {"previous": row["worker_id"], "previous_lease": row["lease_until"]}
+    return {
+        "job_key": row["key"],
+        "at": now,
+        "from_state": row["state"],
+        "to_state": None,
+        "detail": dumps({**detail, **before}),
+    }
+
+
+def _records(conn: Connection, keys: list[str]) -> list[JobRecord]:
+    c = jobs.c
+    rows = conn.execute(
+        select(jobs).where(c.key.in_(keys)).order_by(c.row_index, c.technique, c.key)
+    ).mappings().all()
+    out_query = select(outputs).where(outputs.c.job_key.in_(keys))
+    grouped = group_outputs(
+        conn.execute(out_query.order_by(outputs.c.job_key, outputs.c.output_id)).mappings()
+    )
+    return [job_record(r, grouped.get(r["key"], ())) for r in rows]
+
+
+def _batch_row(row: Any) -> BatchRow:
+    return BatchRow(
+        name=row["name"],
+        results=row["results"],
+        max_cost=row["max_cost"],
+        concurrency=row["concurrency"],
+        submit_rate=row["submit_rate"],
+        techniques=row["techniques"],
+        manifest=row["manifest"],
+        created_at=row["created_at"],
+    )
+
+
+__all__ = ["HELD", "BatchRow", "Holding", "Leases", "Pacing", "WorkerLock"]

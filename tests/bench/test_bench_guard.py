@@ -1,0 +1,48 @@
+"""Regression guards on ratios from ``bench/``: small, quick, and generous with noise.
+
+Both compare flora-batch with a baseline measured in the same test, each in its own
+process against its own emulator process, so a slow or busy machine moves both sides.
+No absolute time is asserted.  ``make bench`` measures the same things at full size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import s1_overhead, s3_polling
+
+pytestmark = pytest.mark.slow
+
+#: flora-batch spends ~1.5-2.5x the bare httpx loop's CPU per job today (docs/performance.md);
+#: this trips only if that roughly doubles.
+MAX_CPU_RATIO = 4.0
+#: flora-batch polls a 30-120 s run ~6-9 times where a fixed 2-s poller polls it ~30 times.
+MAX_POLL_RATIO = 0.5
+
+
+def test_cpu_per_job_stays_near_the_bare_httpx_loop(tmp_path: Path) -> None:
+    """flora-batch's CPU per job is within MAX_CPU_RATIO of a bare httpx loop's."""
+    n, concurrency, scale = 150, 75, 4.0  # every side waits 0.5 s before its one poll
+    ratios = []
+    for side in ("flora", "httpx"):
+        spec = s1_overhead._spec(side, tmp_path, n, concurrency, f"guard-{side}")
+        if side == "flora":
+            spec.update(scale=scale, max_poll=s1_overhead.WAIT)
+        else:
+            spec.update(first_wait=s1_overhead.WAIT / scale, interval=s1_overhead.WAIT / scale)
+        ratios.append(s1_overhead.measure(spec, n)["ms"])
+    flora_ms, httpx_ms = ratios
+    assert flora_ms / httpx_ms <= MAX_CPU_RATIO, (flora_ms, httpx_ms)
+
+
+def test_polls_per_run_stay_well_under_a_fixed_poller(tmp_path: Path) -> None:
+    """flora-batch polls each run far less often than a fixed 2-s poller does."""
+    sizes = s3_polling.Sizes(rows=4, speed=30.0)
+    manifest = s3_polling.write_manifest(tmp_path / "s3", sizes.rows,
+                                         techniques=s3_polling.TECHNIQUES)
+    fixed = s3_polling._fixed(tmp_path, sizes)
+    flora = s3_polling._flora(tmp_path, manifest, sizes, "current")
+    assert flora.runs == fixed.runs == sizes.rows * len(s3_polling.TECHNIQUES)
+    assert flora.polls_per_run <= MAX_POLL_RATIO * fixed.polls_per_run, (flora, fixed)

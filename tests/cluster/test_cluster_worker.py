@@ -1,0 +1,246 @@
+"""`flora-batch submit` and `flora-batch worker`, one behaviour at a time, as real processes.
+
+Each test gets its own PostgreSQL schema and emulator; the verdicts come from the emulator's
+books and the ledger's events (``cluster_helpers``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from cluster_helpers import (
+    Fleet,
+    check_charged_once,
+    check_exclusive,
+    check_outputs,
+    claim_details,
+    counts,
+    read,
+    run,
+    wait_for,
+    write_batch,
+)
+
+from flora_batch.client import FloraClient
+from flora_batch.emulator import FaultKind, FaultPlan
+from flora_batch.ledger import Ledger
+from flora_batch.ledger.leases import Leases
+from flora_batch.types import JobState
+
+pg = pytest.mark.postgres
+CREATE = "POST /api/v1/techniques/{slug}/runs"
+
+
+def submit(server, manifest: Path, ledger: str, *args: str) -> None:
+    """``flora-batch submit`` that must succeed."""
+    done = run(server, "submit", str(manifest), "--ledger", ledger, "--rate", "0", *args)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def finished(ledger: str, batch: str = "mugs") -> int:
+    """Jobs of the batch in a terminal state."""
+    c = counts(ledger, batch)
+    return sum(n for s, n in c.items() if s.terminal)
+
+
+@pg
+def test_submit_records_the_batch_for_workers(serve, pg_url: str, tmp_path: Path):
+    """submit plans the jobs and stores results, cap, budget and schemas; it buys nothing."""
+    server = serve()
+    manifest = write_batch(tmp_path / "b", 5, extra="max_cost: 1.5\n")
+    submit(server, manifest, pg_url, "--concurrency", "3")
+    with Ledger.open(pg_url) as ledger:
+        batch = Leases(ledger).batch("mugs")
+        pacing = Leases(ledger).pacing("mugs")
+        assert ledger.counts("mugs")[JobState.PLANNED] == 5
+    assert batch is not None and pacing is not None
+    assert batch.results == str(tmp_path / "b" / "results")
+    assert (batch.concurrency, batch.max_cost, batch.submit_rate) == (3, 1.5, 0.0)
+    assert "studio-shot" in batch.techniques
+    assert (pacing.in_flight_limit, pacing.max_limit) == (3, 3)
+    assert server.emulator.request_counts[CREATE] == 0
+
+
+@pg
+def test_workers_exit_when_idle(serve, pg_url: str, tmp_path: Path):
+    """Two --exit-when-idle workers finish the batch between them, then both exit 0."""
+    server = serve()
+    manifest = write_batch(tmp_path / "b", 16)
+    submit(server, manifest, pg_url, "--concurrency", "4")
+    fleet = Fleet(server, pg_url, tmp_path / "logs")
+    try:
+        for name in ("a", "b"):
+            fleet.start(name, "--exit-when-idle", "--concurrency", "2")
+        codes = [fleet.wait(name, 60) for name in ("a", "b")]
+    finally:
+        fleet.stop_all()
+    assert codes == [0, 0], fleet.describe()
+    assert "stopped: idle" in fleet.log("a") and "stopped: idle" in fleet.log("b")
+    jobs, events = read(pg_url)
+    check_charged_once(server.emulator, jobs)
+    check_outputs(server.emulator, jobs, lambda p: Path(p).read_bytes())
+    assert set(check_exclusive(events)) == {"a", "b"}
+    assert all(j.state is JobState.DONE for j in jobs)
+    again = Fleet(server, pg_url, tmp_path / "logs2")
+    again.start("late", "--exit-when-idle")
+    assert again.wait("late", 30) == 0  # nothing left: a cron-started worker just exits
+
+
+@pg
+def test_sigterm_hands_jobs_back_and_the_others_take_them_at_once(
+    serve, pg_url: str, tmp_path: Path
+):
+    """SIGTERM: the worker stops, hands back what it held (in flight too), exits 0; another
+    takes those jobs at once (long before the lease would have run out) and finishes them."""
+    server = serve(speed=15.0)  # runs last ~2 s: a SIGTERM finds them in flight
+    manifest = write_batch(tmp_path / "b", 12)
+    submit(server, manifest, pg_url, "--concurrency", "8")
+    fleet = Fleet(server, pg_url, tmp_path / "logs")
+    try:
+        fleet.start("leaving", "--lease", "60", "--concurrency", "6")
+        wait_for(lambda: _holding(pg_url, "leaving") >= 4, 30, "jobs in flight")
+        fleet.start("staying", "--lease", "60", "--concurrency", "8", "--exit-when-idle")
+        assert fleet.terminate("leaving") == 0, fleet.describe()
+        assert _holding(pg_url, "leaving") == 0
+        began = time.monotonic()
+        assert fleet.wait("staying", 60) == 0, fleet.describe()
+        assert time.monotonic() - began < 45, "the handed-back jobs waited for the lease"
+    finally:
+        fleet.stop_all()
+    assert "stopped: interrupted" in fleet.log("leaving")
+    jobs, events = read(pg_url)
+    check_charged_once(server.emulator, jobs)
+    check_outputs(server.emulator, jobs, lambda p: Path(p).read_bytes())
+    check_exclusive(events)
+    backs = [e for e in events if e["detail"].get("action") == "hand_back"]
+    assert any(e["from_state"] in ("submitting", "running", "downloading") for e in backs)
+    taken = [d for d in claim_details(events) if d["worker"] == "staying"]
+    assert any(e["job_key"] for e in backs) and taken
+
+
+def _holding(ledger: str, worker: str) -> int:
+    with Ledger.open(ledger) as led:
+        return sum(1 for j in led.jobs() if j.worker_id == worker and not j.state.terminal)
+
+
+@pg
+@pytest.mark.parametrize("mode", ["replay", "conflict"])
+def test_a_dead_workers_submitting_job_is_sent_again_only_with_its_key(
+    serve, pg_url: str, tmp_path: Path, mode: str
+):
+    """A job left `submitting` by a worker that died after its create reached FLORA: once the
+    lease runs out another worker takes it, sends it with the same key (or reconciles it
+    on a 409) and adopts the run that already exists: charged once."""
+    server = serve(idempotency=mode)
+    manifest = write_batch(tmp_path / "b", 1)
+    submit(server, manifest, pg_url)
+    with Ledger.open(pg_url) as ledger:
+        (job,) = Leases(ledger).claim("mugs", "ghost", 1, now=time.time(), lease=1.0)
+        ledger.worker_id = "ghost"
+        ledger.mark_submitting(job.key, now=time.time())
+    created = asyncio.run(_create(server, job))  # the create lands; "ghost" dies before noting it
+    assert server.emulator.charges_by_key() == {job.idempotency_key: 1}
+    fleet = Fleet(server, pg_url, tmp_path / "logs")
+    try:
+        fleet.start("heir", "--lease", "2", "--exit-when-idle")
+        assert fleet.wait("heir", 60) == 0, fleet.describe()
+    finally:
+        fleet.stop_all()
+    jobs, events = read(pg_url)
+    (after,) = jobs
+    assert after.state is JobState.DONE and after.run_id == created
+    assert server.emulator.charges_by_key() == {job.idempotency_key: 1}
+    assert server.emulator.request_counts[CREATE] == 2  # ghost's, then heir's with the same key
+    (claim,) = [d for d in claim_details(events) if d["worker"] == "heir"]
+    assert claim["previous"] == "ghost" and claim["previous_lease"] < time.time()
+    check_exclusive(events)
+
+
+async def _create(server, job) -> str:
+    async with FloraClient(server.base_url, server.api_key) as client:
+        return (await client.create_run(job.technique, job.inputs, job.idempotency_key)).run_id
+
+
+@pg
+def test_a_429_seen_by_one_worker_slows_them_all(serve, pg_url: str, tmp_path: Path):
+    """One 429 on a create pauses every worker's creates (not just the one that saw it)
+    for the retry-after, and halves the cluster-wide in-flight limit."""
+    server = serve(speed=60.0, faults=FaultPlan(retry_after=1.5))
+    emu = server.emulator
+    manifest = write_batch(tmp_path / "b", 60)
+    submit(server, manifest, pg_url, "--concurrency", "8")
+    fleet = Fleet(server, pg_url, tmp_path / "logs")
+    try:
+        for name in ("a", "b"):
+            fleet.start(name, "--concurrency", "4", "--exit-when-idle")
+        wait_for(lambda: finished(pg_url) >= 10, 40, "a first few jobs")
+        paused = _force_a_create_429(emu, pg_url)
+        assert [fleet.wait(n, 60) for n in ("a", "b")] == [0, 0], fleet.describe()
+    finally:
+        fleet.stop_all()
+    at, until, limit, worker = paused
+    created = sorted(r.created_at for r in emu.runs.values())
+    quiet = [t for t in created if at + 0.3 < t < until - 0.1]
+    assert not quiet, f"creates during the pause {at:.2f}..{until:.2f}: {quiet}"
+    assert any(t >= until - 0.1 for t in created), "nothing was created after the pause"
+    jobs, events = read(pg_url)
+    senders = {e["detail"].get("worker") for e in events if e["to_state"] == "submitting"
+               and e["at"] < at}  # fmt: skip
+    assert senders == {"a", "b"}, "both workers were creating before the 429"
+    assert limit == 4, "the cluster-wide limit was halved (8 -> 4)"
+    assert worker in ("a", "b")
+    after = [e["detail"] for e in events if e["detail"].get("action") == "claim" and e["at"] > at]
+    assert after and min(d["limit"] for d in after) <= 4
+    assert all(d["in_flight"] <= 8 for d in claim_details(events))
+    check_charged_once(emu, jobs)
+    check_exclusive(events)
+
+
+def _force_a_create_429(emu, ledger: str) -> tuple[float, float, int, str]:
+    """Force 429s until one lands on a create (polls may take them too); its pause."""
+    end = time.monotonic() + 20
+    while time.monotonic() < end:
+        emu.inject(FaultKind.RATE_LIMIT, times=1)
+        time.sleep(0.15)
+        with Ledger.open(ledger) as led:
+            found = [e for e in led.events() if e["detail"].get("action") == "rate_limited"]
+        if found:
+            emu.dice.clear()
+            d = found[0]["detail"]
+            return found[0]["at"], d["paused_until"], d["limit"], d["worker"]
+    raise AssertionError("no create met the forced 429")
+
+
+def test_worker_and_submit_refuse_a_sqlite_ledger(serve, tmp_path: Path):
+    """On a SQLite ledger, worker and submit explain that one machine needs only `run`."""
+    server = serve()
+    manifest = write_batch(tmp_path / "b", 2)
+    for args in (("worker", "--ledger", str(tmp_path / "x.db")),
+                 ("submit", str(manifest), "--ledger", str(tmp_path / "x.db"))):  # fmt: skip
+        done = run(server, *args)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "PostgreSQL" in done.stderr and "flora-batch run" in done.stderr
+    assert not (tmp_path / "x.db").exists()
+
+
+@pg
+def test_run_waits_for_workers_and_workers_for_run(serve, pg_url: str, tmp_path: Path):
+    """A `run` on a ledger that live workers use exits 5 at once (and a worker beside a run)."""
+    server = serve(speed=5.0)
+    manifest = write_batch(tmp_path / "b", 4)
+    submit(server, manifest, pg_url)
+    fleet = Fleet(server, pg_url, tmp_path / "logs")
+    try:
+        fleet.start("busy")
+        wait_for(lambda: _holding(pg_url, "busy") > 0, 30, "a claim")
+        done = run(server, "run", str(manifest), "--ledger", pg_url, "--rate", "0")
+        assert done.returncode == 5, done.stdout + done.stderr
+        assert fleet.terminate("busy") == 0
+    finally:
+        fleet.stop_all()
+    assert server.emulator.charges_by_key() and all(
+        n == 1 for n in server.emulator.charges_by_key().values()
+    )
