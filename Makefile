@@ -27,6 +27,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 bench: $(STAMP)
+	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python -m bench
 
 docs: $(STAMP)  # docs/cli.md from --help (tests/toolbox/test_toolbox_docs.py checks it)

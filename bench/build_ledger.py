@@ -95,7 +95,8 @@ def _bulk(db: Path, keyed: list[tuple[JobKey, Any]], spec: dict[str, Any], now: 
             jobs,
         )
     con.execute("COMMIT")
-    _check_like_reference(con, keyed[0][0], keyed[1][0])
+    if len(keyed) > 1:
+        _check_like_reference(con, keyed[0][0], keyed[1][0])
     con.close()
     if spec["state"] == "done":
         for _key, job in keyed:

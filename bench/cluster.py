@@ -41,14 +41,17 @@ FAST = ["--min-poll", "0.1", "--max-poll", "0.5", "--idle-poll", "0.1"]
 @contextmanager
 def schema(base: str) -> Iterator[str]:
     """A fresh schema, dropped afterwards."""
-    admin = create_engine(make_url(base).set(drivername="postgresql+psycopg"),
-                          isolation_level="AUTOCOMMIT")  # fmt: skip
+    admin = create_engine(
+        make_url(base).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
+    )
     name = f"flora_bench_{uuid.uuid4().hex[:12]}"
     with admin.connect() as conn:
         conn.execute(text(f'CREATE SCHEMA "{name}"'))
     try:
-        yield make_url(base).update_query_dict({"options": f"-csearch_path={name}"}).render_as_string(
-            hide_password=False
+        yield (
+            make_url(base)
+            .update_query_dict({"options": f"-csearch_path={name}"})
+            .render_as_string(hide_password=False)
         )
     finally:
         with admin.connect() as conn:
@@ -71,30 +74,58 @@ def _timeline(ledger: str) -> tuple[float, float, int]:
     engine = create_engine(make_url(ledger).set(drivername="postgresql+psycopg"))
     try:
         with engine.connect() as conn:
-            first = conn.execute(text(
-                "SELECT min(at) FROM events WHERE detail LIKE '%\"action\":\"claim\"%'"
-            )).scalar_one()  # fmt: skip
-            last, done = conn.execute(text(
-                "SELECT max(at), count(*) FROM events WHERE to_state = 'done'"
-            )).one()  # fmt: skip
+            first = conn.execute(
+                text('SELECT min(at) FROM events WHERE detail LIKE \'%"action":"claim"%\'')
+            ).scalar_one()
+            last, done = conn.execute(
+                text("SELECT max(at), count(*) FROM events WHERE to_state = 'done'")
+            ).one()
     finally:
         engine.dispose()
     return float(first), float(last), int(done)
 
 
-def one(base_url: str, pg: str, work: Path, jobs: int, workers: int, per_worker: int) -> dict[str, Any]:
+def one(
+    base_url: str, pg: str, work: Path, jobs: int, workers: int, per_worker: int
+) -> dict[str, Any]:
     """One measurement: ``workers`` processes on a fresh batch of ``jobs`` jobs."""
     manifest = write_manifest(work / f"w{workers}", jobs, name=f"scale{workers}")
     env = _env(base_url)
     with schema(pg) as ledger:
-        subprocess.run(_cli("submit", str(manifest), "--ledger", ledger, "--concurrency", "256",
-                            "--rate", "0", "--json"),
-                       check=True, env=env, capture_output=True, cwd=REPO)  # fmt: skip
+        subprocess.run(
+            _cli(
+                "submit",
+                str(manifest),
+                "--ledger",
+                ledger,
+                "--concurrency",
+                "256",
+                "--rate",
+                "0",
+                "--json",
+            ),
+            check=True,
+            env=env,
+            capture_output=True,
+            cwd=REPO,
+        )
         procs = [
-            subprocess.Popen(_cli("-q", "worker", "--ledger", ledger, "--exit-when-idle",
-                                  "--concurrency", str(per_worker), *FAST),
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             cwd=REPO)  # fmt: skip
+            subprocess.Popen(
+                _cli(
+                    "-q",
+                    "worker",
+                    "--ledger",
+                    ledger,
+                    "--exit-when-idle",
+                    "--concurrency",
+                    str(per_worker),
+                    *FAST,
+                ),
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                cwd=REPO,
+            )
             for _ in range(workers)
         ]
         cpu = 0.0
@@ -106,8 +137,13 @@ def one(base_url: str, pg: str, work: Path, jobs: int, workers: int, per_worker:
                 raise RuntimeError(proc.stderr.read().decode() if proc.stderr else "worker failed")
         first, last, done = _timeline(ledger)
     span = last - first
-    return {"workers": workers, "jobs": done, "seconds": round(span, 2),
-            "jobs_per_s": round(done / span, 1), "cpu_per_job_ms": round(cpu / done * 1000, 1)}
+    return {
+        "workers": workers,
+        "jobs": done,
+        "seconds": round(span, 2),
+        "jobs_per_s": round(done / span, 1),
+        "cpu_per_job_ms": round(cpu / done * 1000, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -126,8 +162,10 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(row), flush=True)
     print(f"\n{'workers':>7} {'jobs':>5} {'seconds':>8} {'jobs/s':>7} {'CPU ms/job':>10}")
     for r in rows:
-        print(f"{r['workers']:>7} {r['jobs']:>5} {r['seconds']:>8} {r['jobs_per_s']:>7} "
-              f"{r['cpu_per_job_ms']:>10}")  # fmt: skip
+        print(
+            f"{r['workers']:>7} {r['jobs']:>5} {r['seconds']:>8} {r['jobs_per_s']:>7} "
+            f"{r['cpu_per_job_ms']:>10}"
+        )
     base = rows[0]["jobs_per_s"]
     print("speed-up: " + ", ".join(f"{r['workers']}: x{r['jobs_per_s'] / base:.2f}" for r in rows))
 

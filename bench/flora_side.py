@@ -95,31 +95,56 @@ def premigrate(ledger: Path) -> None:
 
 
 def proposed_poll_delay(self: Worker, key: JobKey, run: RunInfo) -> float:
-    """The proposed ``Worker._next_poll_delay`` (see docs/performance.md, scenario 3).
+    """The proposed ``Worker._next_poll_delay`` (docs/performance.md, scenario 3).
 
-    Estimate the run's end from its *running* time, not its time since submit (a run
-    that sat ``pending`` in FLORA's queue has made no progress, and counting that wait
-    made the old estimate 3-10x too long, so it was clamped to max_poll): use the
-    run's ``started_at`` when FLORA gives it, else the first poll that saw it running.
-    Poll at the predicted end, then every min_poll: one or two polls near the end
-    instead of a poll every max_poll.  While pending, or with no progress yet, fall
-    back to the median duration seen for the technique, else min_poll.
+    Predict the run's end, poll just after it (``min_poll / 2`` late), and re-predict at
+    every poll, which comes at least every ``max_poll``:
+
+    * running with progress: the end is ``started_at + ran / progress`` from the run's
+      own ``started_at`` (server time; its queue wait is not running time, and counting
+      it, as today, predicts 2-10x too late, hence the max_poll ladder and late notice),
+      with the whole-percent progress taken at its midpoint (p + 0.5);
+    * otherwise, once runs of this technique have completed: ``created_at`` plus their
+      median *server-side* duration (``completed_at - created_at``; today's list holds
+      submit-to-noticed times, which include our own polling lag and grow with it);
+    * otherwise (nothing known yet): wait as long as the run has existed, at least
+      4 x min_poll (8 s, 16 s, 30 s ... after submit): most runs are still queued at first.
+
+    Past the predicted end, poll every min_poll.  Server times are mapped to our clock by
+    the offset seen at create (``created_at`` vs. ``submitted_at``).
     """
     s = self.settings
     now = self.clock()
-    starts: dict[JobKey, float] = self.__dict__.setdefault("_run_started", {})
-    if run.status == "running" and key not in starts:
-        starts[key] = run.started_at / 1000.0 if run.started_at else now
-    seen = sorted(self.durations.get(self.jobs[key].technique, ()))
-    started = starts.get(key)
-    if started is not None and run.progress and 0 < run.progress < 100:
-        ran = max(now - started, 1e-3)
-        left = ran * (100 - run.progress) / run.progress
-    elif seen and self.jobs[key].submitted_at:
-        left = seen[len(seen) // 2] - (now - (self.jobs[key].submitted_at or now))
+    rec = self.jobs[key]
+    submitted = rec.submitted_at or now
+    offset = (run.created_at / 1000.0 - submitted) if run.created_at else 0.0
+    learned: dict[str, list[float]] = self.__dict__.setdefault("_server_durations", {})
+    seen = sorted(learned.get(rec.technique, ()))
+    end: float | None = None
+    if run.started_at and run.progress and 0 < run.progress < 100:
+        started = run.started_at / 1000.0 - offset
+        end = started + (now - started) * 100.0 / (run.progress + 0.5)
+    elif seen and run.created_at:
+        end = run.created_at / 1000.0 - offset + seen[len(seen) // 2]
+    if end is not None:
+        wait = end - now + s.min_poll / 2 if end > now else s.min_poll
     else:
-        left = s.min_poll
-    return float(min(max(left, s.min_poll), s.max_poll))
+        wait = max(4 * s.min_poll, now - submitted)
+    return float(min(max(wait, s.min_poll), s.max_poll))
+
+
+def _learn_server_durations(worker: Worker) -> None:
+    """Wrap ``_completed`` to keep each technique's server-side run durations."""
+    original = worker._completed
+
+    def completed(key: JobKey, run: RunInfo) -> None:
+        if run.completed_at and run.created_at:
+            learned = worker.__dict__.setdefault("_server_durations", {})
+            duration = (run.completed_at - run.created_at) / 1000.0
+            learned.setdefault(worker.jobs[key].technique, []).append(duration)
+        original(key, run)
+
+    worker._completed = completed  # type: ignore[method-assign]
 
 
 def run_flora(
@@ -165,6 +190,7 @@ def run_flora(
     def hook(worker: Worker) -> None:
         if poll_policy == "proposed":
             worker._next_poll_delay = types.MethodType(proposed_poll_delay, worker)  # type: ignore[method-assign]
+            _learn_server_durations(worker)
 
     cpu0, wall0 = time.process_time(), time.perf_counter()
     result: BatchResult = asyncio.run(run_batch(m, settings, transport=inner, on_worker=hook))

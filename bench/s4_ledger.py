@@ -111,7 +111,8 @@ def _in_flight(work: Path, sizes: Sizes, per_request_ms: float | None) -> tuple[
             f"{cpu:.1f} s ({100 * share:.0f}% of a core)",
             f"{floor:.1f} s (bare httpx × polls)" if per_request_ms else "—",
             f"{cpu / max(floor, 1e-9):.1f}× the polls alone" if per_request_ms else "",
-            "small (≤ 2× the polls alone)", finished and floor > 0 and cpu <= 2 * floor),
+            "small (≤ 2× the polls alone)",
+            (finished and cpu <= 2 * floor) if per_request_ms else None),
     ]
     raw = {"wall": wall, "rss": got.maxrss_mb, "cpu": cpu, "polls": polls,
            "samples": got.samples[::4], "finished": finished, "stopped": got.data.get("stopped")}

@@ -134,12 +134,13 @@ def submit(
     s3_endpoint: str | None,
     as_json: bool,
 ) -> None:
-    """Plan a batch into a shared PostgreSQL ledger for `flora-batch worker`s; returns at once.
+    """Plan a batch into a shared PostgreSQL ledger, for workers to run.
 
-    Validates every row against the live schemas (free), records the jobs and what workers
-    need without the manifest: where results go, max_cost, the cluster-wide concurrency and
-    create rate, the technique schemas.  Buys nothing.  Submitting again adds new rows and
-    updates the batch's settings; finished jobs stay finished.
+    Returns at once.  Validates every row against the live schemas (free), records the
+    jobs and what workers need without the manifest: where results go, max_cost, the
+    cluster-wide concurrency and create rate, the technique schemas.  Buys nothing.
+    Submitting again adds new rows and updates the batch's settings; finished jobs stay
+    finished.
     """
     from .cli import _load_manifest, _settings
 
@@ -240,9 +241,7 @@ def _show_submitted(done: Submitted, *, as_json: bool) -> None:
     show_default=True,
     help="Seconds between polls at the most (and before a stuck job is tried again).",
 )
-@click.option(
-    "--max-runtime", type=float, metavar="SECONDS", help="Stop cleanly after this long."
-)
+@click.option("--max-runtime", type=float, metavar="SECONDS", help="Stop cleanly after this long.")
 @_s3_endpoint
 def worker(
     ledger: str | None,
@@ -258,7 +257,7 @@ def worker(
     max_runtime: float | None,
     s3_endpoint: str | None,
 ) -> None:
-    """Work submitted batches from a shared PostgreSQL ledger; start one on every machine.
+    """Work submitted batches from a shared PostgreSQL ledger (one or more per machine).
 
     Claims jobs (never one another worker holds), submits, polls and downloads them
     exactly as `run` does, and renews its claims every lease/3 seconds.  A worker that

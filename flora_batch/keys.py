@@ -18,6 +18,11 @@ digested with BLAKE2b (16 bytes, hex).  Every string is normalised first: surrou
 whitespace stripped, then Unicode NFC, so ``"Café"`` typed on a Mac and on Windows
 gives one key.
 
+A media input that is a local file or a web image off FLORA's input hosts is hashed as
+its upload placeholder (``asset:sha256:<hex>`` of the file's bytes, or
+``asset:url:<normalized url>``; ``sources.py``), never as the asset URL it is sent as, so
+re-uploading a file never changes a job's key.
+
 What is *not* hashed: the row's position (reordering rows keeps every key), the
 ``id`` column's value (``row_id``), columns no input template uses, the output naming
 template and folder, ``max_cost``/``concurrency``/``ledger``, the rows file's name or

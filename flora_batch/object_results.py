@@ -171,4 +171,3 @@ class ObjectResults:
             return not deep or hashlib.sha256(self.fs.cat_file(path)).hexdigest() == sha256
         except Exception:  # missing, or unreadable: the caller fetches it again
             return False
-

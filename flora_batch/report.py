@@ -160,6 +160,10 @@ def results_table(lines: Sequence[Line], root: Path) -> tuple[list[str], list[li
         "error_message",
     ]
     body = [_table_row(line, inputs, outputs, root) for line in lines]
+    if any(line.record and line.record.worker_id for line in lines):  # `flora-batch worker`s
+        header.append("worker")
+        for row, line in zip(body, lines, strict=True):
+            row.append(line.record.worker_id if line.record else None)
     return header, body
 
 
@@ -214,6 +218,8 @@ def jsonl_records(lines: Sequence[Line], root: Path) -> list[dict[str, Any]]:
                 "batch": rec.batch if rec else None,
                 "key": rec.key if rec else None,
                 "attempt": rec.attempt if rec else None,
+                "worker_id": rec.worker_id if rec else None,
+                "lease_until": rec.lease_until if rec else None,
             }
         )
     return out
@@ -281,6 +287,8 @@ def sidecar(
         "completed_at": iso(rec.completed_at),
         "generator": "flora-batch report",
     }
+    if rec.worker_id is not None:
+        data["worker_id"] = rec.worker_id  # the `flora-batch worker` that made it
     extra = uploaded_inputs(rec, uploads or {})
     return data | {"uploaded_inputs": extra} if extra else data
 

@@ -85,6 +85,26 @@ class OldestRun:
 
 
 @dataclass(frozen=True, slots=True)
+class Holder:
+    """A `flora-batch worker` and the unfinished jobs it holds under its lease."""
+
+    worker_id: str
+    counts: Mapping[str, int]  # jobs by state
+    lease_until: float | None  # the latest lease among them
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        """JSON shape."""
+        left = None if self.lease_until is None else round(self.lease_until - now, 1)
+        return {
+            "worker_id": self.worker_id,
+            "jobs": sum(self.counts.values()),
+            "states": dict(self.counts),
+            "lease_until": self.lease_until,
+            "lease_seconds_left": left,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Status:
     """A batch (or a whole ledger) at one moment."""
 
@@ -100,6 +120,7 @@ class Status:
     last_event: float | None
     now: float
     uploads: Mapping[str, int] = field(default_factory=dict)  # input files by upload state
+    workers: tuple[Holder, ...] = ()  # who holds which unfinished jobs (`flora-batch worker`)
 
     @property
     def total(self) -> int:
@@ -134,6 +155,7 @@ class Status:
             "last_event": self.last_event,
             "now": self.now,
             "uploads": dict(self.uploads),
+            "workers": [w.as_dict(self.now) for w in self.workers],
         }
 
 
@@ -209,6 +231,20 @@ def upload_counts(
     return counts
 
 
+def holders(records: Iterable[JobRecord]) -> tuple[Holder, ...]:
+    """Unfinished jobs by the worker that holds them (jobs no worker holds are left out)."""
+    counts: dict[str, dict[str, int]] = {}
+    leases: dict[str, float | None] = {}
+    for rec in records:
+        if rec.worker_id is None or rec.state.terminal:
+            continue
+        held = counts.setdefault(rec.worker_id, {})
+        held[rec.state.value] = held.get(rec.state.value, 0) + 1
+        lease = max(rec.lease_until or 0.0, leases.get(rec.worker_id) or 0.0)
+        leases[rec.worker_id] = lease or None
+    return tuple(Holder(w, counts[w], leases[w]) for w in sorted(counts))
+
+
 def compute(
     ledger_url: str,
     records: Sequence[JobRecord],
@@ -240,6 +276,7 @@ def compute(
         last_event=max((e["at"] for e in mine), default=None),
         now=now,
         uploads=upload_counts(records, uploads),
+        workers=holders(records),
     )
 
 
@@ -266,6 +303,14 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def _lease(until: float | None, now: float) -> str:
+    if until is None:
+        return "no lease"
+    if until >= now:
+        return f"lease {_duration(until - now)} left"
+    return f"lease ran out {_duration(now - until)} ago: another worker may take them"
+
+
 def lines(s: Status, *, max_rows: int = 10) -> list[str]:
     """The status as text lines, for a person."""
     name = ", ".join(s.batches) or "(no jobs)"
@@ -288,6 +333,9 @@ def lines(s: Status, *, max_rows: int = 10) -> list[str]:
         o = s.oldest
         run = f" {o.run_id}" if o.run_id else ""
         out.append(f"  oldest   {o.row}: {o.technique} {o.state}{run} for {_duration(o.age)}")
+    for w in s.workers:
+        held = " · ".join(f"{n} {state}" for state, n in sorted(w.counts.items()))
+        out.append(f"  worker   {w.worker_id}: {held} ({_lease(w.lease_until, s.now)})")
     for group in s.failures:
         hit = ", ".join(group.rows[:max_rows]) + (" ..." if len(group.rows) > max_rows else "")
         out.append(f"  failed   {group.code} x{len(group.rows)}: {group.message[:120]}")

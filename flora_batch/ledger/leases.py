@@ -182,9 +182,11 @@ class Leases:
             return []
         with self.ledger._write() as conn:
             conn.execute(text(_CLAIM_LOCK), {"k": f"/flora-batch-claim/{batch}"})
-            pace = conn.execute(
-                select(pacing).where(pacing.c.batch == batch).with_for_update()
-            ).mappings().first()
+            pace = (
+                conn.execute(select(pacing).where(pacing.c.batch == batch).with_for_update())
+                .mappings()
+                .first()
+            )
             if pace is None:
                 return []
             taken = _free(conn, batch, [s.value for s in HELD], n, now)
@@ -212,11 +214,13 @@ class Leases:
 
     def renew(self, worker: str, *, now: float, lease: float) -> int:
         """Extend every lease ``worker`` holds on an unfinished job; how many it holds."""
-        query = (
-            update(jobs)
+        mine = (
+            select(jobs.c.key)
             .where(jobs.c.worker_id == worker, jobs.c.state.notin_(_TERMINAL))
-            .values(lease_until=now + lease)
+            .order_by(jobs.c.key)
+            .with_for_update()  # in key order, as hand_back: the two never deadlock
         )
+        query = update(jobs).where(jobs.c.key.in_(mine)).values(lease_until=now + lease)
         with self.ledger._write() as conn:
             return int(conn.execute(query).rowcount)
 
@@ -237,7 +241,10 @@ class Leases:
             where.append(jobs.c.key.in_(list(keys)))
         with self.ledger._write() as conn:
             rows = conn.execute(
-                select(jobs.c.key, jobs.c.state).where(*where).with_for_update()
+                select(jobs.c.key, jobs.c.state)
+                .where(*where)
+                .order_by(jobs.c.key)
+                .with_for_update()
             ).all()
             if not rows:
                 return 0
@@ -249,8 +256,7 @@ class Leases:
             )
             detail = dumps({"action": "hand_back", "worker": worker, "not_before": not_before})
             logs = [
-                {"job_key": r.key, "at": now, "from_state": r.state, "detail": detail}
-                for r in rows
+                {"job_key": r.key, "at": now, "from_state": r.state, "detail": detail} for r in rows
             ]
             conn.execute(insert(events), logs)
             return len(released)
@@ -314,7 +320,7 @@ class Leases:
             .where(p.batch == batch)
             .values(
                 in_flight_limit=case(
-                    (fresh, func.greatest(1, p.in_flight_limit / 2)), else_=p.in_flight_limit
+                    (fresh, func.greatest(1, p.in_flight_limit // 2)), else_=p.in_flight_limit
                 ),
                 paused_until=func.greatest(p.paused_until, now + pause),
                 streak=0,
@@ -423,9 +429,11 @@ def _claim_event(row: Any, now: float, detail: dict[str, Any]) -> dict[str, Any]
 
 def _records(conn: Connection, keys: list[str]) -> list[JobRecord]:
     c = jobs.c
-    rows = conn.execute(
-        select(jobs).where(c.key.in_(keys)).order_by(c.row_index, c.technique, c.key)
-    ).mappings().all()
+    rows = (
+        conn.execute(select(jobs).where(c.key.in_(keys)).order_by(c.row_index, c.technique, c.key))
+        .mappings()
+        .all()
+    )
     out_query = select(outputs).where(outputs.c.job_key.in_(keys))
     grouped = group_outputs(
         conn.execute(out_query.order_by(outputs.c.job_key, outputs.c.output_id)).mappings()

@@ -47,9 +47,7 @@ def upgrade() -> None:
         sa.Column("next_submit_at", sa.Float(), server_default=sa.text("0"), nullable=False),
         sa.Column("paused_until", sa.Float(), server_default=sa.text("0"), nullable=False),
         sa.Column("updated_at", sa.Float(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["batch"], ["batches.name"], name=op.f("fk_pacing_batch_batches")
-        ),
+        sa.ForeignKeyConstraint(["batch"], ["batches.name"], name=op.f("fk_pacing_batch_batches")),
         sa.PrimaryKeyConstraint("batch", name=op.f("pk_pacing")),
     )
     op.create_index(op.f("ix_jobs_worker_id"), "jobs", ["worker_id"], unique=False)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -29,13 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-import uvicorn
-
 from flora_batch.emulator import Emulator, EmulatorConfig
-from flora_batch.emulator.serve import ServerHandle
+from flora_batch.emulator.serve import _FILTER, ServerHandle
 from flora_batch.ledger import Ledger
 from flora_batch.types import JobRecord, JobState
 
@@ -60,11 +60,15 @@ def start_emulator(config: EmulatorConfig) -> ServerHandle:
     client's delayed ACK, which would make a fleet of workers look slow for nothing.
     """
     emu = Emulator(config)
+    logging.getLogger("uvicorn.error").addFilter(_FILTER)  # deliberate drops are not errors
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(emu.app, log_level="warning", lifespan="off",
-                                           access_log=False, timeout_keep_alive=75))  # fmt: skip
+    server = uvicorn.Server(
+        uvicorn.Config(
+            emu.app, log_level="warning", lifespan="off", access_log=False, timeout_keep_alive=75
+        )
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     end = time.monotonic() + 10
@@ -80,8 +84,9 @@ def pg_schema() -> Iterator[str]:
     base = os.environ.get(PG_ENV)
     if not base:
         pytest.skip(PG_SKIP)
-    admin = create_engine(make_url(base).set(drivername="postgresql+psycopg"),
-                          isolation_level="AUTOCOMMIT")  # fmt: skip
+    admin = create_engine(
+        make_url(base).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
+    )
     schema = f"flora_cluster_{uuid.uuid4().hex[:16]}"
     try:
         with admin.connect() as conn:
@@ -101,8 +106,9 @@ def write_batch(folder: Path, n: int, *, name: str = "mugs", extra: str = "") ->
         writer = csv.DictWriter(fh, fieldnames=["sku", "image_url"])
         writer.writeheader()
         for i in range(1, n + 1):
-            writer.writerow({"sku": f"SKU-{i:04d}",
-                             "image_url": f"https://media.flora.ai/demo/mug-{i}.jpg"})  # fmt: skip
+            writer.writerow(
+                {"sku": f"SKU-{i:04d}", "image_url": f"https://media.flora.ai/demo/mug-{i}.jpg"}
+            )
     manifest = folder / f"{name}.yaml"
     manifest.write_text(
         f"name: {name}\ntechnique: studio-shot\nrows: products.csv\nid: sku\n"
@@ -126,10 +132,13 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-c", FAST_RETRIES_BOOT, *args]
 
 
-def run(server: Any, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+def run(
+    server: Any, *args: str, timeout: float = 60, **env: str
+) -> subprocess.CompletedProcess[str]:
     """Run the CLI to its end."""
-    return subprocess.run(cli(*args), capture_output=True, text=True, timeout=timeout,
-                          env=cli_env(server, **env))  # fmt: skip
+    return subprocess.run(
+        cli(*args), capture_output=True, text=True, timeout=timeout, env=cli_env(server, **env)
+    )
 
 
 class Fleet:
@@ -144,8 +153,9 @@ class Fleet:
         """Start ``flora-batch worker --worker-id NAME ARGS``."""
         argv = cli("worker", "--ledger", self.ledger, "--worker-id", name, *FAST, *args)
         with open(self.logs / f"{name}.log", "wb") as fh:
-            proc = subprocess.Popen(argv, env=cli_env(self.server, **self.env), stdout=fh,
-                                    stderr=subprocess.STDOUT)  # fmt: skip
+            proc = subprocess.Popen(
+                argv, env=cli_env(self.server, **self.env), stdout=fh, stderr=subprocess.STDOUT
+            )
         self.procs[name] = proc
         return proc
 

@@ -8,7 +8,6 @@ ledger's in-flight jobs every few milliseconds while the fleet works.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -59,11 +58,19 @@ def test_four_workers_two_killed_every_job_charged_once(serve, pg_url: str, tmp_
     server = serve(speed=150.0, faults=faults(), media_ttl=2.0)
     emu = server.emulator
     manifest = write_batch(tmp_path / "batch", JOBS)
-    done = run(server, "submit", str(manifest), "--ledger", pg_url,
-               "--concurrency", str(CAP), "--rate", "0")  # fmt: skip
+    done = run(
+        server,
+        "submit",
+        str(manifest),
+        "--ledger",
+        pg_url,
+        "--concurrency",
+        str(CAP),
+        "--rate",
+        "0",
+    )
     assert done.returncode == 0, done.stderr
     fleet = Fleet(server, pg_url, tmp_path / "logs")
-    began = time.monotonic()
     try:
         with Sampler(pg_url, "mugs") as sampler:
             for name in ("w0", "w1", "w2", "w3"):
@@ -90,9 +97,15 @@ def test_four_workers_two_killed_every_job_charged_once(serve, pg_url: str, tmp_
     assert check_outputs(emu, jobs, lambda p: Path(p).read_bytes()) >= JOBS * 0.9, why
     claims = check_exclusive(events)
     assert set(claims) >= {"w0", "w1", "w2", "w3"}, claims
-    reclaimed = [d for d in claim_details(events) if d["previous"] in ("w0", "w1")]
-    assert reclaimed, "no job of a killed worker was taken over"
+    reclaimed = [
+        e
+        for e in events
+        if e["detail"].get("action") == "claim" and e["detail"]["previous"] in ("w0", "w1")
+    ]
+    in_flight = [
+        e for e in reclaimed if e["from_state"] in ("submitting", "running", "downloading")
+    ]
+    assert in_flight, f"no in-flight job of a killed worker was taken over: {reclaimed}"
     assert max(d["in_flight"] for d in claim_details(events)) <= CAP
     assert 0 < sampler.max <= CAP, (sampler.max, sampler.samples)
     assert sampler.samples > 100
-    assert time.monotonic() - began < 90, why

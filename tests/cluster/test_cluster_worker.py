@@ -7,6 +7,9 @@ books and the ledger's events (``cluster_helpers``).
 from __future__ import annotations
 
 import asyncio
+import csv
+import json
+import logging
 import time
 from pathlib import Path
 
@@ -187,8 +190,9 @@ def test_a_429_seen_by_one_worker_slows_them_all(serve, pg_url: str, tmp_path: P
     assert not quiet, f"creates during the pause {at:.2f}..{until:.2f}: {quiet}"
     assert any(t >= until - 0.1 for t in created), "nothing was created after the pause"
     jobs, events = read(pg_url)
-    senders = {e["detail"].get("worker") for e in events if e["to_state"] == "submitting"
-               and e["at"] < at}  # fmt: skip
+    senders = {
+        e["detail"].get("worker") for e in events if e["to_state"] == "submitting" and e["at"] < at
+    }
     assert senders == {"a", "b"}, "both workers were creating before the 429"
     assert limit == 4, "the cluster-wide limit was halved (8 -> 4)"
     assert worker in ("a", "b")
@@ -218,8 +222,10 @@ def test_worker_and_submit_refuse_a_sqlite_ledger(serve, tmp_path: Path):
     """On a SQLite ledger, worker and submit explain that one machine needs only `run`."""
     server = serve()
     manifest = write_batch(tmp_path / "b", 2)
-    for args in (("worker", "--ledger", str(tmp_path / "x.db")),
-                 ("submit", str(manifest), "--ledger", str(tmp_path / "x.db"))):  # fmt: skip
+    for args in (
+        ("worker", "--ledger", str(tmp_path / "x.db")),
+        ("submit", str(manifest), "--ledger", str(tmp_path / "x.db")),
+    ):
         done = run(server, *args)
         assert done.returncode == 2, done.stdout + done.stderr
         assert "PostgreSQL" in done.stderr and "flora-batch run" in done.stderr
@@ -244,3 +250,98 @@ def test_run_waits_for_workers_and_workers_for_run(serve, pg_url: str, tmp_path:
     assert server.emulator.charges_by_key() and all(
         n == 1 for n in server.emulator.charges_by_key().values()
     )
+
+
+@pg
+def test_results_land_in_an_object_store(serve, pg_url: str, tmp_path: Path, monkeypatch):
+    """--results s3://bucket/prefix: two workers PUT every output there (nothing local);
+    the ledger's path, size and sha256 match the objects and what the emulator served."""
+    moto_server = pytest.importorskip("moto.server")
+    fsspec = pytest.importorskip("fsspec")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    s3 = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    s3.start()
+    try:
+        host, port = s3.get_host_and_port()
+        aws = {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        for name, value in aws.items():
+            monkeypatch.setenv(name, value)
+        env = {**aws, "FLORA_BATCH_S3_ENDPOINT": f"http://{host}:{port}"}
+        bucket = fsspec.filesystem(
+            "s3",
+            client_kwargs={"endpoint_url": env["FLORA_BATCH_S3_ENDPOINT"]},
+            skip_instance_cache=True,
+        )
+        bucket.mkdir("flora-results")
+        server = serve()
+        manifest = write_batch(tmp_path / "b", 10)
+        done = run(
+            server,
+            "submit",
+            str(manifest),
+            "--ledger",
+            pg_url,
+            "--rate",
+            "0",
+            "--results",
+            "s3://flora-results/spring",
+            **env,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        fleet = Fleet(server, pg_url, tmp_path / "logs", **env)
+        try:
+            for name in ("a", "b"):
+                fleet.start(name, "--exit-when-idle", "--concurrency", "3")
+            assert [fleet.wait(n, 60) for n in ("a", "b")] == [0, 0], fleet.describe()
+        finally:
+            fleet.stop_all()
+        jobs, events = read(pg_url)
+        assert all(j.state is JobState.DONE for j in jobs)
+        check_charged_once(server.emulator, jobs)
+        assert check_outputs(server.emulator, jobs, bucket.cat_file) == 10
+        paths = {o.path for j in jobs for o in j.outputs}
+        assert all(p and p.startswith("s3://flora-results/spring/SKU-") for p in paths), paths
+        assert len(bucket.find("flora-results/spring")) == 10
+        assert all(o.size == bucket.info(o.path)["size"] for j in jobs for o in j.outputs)
+        assert not (tmp_path / "b" / "results").exists()
+        check_exclusive(events)
+    finally:
+        s3.stop()
+
+
+@pg
+def test_status_and_report_show_which_worker_holds_what(serve, pg_url: str, tmp_path: Path):
+    """status (text and JSON) lists each worker's jobs and lease; report adds a worker column."""
+    server = serve()
+    manifest = write_batch(tmp_path / "b", 3)
+    submit(server, manifest, pg_url)
+    with Ledger.open(pg_url) as ledger:
+        Leases(ledger).claim("mugs", "w-7", 2, now=time.time(), lease=120.0)
+    text = run(server, "status", "--ledger", pg_url, "--batch", "mugs")
+    assert text.returncode == 0, text.stderr
+    assert "worker   w-7: 2 planned (lease " in text.stdout, text.stdout
+    as_json = run(server, "status", "--ledger", pg_url, "--batch", "mugs", "--json")
+    (holder,) = json.loads(as_json.stdout)["workers"]
+    assert holder["worker_id"] == "w-7" and holder["states"] == {"planned": 2}
+    assert 100 < holder["lease_seconds_left"] <= 120
+    out = tmp_path / "report"
+    done = run(
+        server,
+        "report",
+        "--ledger",
+        pg_url,
+        "--batch",
+        "mugs",
+        "--results",
+        str(tmp_path / "b" / "results"),
+        "--out",
+        str(out),
+    )
+    assert done.returncode == 0, done.stderr
+    with open(out / "results.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert sorted(r["worker"] for r in table) == ["", "w-7", "w-7"]

@@ -115,9 +115,7 @@ def cli_cmd(*args: str) -> list[str]:
 
 def run_cli(*args: str, env: dict[str, str], timeout: float = 120) -> CliResult:
     """Run ``flora-batch ARGS`` to completion and capture its output."""
-    proc = subprocess.run(
-        cli_cmd(*args), capture_output=True, text=True, timeout=timeout, env=env
-    )
+    proc = subprocess.run(cli_cmd(*args), capture_output=True, text=True, timeout=timeout, env=env)
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -230,11 +228,21 @@ def completed(
     """A completed run with one output at ``url``, in either dialect."""
     if camel:
         output = {"outputId": output_id, "type": output_type, "url": url}
-        return {"runId": run_id, "status": "completed", "progress": 100, "chargedCost": 0.06,
-                "outputs": [output]}
+        return {
+            "runId": run_id,
+            "status": "completed",
+            "progress": 100,
+            "chargedCost": 0.06,
+            "outputs": [output],
+        }
     output = {"output_id": output_id, "type": output_type, "url": url}
-    return {"run_id": run_id, "status": "completed", "progress": 100, "charged_cost": 0.06,
-            "outputs": [output]}
+    return {
+        "run_id": run_id,
+        "status": "completed",
+        "progress": 100,
+        "charged_cost": 0.06,
+        "outputs": [output],
+    }
 
 
 def body(content: bytes, content_type: str | None = "image/png", **headers: str) -> Media:

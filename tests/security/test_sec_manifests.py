@@ -57,42 +57,106 @@ CASES: dict[str, tuple[str | bytes, str, bytes | None, tuple[str, int | None], s
     "wrong_type": (GOOD + "max_cost: lots\n", "p.csv", None, ("b.yaml", 10), "max_cost"),
     "negative": (GOOD + "concurrency: -3\n", "p.csv", None, ("b.yaml", 10), "concurrency"),
     "duplicate_key": (GOOD + "name: other\n", "p.csv", None, ("b.yaml", 10), "twice"),
-    "missing_rows": (manifest_with(line3="rows: gone.csv"), "x.csv", None, ("b.yaml", 3), "not found"),
+    "missing_rows": (
+        manifest_with(line3="rows: gone.csv"),
+        "x.csv",
+        None,
+        ("b.yaml", 3),
+        "not found",
+    ),
     "empty_manifest": ("", "p.csv", None, ("b.yaml", 1), "empty"),
     "list_manifest": ("- a\n- b\n", "p.csv", None, ("b.yaml", 1), "mapping"),
     "binary_manifest": (b"\x00\x01\xfe\xffjunk", "p.csv", None, ("b.yaml", 1), "UTF-8"),
-    "utf16_manifest": (codecs.BOM_UTF16_LE + GOOD.encode("utf-16-le"), "p.csv", None,
-                       ("b.yaml", 1), "UTF-8"),
+    "utf16_manifest": (
+        codecs.BOM_UTF16_LE + GOOD.encode("utf-16-le"),
+        "p.csv",
+        None,
+        ("b.yaml", 1),
+        "UTF-8",
+    ),
     "alias_bomb": (GOOD + BOMB, "p.csv", None, ("b.yaml", 10), "unknown key"),
-    "python_tag": (manifest_with(line1="name: !!python/object/apply:os.system [touch PWNED]"),
-                   "p.csv", None, ("b.yaml", 1), "name"),
-    "deep_nesting": (GOOD + "x: " + "[" * 5000 + "]" * 5000 + "\n", "p.csv", None,
-                     ("b.yaml", None), "nested too deeply"),
-    "missing_column": (manifest_with(line6='  product: "{picture}"'), "p.csv", None,
-                       ("b.yaml", 6), "unknown column 'picture'"),
-    "bad_template": (manifest_with(line9='  name: "{sku!r}"'), "p.csv", None, ("b.yaml", 9),
-                     "conversions"),
-    "unknown_technique": (manifest_with(line2="technique: studio-shto"), "p.csv", None,
-                          ("b.yaml", 2), "no technique"),
+    "python_tag": (
+        manifest_with(line1="name: !!python/object/apply:os.system [touch PWNED]"),
+        "p.csv",
+        None,
+        ("b.yaml", 1),
+        "name",
+    ),
+    "deep_nesting": (
+        GOOD + "x: " + "[" * 5000 + "]" * 5000 + "\n",
+        "p.csv",
+        None,
+        ("b.yaml", None),
+        "nested too deeply",
+    ),
+    "missing_column": (
+        manifest_with(line6='  product: "{picture}"'),
+        "p.csv",
+        None,
+        ("b.yaml", 6),
+        "unknown column 'picture'",
+    ),
+    "bad_template": (
+        manifest_with(line9='  name: "{sku!r}"'),
+        "p.csv",
+        None,
+        ("b.yaml", 9),
+        "conversions",
+    ),
+    "unknown_technique": (
+        manifest_with(line2="technique: studio-shto"),
+        "p.csv",
+        None,
+        ("b.yaml", 2),
+        "no technique",
+    ),
     "empty_rows": (GOOD, "p.csv", b"", ("p.csv", None), "empty"),
     "binary_rows": (GOOD, "p.csv", bytes(range(256)) * 4, ("p.csv", None), "binary"),
-    "latin1_rows": (GOOD, "p.csv", "sku,title,image_url\nA1,Caf\xe9,x\n".encode("latin-1"),
-                    ("p.csv", 2), "not UTF-8"),
+    "latin1_rows": (
+        GOOD,
+        "p.csv",
+        "sku,title,image_url\nA1,Caf\xe9,x\n".encode("latin-1"),
+        ("p.csv", 2),
+        "not UTF-8",
+    ),
     "nul_late": (GOOD, "p.csv", (CSV + "B2,x" * 3000 + "\x00,y\n").encode(), ("p.csv", 3), "NUL"),
-    "duplicate_columns": (GOOD, "p.csv", b"sku,sku,image_url\nA1,B,x\n", ("p.csv", 1),
-                          "repeats"),
+    "duplicate_columns": (GOOD, "p.csv", b"sku,sku,image_url\nA1,B,x\n", ("p.csv", 1), "repeats"),
     "blank_column": (GOOD, "p.csv", b"sku,,image_url\nA1,B,x\n", ("p.csv", 1), "no name"),
-    "huge_cell": (GOOD, "p.csv", f"sku,title,image_url\nA1,{'x' * 200_000},y\n".encode(),
-                  ("p.csv", 2), "100,000-byte"),
-    "formula_url": (GOOD, "p.csv", b'sku,title,image_url\nA1,Mug,"=HYPERLINK(""http://x"")"\n',
-                    ("p.csv", 2), "input 'product'"),
-    "file_url": (GOOD, "p.csv", b"sku,title,image_url\nA1,Mug,file:///etc/passwd\n",
-                 ("p.csv", 2), "input 'product'"),
-    "not_a_workbook": (manifest_with(line3="rows: p.xlsx"), "p.xlsx", b"PK\x03\x04 not a zip",
-                       ("p.xlsx", None), "Excel workbook"),
-    "bad_jsonl": (manifest_with(line3="rows: p.jsonl"), "p.jsonl",
-                  b'{"sku": "A1", "image_url": "https://media.flora.ai/a.jpg"}\n{"sku": \n',
-                  ("p.jsonl", 2), "JSON"),
+    "huge_cell": (
+        GOOD,
+        "p.csv",
+        f"sku,title,image_url\nA1,{'x' * 200_000},y\n".encode(),
+        ("p.csv", 2),
+        "100,000-byte",
+    ),
+    "formula_url": (
+        GOOD,
+        "p.csv",
+        b'sku,title,image_url\nA1,Mug,"=HYPERLINK(""http://x"")"\n',
+        ("p.csv", 2),
+        "input 'product'",
+    ),
+    "file_url": (
+        GOOD,
+        "p.csv",
+        b"sku,title,image_url\nA1,Mug,file:///etc/passwd\n",
+        ("p.csv", 2),
+        "input 'product'",
+    ),
+    "not_a_workbook": (
+        manifest_with(line3="rows: p.xlsx"),
+        "p.xlsx",
+        b"PK\x03\x04 not a zip",
+        ("p.xlsx", None),
+        "Excel workbook",
+    ),
+    "bad_jsonl": (
+        manifest_with(line3="rows: p.jsonl"),
+        "p.jsonl",
+        b'{"sku": "A1", "image_url": "https://media.flora.ai/a.jpg"}\n{"sku": \n',
+        ("p.jsonl", 2),
+        "JSON",
+    ),
 }
 
 
@@ -105,11 +169,15 @@ def server() -> Iterator[Any]:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_hostile_manifest_is_refused_with_a_location(server: Any, tmp_path: Path, case: str) -> None:
+def test_hostile_manifest_is_refused_with_a_location(
+    server: Any, tmp_path: Path, case: str
+) -> None:
     """Each hostile manifest or rows file: exit 2, a located message, no traceback, no create."""
     text, rows_name, rows, (where, line), phrase = CASES[case]
     manifest = tmp_path / "b.yaml"
-    manifest.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    if isinstance(text, str):  # python_tag would touch this very file if it ever ran
+        text = text.replace("PWNED", str(tmp_path / "PWNED")).encode("utf-8")
+    manifest.write_bytes(text)
     (tmp_path / rows_name).write_bytes(CSV.encode() if rows is None else rows)
     res = run_cli("run", str(manifest), *FAST, env=cli_env(server, home=tmp_path))
     assert res.code == 2, res.text
@@ -181,7 +249,9 @@ def test_rows_file_over_the_size_limit_is_not_read(tmp_path: Path) -> None:
     "make",
     ["xlsx", "jsonl", "parquet"],
 )
-def test_row_limit_holds_for_every_format(tmp_path: Path, make: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_row_limit_holds_for_every_format(
+    tmp_path: Path, make: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """XLSX, JSONL and Parquet files over the row limit are refused the same way."""
     import pandas as pd
 

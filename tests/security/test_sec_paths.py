@@ -58,7 +58,9 @@ TEMPLATES = [
 ]
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     template=st.sampled_from(TEMPLATES),
     sku=st.sampled_from(HOSTILE) | st.text(max_size=300),
@@ -159,9 +161,10 @@ def test_hostile_cells_and_planted_links_end_to_end(emulator: Any, tmp_path: Pat
     manifest = write_batch(tmp_path / "b", rows)
     results, outside = tmp_path / "b" / "results", tmp_path / "elsewhere"
     outside.mkdir()
-    (results / "SKU-2").mkdir(parents=True)
+    (results / "old").mkdir(parents=True)  # another job's earlier output
+    (results / "old" / "output_1.png").write_bytes(b"precious")
     os.symlink(outside, results / "SKU-1")
-    os.symlink(results / "SKU-2", results / "SKU-3")
+    os.symlink(results / "old", results / "SKU-3")
     env = cli_env(server, home=tmp_path)
     before = files_under(tmp_path)
 
@@ -173,7 +176,9 @@ def test_hostile_cells_and_planted_links_end_to_end(emulator: Any, tmp_path: Pat
     assert first.code == 1, first.text
     assert_no_traceback(first)
     assert "never writes through links in the results folder" in first.err, first.text
-    assert list(outside.iterdir()) == [] and list((results / "SKU-2").iterdir()) == []
+    assert list(outside.iterdir()) == [] and list((results / "old").iterdir()) == [
+        results / "old" / "output_1.png"
+    ]
     new = files_under(tmp_path) - before
     assert all(results in p.parents or p.name.startswith("b.ledger.db") for p in new), new
 
@@ -184,8 +189,17 @@ def test_hostile_cells_and_planted_links_end_to_end(emulator: Any, tmp_path: Pat
     charges = server.emulator.charges_by_key()  # the clashing row never ran; no job twice
     assert len(charges) == len(HOSTILE) - 1 and set(charges.values()) == {1}
     names = {str(p.relative_to(results)) for p in results.rglob("*.png")}
-    assert {"SKU-1/output_1.png", ".._.._etc_passwd/output_1.png", "_etc_hostname/output_1.png",
-            "output_1.png", "_NUL/output_1.png", "_con.txt/output_1.png",
-            "_.flora-tmp/output_1.png", "line_break/output_1.png", "Case/output_1.png"} <= names
-    assert len(names) == len(HOSTILE) - 1
+    assert {
+        "SKU-1/output_1.png",
+        ".._.._etc_passwd/output_1.png",
+        "_etc_hostname/output_1.png",
+        "output_1.png",
+        "_NUL/output_1.png",
+        "_con.txt/output_1.png",
+        "_.flora-tmp/output_1.png",
+        "line_break/output_1.png",
+        "Case/output_1.png",
+    } <= names
+    assert len(names - {"old/output_1.png"}) == len(HOSTILE) - 1
     assert list(outside.iterdir()) == []
+    assert (results / "old" / "output_1.png").read_bytes() == b"precious"

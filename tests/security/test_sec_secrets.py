@@ -45,15 +45,19 @@ def process_list() -> str:
     return subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
 
 
-def run_watched(args: list[str], env: dict[str, str]) -> tuple[int, str, str, list[str]]:
-    """Run the CLI, snapshotting the process list while it is in flight."""
+def run_watched(
+    args: list[str], env: dict[str, str], folder: Path
+) -> tuple[int, str, str, list[str]]:
+    """Run the CLI; while it is in flight, snapshot the process list and every SQLite
+    -wal file under ``folder`` (they are checkpointed away when the ledger closes)."""
     proc = subprocess.Popen(
         cli_cmd(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     snapshots = []
     while proc.poll() is None:
         snapshots.append(process_list())
-        time.sleep(0.05)
+        snapshots += ["WAL:" + w.read_bytes().decode("latin-1") for w in folder.rglob("*-wal")]
+        time.sleep(0.1)
     out, err = proc.communicate(timeout=60)
     return proc.returncode, out, err, snapshots
 
@@ -67,38 +71,35 @@ def assert_no_secret(*texts: str, folder: Path) -> None:
 
 def test_key_never_leaks_from_a_verbose_batch(emulator: Any, tmp_path: Path) -> None:
     """A full batch with -vv and JSON logs, then status and report: the key is nowhere."""
-    server = emulator(api_key=CANARY, speed=40.0)
+    server = emulator(api_key=CANARY, speed=100.0)  # runs of 0.3 s: time to look at ps
     manifest = write_batch(tmp_path / "b", products(6))
     env = cli_env(server, home=tmp_path)
     args = ["-vv", "--log-format", "json", "run", str(manifest), *FAST]
-    code, out, err, snapshots = run_watched(args, env)
+    code, out, err, snapshots = run_watched(args, env, tmp_path)
     assert code == 0, out + err
     assert '"level": "debug"' in err  # the debug logs were on
-    in_flight = [s for s in snapshots if str(manifest) in s]
-    assert in_flight, "the process list was never read while the batch ran"
+    assert any(str(manifest) in s for s in snapshots), "ps never ran while the batch did"
+    assert any(s.startswith("WAL:") and len(s) > 4096 for s in snapshots), "no -wal was read"
     status = run_cli("-vv", "status", str(manifest), env=env)
     report = run_cli("-vv", "report", str(manifest), env=env)
     assert status.code == 0 and report.code == 0, status.text + report.text
-    assert any((tmp_path / "b").glob("*.ledger.db-wal")) or (tmp_path / "b" / "b.ledger.db").exists()
+    assert (tmp_path / "b" / "results" / "_report" / "results.csv").is_file()
     assert_no_secret(out, err, status.text, report.text, *snapshots, folder=tmp_path)
 
 
-@pytest.mark.parametrize("failure", ["runs_fail", "key_refused", "no_server"])
+@pytest.mark.parametrize("failure", ["runs_fail", "key_refused", "ledger_broken"])
 def test_key_never_leaks_from_a_failing_batch(emulator: Any, tmp_path: Path, failure: str) -> None:
-    """Failed runs, a refused key, an unreachable API: -vv output and files hold no key."""
-    if failure == "runs_fail":
-        server = emulator(api_key=CANARY, faults=_faults(run_failure=1.0, poll_error=0.3))
-        expected = 1
-    elif failure == "key_refused":
-        server = emulator(api_key="sk_test_someoneelse")
-        expected = 3
-    else:
-        server = emulator(api_key=CANARY)
-        server.stop()
-        expected = 1
+    """Failed runs, a refused key, a broken ledger: -vv output and files hold no key."""
     manifest = write_batch(tmp_path / "b", products(3))
+    server = emulator(
+        api_key="sk_test_someoneelse" if failure == "key_refused" else CANARY,
+        faults=_faults(run_failure=1.0 if failure == "runs_fail" else 0.0),
+    )
+    if failure == "ledger_broken":
+        (tmp_path / "b" / "b.ledger.db").write_bytes(b"SQLite format 3\x00" + b"\xff" * 4096)
+    expected = {"runs_fail": 1, "key_refused": 3, "ledger_broken": 1}[failure]
     env = {**cli_env(server, home=tmp_path), "FLORA_API_KEY": CANARY}
-    code, out, err, snapshots = run_watched(["-vv", "run", str(manifest), *FAST], env)
+    code, out, err, snapshots = run_watched(["-vv", "run", str(manifest), *FAST], env, tmp_path)
     assert code == expected, out + err
     assert_no_traceback(_result(code, out, err))
     assert_no_secret(out, err, *snapshots, folder=tmp_path)
@@ -115,12 +116,19 @@ def test_key_never_leaks_from_a_failing_batch(emulator: Any, tmp_path: Path, fai
         "sk_live_",
     ],
 )
-def test_malformed_key_is_refused_before_any_request(emulator: Any, tmp_path: Path, key: str) -> None:
+def test_malformed_key_is_refused_before_any_request(
+    emulator: Any, tmp_path: Path, key: str
+) -> None:
     """A malformed key: exit 2, a message saying what is wrong, no echo, no request at all."""
     server = emulator(api_key=CANARY)
     manifest = write_batch(tmp_path / "b", products(2))
-    res = run_cli("-vv", "run", str(manifest), *FAST, env={**cli_env(server, home=tmp_path),
-                                                          "FLORA_API_KEY": key})
+    res = run_cli(
+        "-vv",
+        "run",
+        str(manifest),
+        *FAST,
+        env={**cli_env(server, home=tmp_path), "FLORA_API_KEY": key},
+    )
     assert res.code == 2, res.text
     assert "does not look like a FLORA key" in res.err
     assert SECRET not in res.text

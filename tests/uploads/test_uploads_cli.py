@@ -49,7 +49,8 @@ def test_mixed_batch_uploads_each_file_exactly_once(emulator, run_cli, tmp_path:
     assert len(server.emulator.assets) == batch.uploads == 6
     seen = counts(server)
     assert seen["POST /api/v1/assets"] == 6  # 3 direct, 1 signed, 2 fetched by FLORA
-    assert seen["POST /_storage/{token}"] == 1 and seen["POST /api/v1/assets/{asset_id}/complete"] == 1
+    assert seen["POST /_storage/{token}"] == 1
+    assert seen["POST /api/v1/assets/{asset_id}/complete"] == 1
     assert sorted(server.emulator.charges_by_key().values()) == [1] * 22
     assert "uploads 6 input file(s): 6 uploaded now" in res.out
     sent = {a.uploaded_via for a in server.emulator.assets.values()}
@@ -103,7 +104,8 @@ def test_bad_files_are_reported_at_plan_time(emulator, run_cli, tmp_path: Path):
     write_rows(folder / "rows.csv", rows)
     path = manifest(folder)
     for command in ("plan", "run"):
-        res = run_cli(command, str(path), *(FAST if command == "run" else ()), env=env(folder, server))
+        flags = FAST if command == "run" else ()
+        res = run_cli(command, str(path), *flags, env=env(folder, server))
         assert res.code == 2, res.text
         err = res.err
         assert "rows.csv:3:image: input 'product': 'scan.bmp' is image/bmp" in err
@@ -228,3 +230,53 @@ def test_plan_status_and_report_show_the_uploads(emulator, run_cli, tmp_path: Pa
     sidecar = json.loads(next((batch.folder / "results" / "A").glob("*.json")).read_text())
     assert sidecar["inputs"]["product"].startswith("asset:sha256:")
     assert sidecar["uploaded_inputs"]["product"]["url"].startswith("https://media.flora.ai/")
+
+
+def test_readme_local_files_section_runs_verbatim(tmp_path: Path):
+    """The README's "Local files as inputs" commands work as written."""
+    import os
+    import re
+
+    from e2e_helpers import REPO
+
+    readme = (REPO / "README.md").read_text()
+    script = re.search(r"```bash\n(.*?)```", readme.split("## Local files as inputs")[1], re.S)
+    assert script is not None
+    bin_dir = Path(os.sys.executable).parent
+    user = env(tmp_path, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script.group(1)], cwd=tmp_path,
+                          env=user, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "uploads 3 input file(s) (" in done.stdout and "3 to upload" in done.stdout
+    assert done.stdout.count("6 of 6 jobs done") == 2
+    assert "uploads 3 input file(s): 3 uploaded now" in done.stdout
+
+
+def test_workspace_precedence_flag_env_manifest_config(emulator, run_cli, tmp_path: Path):
+    """Flag/env beat the manifest, which beats the config file; a refused workspace exits 3."""
+    server = emulator()
+    folder = tmp_path / "b"
+    image(folder / "one.png", seed=4)
+    write_rows(folder / "rows.csv", [{"sku": "a", "image": "one.png"}])
+    config = folder / "xdg" / "flora-batch" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text('workspace_id = "ws_from_config"\n')
+    path = manifest(folder)  # assets.workspace_id: ws_emulator
+    assert run(run_cli, path, server).code == 0  # the manifest beats the config file
+    write_rows(folder / "rows.csv", [{"sku": "b", "image": "one.png"}])
+    path = manifest(folder, techniques=("palette-pull",))
+    res = run(run_cli, path, server, FLORA_WORKSPACE_ID="ws_not_mine")
+    assert res.code == 3, res.text  # the environment beats the manifest: FLORA says 403
+    assert "no access to this workspace" in res.text
+    assert run_creates(server) == 1
+    bare = manifest(folder, techniques=("palette-pull",), assets=None)
+    config.write_text('workspace_id = "ws_emulator"\n')
+    assert run(run_cli, bare, server).code == 0  # the config file, when nothing else says
+    csv_mode = run_cli("run", str(folder / "rows.csv"), "--technique", "studio-shot",
+                       "--input", "product=image", "--workspace-id", "ws_emulator", *FAST,
+                       env=env(folder, server))
+    assert csv_mode.code == 0, csv_mode.text
+    # Creates: ws_emulator, the refused ws_not_mine, ws_emulator again (attempt 3: a row holds
+    # one workspace's asset), and the CSV batch's own ledger, whose attempt-1 key is the first
+    # run's: FLORA hands back that asset, so two assets in all.
+    assert asset_creates(server) == 4 and len(server.emulator.assets) == 2

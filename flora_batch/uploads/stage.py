@@ -1,37 +1,15 @@
-"""Input files as FLORA assets: each distinct file uploaded once, resumably (ASSETS.md).
+"""``Uploader``: the upload stage of one run, and the worker's ``resolve_inputs`` hook.
 
-``Uploader`` runs beside the worker (``pipeline.run_batch``): it uploads every file that
-a job still to be submitted needs, four at a time, while the worker submits the jobs
-whose inputs are ready; ``resolve_inputs`` is the worker's hook that swaps a job's
-placeholders (``sources.py``) for the asset URLs right before its create.  A job whose
-file is not ready yet waits, unpaid; one whose file failed is not submitted this run.
+See the package docstring for the state machine and the never-twice rules; this module
+drives one ``uploads`` row per file through them, along the file's path:
 
-One ``uploads`` row per distinct file (``ledger/upload_store.py``)::
-
-    planned ──begin──► uploading ──────────────► ready
-                           │  (asset id noted the moment it is known)
-                           └──► failed ──(next run: reopen as attempt n+1, a new key)──► planned
-
-Paths (ASSETS.md §1): a file up to 4 MiB is one multipart create (``direct``); a larger
-one is reserved (``signed_url``), sent to the storage host, completed (the row's ``step``
-says how far it got); a web image is fetched by FLORA (``url``) and, if FLORA will not,
-downloaded here and uploaded as a file, keyed by its content.  Every asset is polled until
-``ready``.  A ``ready`` row whose asset a job still needs is checked with one
-``GET /assets/{id}`` per run, and uploaded again if FLORA has lost it; job keys do not
-change, since they hash the placeholder, not the URL.
-
-Never two assets for one file:
-
-* the create's ``Idempotency-Key`` (``sources.upload_idempotency_key``: the file's hash
-  and the workspace) is committed by ``begin_upload`` before the request leaves, and a
-  lost answer (dropped connection, timeout, 5xx, broken JSON) is resent with that key,
-  in this run or the next (a key older than FLORA's two-hour window is looked up first);
-* a 409 ``idempotency_duplicate`` names no asset (ASSETS.md §9), so the asset is found in
-  ``GET /assets`` (newest first) by its file name, which carries a hash tag, its size and
-  a creation time in the window of this key's sends; if it is not listed, the file waits
-  for the next run: it is never created again under a new key;
-* only a definite answer (a 4xx refusal, a ``failed`` asset) marks a row ``failed``; a row
-  whose create may have landed stays ``uploading`` with its key.
+* ``direct`` (path A, up to 4 MiB): one multipart create, then poll;
+* ``signed_url`` (path C): create a reservation, send the bytes to the storage host,
+  ``/complete``, poll; the row's ``step`` (``reserved``, ``transferred``, ``completed``)
+  says where a resume picks up; a storage refusal or a ``failed`` asset gets one fresh
+  reservation (``/retry``, same asset);
+* ``url`` (path B): FLORA fetches the web image; if it will not, the image is downloaded
+  and uploaded as a file under its bytes' hash, and the URL's row points at that asset.
 """
 
 from __future__ import annotations
@@ -39,41 +17,33 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
-import re
-import stat
 import tempfile
 import time
-import warnings
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
-from . import retrying
-from .asset_wire import SIGNED_URL, AssetInfo, create_body, form_fields
-from .client import FloraClient
-from .config import Settings
-from .errors import (
+from .. import retrying
+from ..asset_wire import SIGNED_URL, AssetInfo, create_body, form_fields
+from ..client import FloraClient
+from ..config import Settings
+from ..errors import (
     AuthError,
     FloraError,
-    IdempotencyDuplicate,
     InsufficientCredits,
     InvalidInput,
     LedgerError,
     NotFound,
     StorageError,
-    TransportError,
     UploadError,
 )
-from .ledger import Ledger
-from .sources import (
+from ..ledger import Ledger
+from ..sources import (
     DIRECT_UPLOAD_LIMIT,
     FILE_PREFIX,
     IMAGE_TYPES,
-    MAX_PIXELS,
     VIDEO_TYPES,
-    FileFacts,
     UploadSource,
     is_placeholder,
     sniff,
@@ -82,7 +52,9 @@ from .sources import (
     upload_keys,
     upload_name,
 )
-from .types import JobRecord, JobState, RunInput, UploadRecord, UploadState
+from ..types import JobRecord, JobState, RunInput, UploadRecord, UploadState
+from .calls import AssetCalls
+from .probe import hash_file
 
 log = logging.getLogger("flora_batch.uploads")
 
@@ -90,82 +62,6 @@ Clock = Callable[[], float]
 
 #: Files uploaded at once.
 UPLOAD_CONCURRENCY = 4
-#: Longest pause between two polls of a pending asset, in seconds.
-POLL_MAX = 5.0
-#: Seconds of clock difference tolerated when matching a listed asset to our sends.
-RECONCILE_SLACK = 120.0
-_CREATE_TRIES = 6
-_TRANSFER_TRIES = 3
-_TAG_RE = re.compile(r"\.([0-9a-f]{12})(?:\.|$)")
-
-
-# --- reading local files (plan time) ------------------------------------------------------
-
-
-class FileProbe:
-    """``sources.Probe`` on the file system: resolve, stat, hash and sniff each file once.
-
-    A relative path is taken from ``base`` (the manifest's folder); ``~`` is expanded.
-    """
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self._seen: dict[str, FileFacts | str] = {}
-
-    def __call__(self, raw: str) -> FileFacts | str:
-        path = Path(raw).expanduser()
-        if not path.is_absolute():
-            path = self.base / path
-        where = os.path.abspath(path)
-        if where not in self._seen:
-            self._seen[where] = probe_file(Path(where))
-        return self._seen[where]
-
-
-def probe_file(path: Path) -> FileFacts | str:
-    """Hash, size and sniffed type of one file, or why it cannot be read."""
-    try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode):
-            return f"is not a file ({path})"
-        digest, head = hash_file(path)
-    except FileNotFoundError:
-        return f"file not found ({path})"
-    except OSError as exc:
-        return f"cannot read the file ({path}): {exc.strerror or exc}"
-    kind = sniff(head)
-    pixels = image_pixels(path) if kind and kind.startswith("image/") else None
-    return FileFacts(str(path), digest, info.st_size, kind, pixels)
-
-
-def hash_file(path: Path) -> tuple[str, bytes]:
-    """``(sha256 hex, first 64 bytes)`` of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    head = b""
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            head = head or chunk[:64]
-            digest.update(chunk)
-    return digest.hexdigest(), head
-
-
-def image_pixels(path: Path) -> int | None:
-    """Width × height from an image's header (Pillow), or None if Pillow cannot read it."""
-    from PIL import Image
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            with Image.open(path) as image:
-                width, height = image.size
-        except Image.DecompressionBombError:  # above ~179 megapixels: over FLORA's limit too
-            return MAX_PIXELS + 1
-        except Exception:  # Pillow raises many kinds for files it cannot read
-            return None
-    return int(width) * int(height)
-
-
-# --- the upload stage -------------------------------------------------------------------------
 
 
 @dataclass
@@ -208,6 +104,7 @@ class Uploader:
         self.settings = settings
         self.clock = clock
         self.concurrency = max(1, concurrency)
+        self.calls = AssetCalls(client, settings, workspace_id, clock)
         self.ready: dict[str, str] = {}  # upload key -> asset URL, ready in this run
         self.why: dict[str, str] = {}  # upload key -> why it is not ready in this run
         self.needed: list[str] = []
@@ -254,7 +151,7 @@ class Uploader:
         ready = sum(1 for k in self.needed if k in self.ready)
         return ready, sum(1 for k in self.needed if k in self.why), len(self.needed)
 
-    # -- the worker's hook ---------------------------------------------------------------
+    # -- the worker's hook -------------------------------------------------------------
 
     def resolve_inputs(self, rec: JobRecord) -> tuple[RunInput, ...] | None:
         """The job's inputs with asset URLs for placeholders; None while one is uploading.
@@ -282,7 +179,7 @@ class Uploader:
         source = self.sources.get(key)
         return source.source if source else key
 
-    # -- one file ----------------------------------------------------------------------
+    # -- one file ------------------------------------------------------------------------
 
     async def _one(self, key: str) -> None:
         try:
@@ -309,7 +206,7 @@ class Uploader:
         async with self._locks.setdefault(key, asyncio.Lock()):
             rec = self._current(key)
             if rec.state is UploadState.READY and rec.url:
-                if await self._still_ready(rec):
+                if await self.calls.still_ready(rec.asset_id or ""):
                     return rec.url
                 rec = self._reopen(rec, f"asset {rec.asset_id} is gone from FLORA")
             if rec.state is UploadState.PLANNED:
@@ -363,23 +260,45 @@ class Uploader:
         self.ledger.mark_upload_failed(rec.sha256, error=why, now=self.clock())
         raise UploadError(why)
 
+    def _noted(self, rec: UploadRecord, info: AssetInfo, step: str | None) -> UploadRecord:
+        return self.ledger.note_asset(
+            rec.sha256, info.asset_id, url=info.url, step=step, now=self.clock()
+        )
+
+    def _step(self, rec: UploadRecord, step: str) -> UploadRecord:
+        return self.ledger.set_upload_step(rec.sha256, step, now=self.clock())
+
+    async def _get(self, rec: UploadRecord) -> AssetInfo:
+        try:
+            return await self.calls.get(rec.asset_id or "")
+        except NotFound:
+            self._failed(rec, f"asset {rec.asset_id} is gone from FLORA")
+
+    async def _poll(self, rec: UploadRecord, info: AssetInfo) -> AssetInfo:
+        try:
+            return await self.calls.poll(info)
+        except NotFound:
+            self._failed(rec, f"asset {info.asset_id} is gone from FLORA")
+
+    def _create_body(self, source: str, rec: UploadRecord, src: UploadSource) -> dict[str, str]:
+        return create_body(
+            source,
+            self.workspace_id,
+            file_name=rec.file_name,
+            content_type=src.content_type,
+            folder=self.folder,
+        )
+
     # -- path B: FLORA fetches a web image -------------------------------------------------
 
     async def _fetched(
         self, rec: UploadRecord, src: UploadSource
     ) -> tuple[UploadRecord, AssetInfo]:
         if rec.asset_id is None:
-            body = create_body(
-                src.source,
-                self.workspace_id,
-                file_name=rec.file_name,
-                content_type=src.content_type,
-                folder=self.folder,
-            )
+            body = self._create_body(src.source, rec, src)
+            key = rec.idempotency_key
             try:
-                info = await self._create(
-                    rec, lambda: self.client.create_asset(body, rec.idempotency_key)
-                )
+                info = await self.calls.create(rec, lambda: self.client.create_asset(body, key))
             except InvalidInput as exc:
                 return await self._fallback(rec, src, f"FLORA would not fetch it ({exc})")
             rec = self._noted(rec, info, None)
@@ -387,9 +306,8 @@ class Uploader:
             info = await self._get(rec)
         info = await self._poll(rec, info)
         if info.status != "ready":
-            return await self._fallback(
-                rec, src, info.failure_message or "FLORA could not fetch it"
-            )
+            why = info.failure_message or "FLORA could not fetch it"
+            return await self._fallback(rec, src, why)
         return rec, info
 
     async def _fallback(
@@ -440,10 +358,10 @@ class Uploader:
                 content_type=src.content_type,
                 folder=self.folder,
             )
-            key = rec.idempotency_key
+            key, kind = rec.idempotency_key, src.content_type
             try:
-                info = await self._create(
-                    rec, lambda: self.client.upload_asset(fields, data, src.content_type, key)
+                info = await self.calls.create(
+                    rec, lambda: self.client.upload_asset(fields, data, kind, key)
                 )
             except InvalidInput as exc:
                 self._failed(rec, f"FLORA refused the file: {exc}")
@@ -486,9 +404,10 @@ class Uploader:
             rec = self.ledger.upload(rec.sha256)
             if rec.step == "reserved":
                 info = await self._transfer(rec, info, path, src)
-                rec = self.ledger.set_upload_step(rec.sha256, "transferred", now=self.clock())
+                rec = self._step(rec, "transferred")
             if rec.step == "transferred":
-                info = await self._complete(rec)
+                done = await self.calls.complete(rec.asset_id or "")
+                info = await (self._renew(rec) if done is None else self._completed(rec, done))
                 continue
             info = await self._poll(rec, info)
             if info.status == "ready":
@@ -496,178 +415,53 @@ class Uploader:
             if renewed:
                 break
             renewed = True
-            info = await self._reserve(rec)
+            info = await self._renew(rec)
         self._failed(rec, f"FLORA could not keep the file: {info.failure_message}")
+
+    async def _completed(self, rec: UploadRecord, info: AssetInfo) -> AssetInfo:
+        self._step(rec, "completed")
+        return info
 
     async def _reserved(self, rec: UploadRecord, src: UploadSource) -> AssetInfo:
         """Create the signed upload, or on a resume get a fresh reservation (or the asset)."""
         if rec.asset_id is not None:
-            return await (self._reserve(rec) if rec.step in (None, "reserved") else self._get(rec))
-        body = create_body(
-            SIGNED_URL,
-            self.workspace_id,
-            file_name=rec.file_name,
-            content_type=src.content_type,
-            folder=self.folder,
-        )
+            return await (self._renew(rec) if rec.step in (None, "reserved") else self._get(rec))
+        body = self._create_body(SIGNED_URL, rec, src)
+        key = rec.idempotency_key
         try:
-            info = await self._create(
-                rec, lambda: self.client.create_asset(body, rec.idempotency_key)
-            )
+            info = await self.calls.create(rec, lambda: self.client.create_asset(body, key))
         except InvalidInput as exc:
             self._failed(rec, f"FLORA refused the upload: {exc}")
         rec = self._noted(rec, info, "reserved")
         if info.upload is None and info.upload_problem is None and info.status != "ready":
-            return await self._reserve(rec)  # found by reconciliation: no instructions with it
+            return await self._renew(rec)  # found by listing: it came without instructions
         return info
 
-    async def _reserve(self, rec: UploadRecord) -> AssetInfo:
-        """``/retry``: fresh instructions; a 409 means the upload was completed already."""
-        asset_id = rec.asset_id or ""
-        try:
-            info = await retrying.call(
-                lambda: self.client.retry_asset(asset_id), what=f"retry asset {asset_id}"
-            )
-        except (IdempotencyDuplicate, InvalidInput):
-            self.ledger.set_upload_step(rec.sha256, "completed", now=self.clock())
+    async def _renew(self, rec: UploadRecord) -> AssetInfo:
+        """``/retry`` for fresh instructions; a 409 means the upload was completed already."""
+        info = await self.calls.renew(rec.asset_id or "")
+        if info is None:
+            self._step(rec, "completed")
             return await self._get(rec)
-        self.ledger.set_upload_step(rec.sha256, "reserved", now=self.clock())
+        self._step(rec, "reserved")
         return info
 
     async def _transfer(
         self, rec: UploadRecord, info: AssetInfo, path: Path, src: UploadSource
     ) -> AssetInfo:
-        """Send the bytes to the storage host; 5xx and drops are retried, a refusal renewed once."""
-        renewed = False
-        last: FloraError | None = None
-        for attempt in range(1, _TRANSFER_TRIES + 1):
+        """Send the bytes; a refusal by the storage host (expired policy...) is renewed once."""
+        for renewal in range(2):
             if info.upload is None:
                 self._failed(rec, info.upload_problem or "FLORA gave no upload instructions")
             try:
-                await self.client.send_to_storage(
-                    info.upload, path, rec.file_name, src.content_type
-                )
+                await self.calls.send(info.upload, path, rec.file_name, src.content_type)
             except StorageError as exc:
-                last = exc
-                if exc.status < 500:
-                    if renewed:
-                        self._failed(rec, f"the storage host refused the file: {exc}")
-                    renewed = True
-                    info = await self._reserve(rec)
-                    continue
-            except TransportError as exc:
-                last = exc
-            else:
-                self.report.bytes_sent += src.size or 0
-                return info
-            await asyncio.sleep(retrying.backoff(attempt, retrying.DEFAULT_POLICY, last))
-        raise UploadError(f"sending the file to the storage host kept failing: {last}")
-
-    async def _complete(self, rec: UploadRecord) -> AssetInfo:
-        """``/complete``; a 409 (completed before, or no bytes arrived) is settled by ``/retry``."""
-        asset_id = rec.asset_id or ""
-        try:
-            info = await retrying.call(
-                lambda: self.client.complete_asset(asset_id), what=f"complete asset {asset_id}"
-            )
-        except IdempotencyDuplicate:
-            return await self._reserve(rec)
-        self.ledger.set_upload_step(rec.sha256, "completed", now=self.clock())
-        return info
-
-    # -- the create, and finding an asset whose create answer was lost -----------------------
-
-    async def _create(
-        self, rec: UploadRecord, send: Callable[[], Awaitable[AssetInfo]]
-    ) -> AssetInfo:
-        """Send a create with the row's key, resending it (same key) while the answer is lost."""
-        sent = rec.sent_at
-        if sent is not None and self.clock() - sent > self.settings.key_window * 0.95:
-            found = await self._find(rec)  # FLORA forgot the key: look before creating again
-            if found is not None:
-                return found
-        for attempt in range(1, _CREATE_TRIES + 1):
-            try:
-                return await send()
-            except IdempotencyDuplicate as exc:
-                found = await self._find(rec)
-                if found is None:
-                    raise UploadError(
-                        f"FLORA says this file's asset exists ({exc.code or 409}) but does not "
-                        "list it yet; the next run looks again (it is never created twice)"
-                    ) from exc
-                return found
-            except FloraError as exc:
-                if not exc.retryable or attempt == _CREATE_TRIES:
-                    raise
-                await asyncio.sleep(retrying.backoff(attempt, retrying.DEFAULT_POLICY, exc))
+                if renewal:
+                    self._failed(rec, f"the storage host refused the file: {exc}")
+                info = await self._renew(rec)
+                if self.ledger.upload(rec.sha256).step == "completed":
+                    return info  # it was completed after all: nothing left to send
+                continue
+            self.report.bytes_sent += src.size or 0
+            return info
         raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _find(self, rec: UploadRecord) -> AssetInfo | None:
-        """The asset a lost create made: same name and size, created while its key was sent."""
-        tag = _TAG_RE.search(rec.file_name)
-        items = await retrying.call(
-            lambda: self.client.list_assets(self.workspace_id, query=tag[1] if tag else None),
-            what="list assets",
-        )
-        now = self.clock()
-        low = (rec.sent_at or now) - RECONCILE_SLACK
-        hits = [
-            a
-            for a in items
-            if a.name == rec.file_name
-            and (a.size is None or rec.size is None or a.size == rec.size)
-            and (a.created_at is None or low <= a.created_at <= now + RECONCILE_SLACK)
-        ]
-        if len(hits) > 1:
-            ids = ", ".join(a.asset_id for a in hits)
-            log.warning("%d assets match %s (%s); using the newest", len(hits), rec.file_name, ids)
-        if hits:
-            log.info("found the asset of %s by listing: %s", rec.file_name, hits[0].asset_id)
-        return hits[0] if hits else None
-
-    def _noted(self, rec: UploadRecord, info: AssetInfo, step: str | None) -> UploadRecord:
-        return self.ledger.note_asset(
-            rec.sha256, info.asset_id, url=info.url, step=step, now=self.clock()
-        )
-
-    # -- reading an asset ------------------------------------------------------------------------
-
-    async def _get(self, rec: UploadRecord) -> AssetInfo:
-        asset_id = rec.asset_id or ""
-        try:
-            return await retrying.call(
-                lambda: self.client.get_asset(asset_id), what=f"get asset {asset_id}"
-            )
-        except NotFound:
-            self._failed(rec, f"asset {asset_id} is gone from FLORA")
-
-    async def _still_ready(self, rec: UploadRecord) -> bool:
-        """Whether a recorded asset is still there and ready (one GET; unsure means yes)."""
-        asset_id = rec.asset_id or ""
-        try:
-            info = await retrying.call(
-                lambda: self.client.get_asset(asset_id), what=f"check asset {asset_id}"
-            )
-        except NotFound:
-            return False
-        except AuthError:
-            raise
-        except FloraError:
-            return True
-        return info.status == "ready"
-
-    async def _poll(self, rec: UploadRecord, info: AssetInfo) -> AssetInfo:
-        """GET the asset until ``ready`` or ``failed``, bounded by ``upload_timeout``."""
-        deadline = self.clock() + self.settings.upload_timeout
-        delay = max(0.05, min(self.settings.min_poll, 1.0))
-        while info.status not in ("ready", "failed"):
-            if self.clock() > deadline:
-                raise UploadError(
-                    f"asset {info.asset_id} is still {info.status} after "
-                    f"{self.settings.upload_timeout:.0f}s; run again to keep waiting"
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, POLL_MAX)
-            info = await self._get(rec)
-        return info
