@@ -1,12 +1,12 @@
 """Build a big ledger fast: ``python -m bench.build_ledger '<json spec>'`` (not measured).
 
 The jobs are keyed exactly as ``flora-batch run`` keys them (the manifest, the rows and
-the technique schemas from the emulator, then ``Ledger.record_planned``).  One job is then walked through
-the real transitions (``mark_submitting`` ... ``mark_done``); driving 100,000 jobs that
-way would take ~5 transactions x 100,000 = minutes, so the others are moved to the same
-state by one SQL transaction that sets the same columns, checked against that reference
-job column by column (only the per-job event rows are missing: the transitions' audit
-trail, which neither ``plan`` nor ``run`` reads).
+the technique schemas from the emulator, then ``Ledger.record_planned``).  One job is
+then walked through the real transitions (``mark_submitting`` ... ``mark_done``);
+driving 100,000 jobs that way would take ~5 transactions x 100,000 = minutes, so the
+others are moved to the same state by one SQL transaction that sets the same columns,
+checked against that reference job column by column (only the per-job event rows are
+missing: the transitions' audit trail, which neither ``plan`` nor ``run`` reads).
 
 ``state: "done"`` also writes each job's one output as a tiny file (16 bytes) and records
 its path, size and hash; ``state: "running"`` gives each job the run id that the
@@ -48,7 +48,9 @@ async def _plan(spec: dict[str, Any]) -> tuple[Any, list[tuple[JobKey, Any]], di
     return m, [(job_key(s), s) for s in specs], costs
 
 
-def _reference(ledger: Ledger, key: JobKey, state: str, run_id: str, path: Path, now: float) -> None:
+def _reference(
+    ledger: Ledger, key: JobKey, state: str, run_id: str, path: Path, now: float
+) -> None:
     """One job through the real transitions, as the worker would leave it."""
     ledger.mark_submitting(key, now=now)
     ledger.mark_running(key, run_id, now=now)
@@ -130,7 +132,10 @@ def main() -> None:
     now = time.time()
     ledger.record_planned(keyed, quoted_cost=costs, now=now)
     if spec.get("dump_jobs"):  # for the emulator's preload: [slug, inputs, key] per job
-        rows = [[j.technique, [{"id": i.id, "type": i.type, "value": i.value} for i in j.inputs], k] for k, j in keyed]
+        rows = [
+            [j.technique, [{"id": i.id, "type": i.type, "value": i.value} for i in j.inputs], k]
+            for k, j in keyed
+        ]
         Path(spec["dump_jobs"]).write_text(json.dumps(rows))
         ledger.close()
         print(json.dumps({"jobs": len(keyed), "seconds": time.perf_counter() - t0}))

@@ -109,7 +109,12 @@ def _serve_hypercorn(config: EmulatorConfig) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
-        loop.add_reader(sys.stdin.fileno(), lambda: sys.stdin.read() or stop.set())
+
+        def on_stdin() -> None:
+            if not sys.stdin.read():
+                stop.set()
+
+        loop.add_reader(sys.stdin.fileno(), on_stdin)
         task = asyncio.ensure_future(serve(emu.app, hc, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
         await asyncio.sleep(0.5)
         print(json.dumps({"port": port}), flush=True)

@@ -55,14 +55,15 @@ class RecordingTransport(httpx.AsyncBaseTransport):
 
 
 def make_transport(kind: str) -> httpx.AsyncBaseTransport | None:
-    """``default`` (None: client.py decides), ``httpcore`` (explicit, same limits) or ``aiohttp``."""
+    """``default`` (None: client.py decides), ``httpcoreN`` (a pool of N) or ``aiohttp``."""
     if kind == "default":
         return None
     if kind == "httpcore":
         return httpx.AsyncHTTPTransport(limits=CLIENT_LIMITS)
     if kind.startswith("httpcore"):  # httpcoreN: a pool of N connections
         n = int(kind.removeprefix("httpcore"))
-        return httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=n, max_keepalive_connections=n))
+        limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+        return httpx.AsyncHTTPTransport(limits=limits)
     if kind == "aiohttp":
         from httpx_aiohttp import AiohttpTransport
 

@@ -30,9 +30,9 @@ WAIT = 2.0
 @dataclass
 class Sizes:
     rounds: int = 3
-    jobs: int = 300  # per side per round
-    concurrency: int = 200
-    stack_jobs: int = 300  # per stack variant
+    jobs: int = 200  # per side per round
+    concurrency: int = 100
+    stack_jobs: int = 200  # per stack variant per round
 
 
 def _spec(side: str, work: Path, n: int, concurrency: int, tag: str, **kw: Any) -> dict[str, Any]:

@@ -36,7 +36,7 @@ TECHNIQUES = (
 
 @dataclass
 class Sizes:
-    rows: int = 16  # x 6 techniques = 96 jobs
+    rows: int = 12  # x 6 techniques = 72 jobs
     max_running: int = 8  # C
     speed: float = 50.0
     naive_jobs: int = 6
@@ -51,7 +51,7 @@ def ideal_seconds(jobs: list[tuple[str, str, str]], max_running: int, speed: flo
         run = typical / speed
         start = schedule(queue_seconds(typical) / speed, run, earlier, max_running)
         earlier.append(SimpleNamespace(started_at=start, ended_at=start + run))
-    return max(r.ended_at for r in earlier)
+    return float(max(r.ended_at for r in earlier))
 
 
 def _flora(work: Path, manifest: Path, sizes: Sizes, concurrency: int, tag: str) -> float:

@@ -11,6 +11,7 @@ replaced by the policy proposed in docs/performance.md (measured, not shipped).
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +53,7 @@ def stats(polls: dict[str, list[float]], ends: dict[str, float], speed: float) -
         after = [t for t in times if t >= end]
         if after:
             delays.append((after[0] - end) * speed)
-        gaps += [(b - a) * speed for a, b in zip(times, times[1:], strict=False)]
+        gaps += [(b - a) * speed for a, b in itertools.pairwise(times)]
     delays.sort()
     return PollStats(
         polls_per_run=sum(counts) / max(1, len(counts)),

@@ -54,23 +54,21 @@ def _loop_side(spec: dict[str, Any]) -> dict[str, Any]:
     cfg = loops.LoopConfig(
         base_url=spec["base_url"],
         api_key="sk_test_emulator",
-        jobs=[tuple(j) for j in spec["jobs"]],  # type: ignore[misc]
+        jobs=[(j[0], j[1], j[2]) for j in spec["jobs"]],
         results=Path(spec["results"]),
         concurrency=spec["concurrency"],
         first_wait=spec["first_wait"],
         interval=spec["interval"],
         key_prefix=spec.get("key_prefix", "bare"),
     )
-    kind = spec["side"]
-    if kind == "aiohttp":
+    if spec["side"] == "aiohttp":
         import aiohttp  # noqa: F401  # imported before the clock starts
 
-        coro_fn = lambda: loops.aiohttp_loop(cfg)  # noqa: E731
+        coro = loops.aiohttp_loop(cfg)
     else:
-        client_kw = _client_kw(spec.get("stack", "default"))
-        coro_fn = lambda: loops.httpx_loop(cfg, client_kw)  # noqa: E731
+        coro = loops.httpx_loop(cfg, _client_kw(spec.get("stack", "default")))
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    trace = asyncio.run(coro_fn())
+    trace = asyncio.run(coro)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     return {
         "cpu": cpu,

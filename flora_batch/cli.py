@@ -379,8 +379,8 @@ def _summarise(result: BatchResult, *, demo: bool) -> None:
         click.echo(f"  waiting {line}")
     for skipped in prep.skipped[:20]:
         click.echo(f"  skipped {skipped}")
-    if result.uploads is not None:
-        click.echo("\n".join(upload_lines(result.uploads)))
+    for line in upload_lines(result.uploads) if result.uploads is not None else ():
+        click.echo(line)
     hint = _stop_hint(out.stopped, out.error)
     if hint:
         click.echo(hint, err=True)

@@ -33,6 +33,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .keys import canonical_json
@@ -394,8 +395,10 @@ class UploadSummary:
     to_upload: int
     bytes_to_upload: int
     failed: int  # failed last time (tried again by the next run)
+    #: Each file: (source, size or None, ``uploaded`` / ``failed`` / ``to upload``).
+    items: tuple[tuple[str, int | None, str], ...] = ()
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, Any]:
         """JSON shape, for ``plan --json``."""
         return {
             "files": self.files,
@@ -405,6 +408,7 @@ class UploadSummary:
             "to_upload": self.to_upload,
             "bytes_to_upload": self.bytes_to_upload,
             "failed": self.failed,
+            "items": [{"source": s, "size": n, "state": st} for s, n, st in self.items],
         }
 
 
@@ -421,19 +425,25 @@ def needed_sources(
     return out
 
 
+_SHOWN = {UploadState.READY.value: "uploaded", UploadState.FAILED.value: "failed"}
+
+
 def summarise(
     sources: Mapping[str, UploadSource], known: Mapping[str, UploadRecord], workspace_id: str | None
 ) -> UploadSummary:
     """Count the files to upload; a ledger row counts only for the same workspace."""
     ready = failed = 0
     left_bytes = 0
+    items: list[tuple[str, int | None, str]] = []
     for key, source in sources.items():
         row = known.get(key)
-        same = row is not None and row.workspace_id == workspace_id
-        if same and row is not None and row.state is UploadState.READY:
+        state = row.state if row is not None and row.workspace_id == workspace_id else None
+        shown = _SHOWN.get(state.value if state else "", "to upload")
+        items.append((source.source, source.size, shown))
+        if state is UploadState.READY:
             ready += 1
             continue
-        failed += int(same and row is not None and row.state is UploadState.FAILED)
+        failed += int(state is UploadState.FAILED)
         left_bytes += source.size or 0
     return UploadSummary(
         files=len(sources),
@@ -443,4 +453,5 @@ def summarise(
         to_upload=len(sources) - ready,
         bytes_to_upload=left_bytes,
         failed=failed,
+        items=tuple(items),
     )

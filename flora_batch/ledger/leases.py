@@ -80,15 +80,6 @@ class Pacing:
     paused_until: float
 
 
-@dataclass(frozen=True, slots=True)
-class Holding:
-    """What one worker holds: jobs by state, and the latest lease among them."""
-
-    worker_id: str
-    counts: dict[str, int]
-    lease_until: float | None
-
-
 class WorkerLock:
     """A shared hold on the ledger's runner lock: many workers, but never beside a `run`."""
 
@@ -275,26 +266,6 @@ class Leases:
         with self.ledger._read() as conn:
             return _in_flight(conn, batch, now)
 
-    def holders(self, batch: str | None = None) -> list[Holding]:
-        """Who holds which unfinished jobs (of ``batch``), by worker."""
-        c = jobs.c
-        where: list[ColumnElement[bool]] = [c.worker_id.is_not(None), c.state.notin_(_TERMINAL)]
-        if batch is not None:
-            where.append(c.batch == batch)
-        query = (
-            select(c.worker_id, c.state, func.count(), func.max(c.lease_until))
-            .where(*where)
-            .group_by(c.worker_id, c.state)
-            .order_by(c.worker_id)
-        )
-        counts: dict[str, dict[str, int]] = {}
-        leases: dict[str, float] = {}
-        with self.ledger._read() as conn:
-            for worker, state, count, until in conn.execute(query):
-                counts.setdefault(worker, {})[state] = int(count)
-                leases[worker] = max(leases.get(worker, 0.0), until or 0.0)
-        return [Holding(w, counts[w], leases[w] or None) for w in counts]
-
     # -- pacing ------------------------------------------------------------------------
 
     def reserve_submit(self, batch: str, *, now: float, interval: float) -> float:
@@ -454,4 +425,4 @@ def _batch_row(row: Any) -> BatchRow:
     )
 
 
-__all__ = ["HELD", "BatchRow", "Holding", "Leases", "Pacing", "WorkerLock"]
+__all__ = ["HELD", "BatchRow", "Leases", "Pacing", "WorkerLock"]

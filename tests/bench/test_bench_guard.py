@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench import s1_overhead, s3_polling
+from bench.common import write_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -40,8 +41,7 @@ def test_cpu_per_job_stays_near_the_bare_httpx_loop(tmp_path: Path) -> None:
 def test_polls_per_run_stay_well_under_a_fixed_poller(tmp_path: Path) -> None:
     """flora-batch polls each run far less often than a fixed 2-s poller does."""
     sizes = s3_polling.Sizes(rows=4, speed=30.0)
-    manifest = s3_polling.write_manifest(tmp_path / "s3", sizes.rows,
-                                         techniques=s3_polling.TECHNIQUES)
+    manifest = write_manifest(tmp_path / "s3", sizes.rows, techniques=s3_polling.TECHNIQUES)
     fixed = s3_polling._fixed(tmp_path, sizes)
     flora = s3_polling._flora(tmp_path, manifest, sizes, "current")
     assert flora.runs == fixed.runs == sizes.rows * len(s3_polling.TECHNIQUES)

@@ -235,6 +235,24 @@ def counts(ledger_url: str, batch: str) -> dict[JobState, int]:
         return ledger.counts(batch)
 
 
+def holding(ledger_url: str, worker: str, states: tuple[str, ...] | None = None) -> int:
+    """Unfinished jobs ``worker`` holds (in ``states``, if given)."""
+    with Ledger.open(ledger_url) as ledger:
+        return sum(
+            1
+            for j in ledger.jobs()
+            if j.worker_id == worker
+            and not j.state.terminal
+            and (states is None or j.state.value in states)
+        )
+
+
+def creators(ledger_url: str) -> set[str]:
+    """Workers that have sent at least one create (a ``submitting`` event of theirs)."""
+    with Ledger.open(ledger_url) as ledger:
+        return {e["detail"].get("worker") for e in ledger.events() if e["to_state"] == "submitting"}
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float = 60, what: str = "condition") -> None:
     """Poll (test side) until ``predicate()`` holds."""
     end = time.monotonic() + timeout

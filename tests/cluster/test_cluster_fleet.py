@@ -19,6 +19,7 @@ from cluster_helpers import (
     check_outputs,
     claim_details,
     counts,
+    holding,
     read,
     run,
     wait_for,
@@ -80,9 +81,12 @@ def test_four_workers_two_killed_every_job_charged_once(serve, pg_url: str, tmp_
                 c = counts(pg_url, "mugs")
                 return c[JobState.DONE] + c[JobState.FAILED] >= n
 
+            flying = ("submitting", "running", "downloading")
             wait_for(lambda: finished(JOBS // 5), 60, "a fifth of the batch")
+            wait_for(lambda: holding(pg_url, "w0", flying) > 0, 30, "w0 with jobs in flight")
             fleet.kill("w0")
             wait_for(lambda: finished(JOBS // 2), 60, "half the batch")
+            wait_for(lambda: holding(pg_url, "w1", flying) > 0, 30, "w1 with jobs in flight")
             fleet.kill("w1")
             fleet.start("w0-again", "--lease", LEASE, "--concurrency", "3")
             wait_for(lambda: finished(JOBS), 80, "the whole batch")

@@ -80,8 +80,7 @@ def batch(emulator: Any, tmp_path: Path) -> tuple[Any, Path, dict[str, str]]:
 
 
 def test_full_disk_stops_cleanly_and_the_next_run_only_downloads(batch: Any, mount: Any) -> None:
-    """Results on a full tmpfs: exit 1, 'No space left', ledger intact; after space is freed
-    the next run downloads the paid outputs without a single new create."""
+    """Full disk: exit 1, ledger intact; once freed, the next run downloads and buys nothing."""
     server, manifest, env = batch
     results = manifest.parent / "results"
     mount(results, "size=256k")
@@ -137,8 +136,7 @@ def test_deleted_outputs_and_folder_are_fetched_again_not_bought(batch: Any) -> 
 
 @pytest.mark.parametrize("damage", ["garbage", "bit_flips", "foreign_sqlite", "newer"])
 def test_damaged_ledger_is_refused_and_left_untouched(batch: Any, damage: str) -> None:
-    """Garbage, flipped bits, someone else's SQLite file, a newer schema: a clear error
-    (also with -vv), the file byte for byte as it was, and nothing bought."""
+    """Garbage, bit flips, a foreign or newer ledger: clear error, file untouched, no buying."""
     server, manifest, env = batch
     ledger = manifest.parent / "b.ledger.db"
     if damage == "garbage":

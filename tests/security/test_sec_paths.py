@@ -150,9 +150,7 @@ def files_under(folder: Path) -> set[Path]:
 
 
 def test_hostile_cells_and_planted_links_end_to_end(emulator: Any, tmp_path: Path) -> None:
-    """Hostile cells in output.name's column, links planted in results/: the real CLI writes
-    only inside results/, reports the case clash at plan time, and finishes once the links
-    are gone without buying anything twice."""
+    """Hostile cells and planted links: writes stay inside, clashes found at plan time."""
     server = emulator()
     rows = [
         {"sku": sku, "title": f"t{i}", "image_url": f"https://media.flora.ai/{i}.jpg"}

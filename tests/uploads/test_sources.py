@@ -207,9 +207,13 @@ def test_summary_counts_against_the_ledger():
     known = {small.sha256: replace(small.planned("ws_a", 1.0), state=UploadState.READY),
              big.sha256: replace(big.planned("ws_a", 1.0), state=UploadState.FAILED)}
     summary = summarise(sources, known, "ws_a")
-    assert summary.as_dict() == {"files": 3, "bytes": 10 + DIRECT_UPLOAD_LIMIT + 1, "web": 1,
-                                 "uploaded": 1, "to_upload": 2,
-                                 "bytes_to_upload": DIRECT_UPLOAD_LIMIT + 1, "failed": 1}
+    assert summary.as_dict() == {
+        "files": 3, "bytes": 10 + DIRECT_UPLOAD_LIMIT + 1, "web": 1, "uploaded": 1,
+        "to_upload": 2, "bytes_to_upload": DIRECT_UPLOAD_LIMIT + 1, "failed": 1,
+        "items": [{"source": "/a.png", "size": 10, "state": "uploaded"},
+                  {"source": "/b.png", "size": DIRECT_UPLOAD_LIMIT + 1, "state": "failed"},
+                  {"source": "https://x.org/c.png", "size": None, "state": "to upload"}],
+    }
     assert summarise(sources, known, "ws_other").uploaded == 0
     used = needed_sources([[RunInput("p", "imageUrl", small.placeholder)]], {
         s.placeholder: s for s in sources.values()})

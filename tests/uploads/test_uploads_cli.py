@@ -191,9 +191,11 @@ def test_job_keys_do_not_change_when_the_asset_url_changes(emulator, run_cli, tm
                                      {"sku": "b", "image": "one.png"}])
     plan = json.loads(run_cli("plan", str(path), "--json", env=env(folder, server)).out)
     assert (plan["new"], plan["done"], plan["changed"]) == (1, 1, 0)
-    assert plan["uploads"] == {"files": 1, "bytes": (folder / "one.png").stat().st_size, "web": 0,
-                               "uploaded": 1, "to_upload": 0,
-                               "bytes_to_upload": 0, "failed": 0}
+    size = (folder / "one.png").stat().st_size
+    assert plan["uploads"] == {"files": 1, "bytes": size, "web": 0, "uploaded": 1,
+                               "to_upload": 0, "bytes_to_upload": 0, "failed": 0,
+                               "items": [{"source": str(folder / "one.png"), "size": size,
+                                          "state": "uploaded"}]}
     res = run(run_cli, path, server)
     assert res.code == 0, res.text
     (url_after,) = ledger_rows(ledger, "SELECT url FROM uploads")[0]
