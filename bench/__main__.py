@@ -78,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stack", action="store_true")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("--patient", action="store_true",
-                        help="let scenario 4's plan/run take as long as they take")
+    parser.add_argument(
+        "--patient", action="store_true", help="let scenario 4's plan/run take as long as they take"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = parser.parse_args(argv)
     only = set(args.only.split(","))

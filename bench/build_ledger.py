@@ -36,8 +36,7 @@ TINY = b"flora-bench-out\n"
 
 
 async def _plan(spec: dict[str, Any]) -> tuple[Any, list[tuple[JobKey, Any]], dict[str, float]]:
-    """``pipeline.prepare`` up to the keys (its ``make_plan`` is skipped: it is quadratic
-    in the number of new jobs, see docs/performance.md, and we need no plan here)."""
+    """``pipeline.prepare`` up to the keys (no plan is needed here)."""
     m = load_manifest(Path(spec["manifest"]))
     async with FloraClient(spec["base_url"], "sk_test_emulator") as client:
         techniques = await fetch_techniques(client, m)
@@ -59,8 +58,15 @@ def _reference(
     out = RunOutput("output_1", "imageUrl", f"http://127.0.0.1/_media/{run_id}/output_1.png")
     ledger.mark_downloading(key, [out], now=now, charged_cost=ledger.get(key).quoted_cost)
     sha = hashlib.sha256(TINY).hexdigest()
-    ledger.mark_output_saved(key, "output_1", path=str(path), size=len(TINY), sha256=sha,
-                             content_type="image/png", now=now)
+    ledger.mark_output_saved(
+        key,
+        "output_1",
+        path=str(path),
+        size=len(TINY),
+        sha256=sha,
+        content_type="image/png",
+        now=now,
+    )
     ledger.mark_done(key, now=now)
 
 
@@ -76,8 +82,16 @@ def _bulk(db: Path, keyed: list[tuple[JobKey, Any]], spec: dict[str, Any], now: 
         jobs.append((run_ids[i], now, now, key))
         if spec["state"] == "done":
             path = results / job.technique / f"{job.row_id}-output_1.png"
-            outs.append((key, f"http://127.0.0.1/_media/{run_ids[i]}/output_1.png", str(path),
-                         len(TINY), sha, now))
+            outs.append(
+                (
+                    key,
+                    f"http://127.0.0.1/_media/{run_ids[i]}/output_1.png",
+                    str(path),
+                    len(TINY),
+                    sha,
+                    now,
+                )
+            )
     if spec["state"] == "done":
         con.executemany(
             "UPDATE jobs SET state='done', run_id=?, submitted_at=?, completed_at=?, "

@@ -123,7 +123,10 @@ def proc_sample(pid: int) -> tuple[float, float] | None:
 
 
 def run_measured(
-    args: Sequence[str], *, module: str = "bench.side", timeout: float = 600,
+    args: Sequence[str],
+    *,
+    module: str = "bench.side",
+    timeout: float = 600,
     sample_every: float | None = None,
 ) -> Measured:
     """Run ``python -m MODULE ARGS``; its last stdout line is JSON.  Peak RSS via wait4.
@@ -140,15 +143,25 @@ def run_measured(
             arg = f"@{path}"
         argv.append(arg)
     try:
-        return run_cmd([sys.executable, "-m", module, *argv], timeout=timeout, parse_json=True,
-                       sample_every=sample_every)
+        return run_cmd(
+            [sys.executable, "-m", module, *argv],
+            timeout=timeout,
+            parse_json=True,
+            sample_every=sample_every,
+        )
     finally:
         for path in files:
             path.unlink(missing_ok=True)
 
 
-def run_cmd(cmd: Sequence[str], *, timeout: float = 600, parse_json: bool = False,
-            env: dict[str, str] | None = None, sample_every: float | None = None) -> Measured:
+def run_cmd(
+    cmd: Sequence[str],
+    *,
+    timeout: float = 600,
+    parse_json: bool = False,
+    env: dict[str, str] | None = None,
+    sample_every: float | None = None,
+) -> Measured:
     """Run a command to the end and measure it (wall, peak RSS, CPU) from outside."""
     out_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-out-{os.getpid()}-{time.time_ns()}"
     start = time.perf_counter()
@@ -188,9 +201,7 @@ def run_cmd(cmd: Sequence[str], *, timeout: float = 600, parse_json: bool = Fals
         data = json.loads(text.strip().splitlines()[-1])
     data.setdefault("stderr", err[-2000:])
     assert usage is not None
-    return Measured(
-        data, wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime, samples
-    )
+    return Measured(data, wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime, samples)
 
 
 def median(values: Sequence[float]) -> float:
@@ -219,7 +230,7 @@ def write_manifest(
         for i in range(rows):
             writer.writerow([f"r{i:06d}", f"{IMAGE_HOST}/img-{i:06d}.jpg"])
     uses = "\n".join(
-        f"  - technique: {slug}\n    inputs:\n      {slot}: \"{{image_url}}\""
+        f'  - technique: {slug}\n    inputs:\n      {slot}: "{{image_url}}"'
         for slug, slot in techniques
     )
     text = (

@@ -26,8 +26,16 @@ LAYERS = (  # first match wins, from the innermost frame outwards
     ("ledger (SQLAlchemy + sqlite3)", ("flora_batch/ledger/", "sqlalchemy/")),
     ("HTTP stack (httpx, httpcore, anyio, h11)", ("httpx/", "httpcore/", "anyio/", "h11/")),
     ("retries (tenacity)", ("tenacity/",)),
-    ("manifest, rows, keys, plan", ("flora_batch/manifest", "flora_batch/rows",
-                                    "flora_batch/keys", "flora_batch/plan", "flora_batch/naming")),
+    (
+        "manifest, rows, keys, plan",
+        (
+            "flora_batch/manifest",
+            "flora_batch/rows",
+            "flora_batch/keys",
+            "flora_batch/plan",
+            "flora_batch/naming",
+        ),
+    ),
     ("results (files, sha256)", ("flora_batch/results",)),
     ("asyncio", ("asyncio/",)),
 )
@@ -76,14 +84,21 @@ def _layer(frames: list[str]) -> str:
 
 def _spy(cmd: list[str], out: Path, env: dict[str, str] | None = None) -> None:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    subprocess.run([spy, "record", "--gil", "-r", "250", "-f", "raw", "-o", str(out), "--", *cmd],
-                   env=env or _env(), cwd=REPO, check=True, capture_output=True)
+    subprocess.run(
+        [spy, "record", "--gil", "-r", "250", "-f", "raw", "-o", str(out), "--", *cmd],
+        env=env or _env(),
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.profile")
     parser.add_argument("what", choices=["overhead", "plan", "run", "flight"])
     parser.add_argument("--size", type=int, default=None)
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--save", type=Path, default=None, help="keep py-spy's raw output here")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="flora-profile-"))
     raw = work / "spy.txt"
@@ -92,41 +107,79 @@ def main() -> None:
             n = args.size or 600
             manifest = write_manifest(work, n)
             with emulator(100.0) as emu:
-                spec = {"side": "flora", "manifest": str(manifest), "base_url": emu.base_url,
-                        "ledger": str(work / "l.db"), "results": str(work / "r"),
-                        "concurrency": 200, "scale": 1.0, "max_poll": 2.0}
+                spec = {
+                    "side": "flora",
+                    "manifest": str(manifest),
+                    "base_url": emu.base_url,
+                    "ledger": str(work / "l.db"),
+                    "results": str(work / "r"),
+                    "concurrency": 200,
+                    "scale": 1.0,
+                    "max_poll": 2.0,
+                }
                 _spy([sys.executable, "-m", "bench.side", json.dumps(spec)], raw)
-            print(summarise(raw, "run_flora"))
+            print(summarise(raw, "run_flora", args.top))
         elif args.what in ("plan", "run"):
             n = args.size or 100_000
             manifest = write_manifest(work, n)
             with emulator(1.0) as emu:
-                spec = {"manifest": str(manifest), "base_url": emu.base_url, "state": "done",
-                        "ledger": str(work / "l.db"), "results": str(work / "results")}
+                spec = {
+                    "manifest": str(manifest),
+                    "base_url": emu.base_url,
+                    "state": "done",
+                    "ledger": str(work / "l.db"),
+                    "results": str(work / "results"),
+                }
                 run_measured([json.dumps(spec)], module="bench.build_ledger")
-                env = {**_env(), "FLORA_BASE_URL": emu.base_url,
-                       "FLORA_API_KEY": "sk_test_emulator"}
+                env = {
+                    **_env(),
+                    "FLORA_BASE_URL": emu.base_url,
+                    "FLORA_API_KEY": "sk_test_emulator",
+                }
                 cli = [args.what, str(manifest), "--ledger", str(work / "l.db")]
-                _spy([sys.executable, "-m", "flora_batch", *(["-q"] if args.what == "run" else []),
-                      *cli], raw, env)
-            print(summarise(raw, "_run_module_as_main"))
+                _spy(
+                    [
+                        sys.executable,
+                        "-m",
+                        "flora_batch",
+                        *(["-q"] if args.what == "run" else []),
+                        *cli,
+                    ],
+                    raw,
+                    env,
+                )
+            print(summarise(raw, "_run_module_as_main", args.top))
         else:
             n = args.size or 10_000
             manifest = write_manifest(work, n, techniques=(("ugc-creation", "product"),))
             with emulator(1.0) as emu:
-                base = {"manifest": str(manifest), "base_url": emu.base_url,
-                        "ledger": str(work / "l.db")}
+                base = {
+                    "manifest": str(manifest),
+                    "base_url": emu.base_url,
+                    "ledger": str(work / "l.db"),
+                }
                 dump = work / "jobs.json"
-                run_measured([json.dumps({**base, "dump_jobs": str(dump)})],
-                             module="bench.build_ledger")
+                run_measured(
+                    [json.dumps({**base, "dump_jobs": str(dump)})], module="bench.build_ledger"
+                )
                 ids = emu.preload(dump)
-                run_measured([json.dumps({**base, "state": "running", "run_ids": ids})],
-                             module="bench.build_ledger")
-                spec = {"side": "flora", **base, "results": str(work / "r"), "concurrency": n,
-                        "scale": 1.0, "max_runtime": 15.0}
+                run_measured(
+                    [json.dumps({**base, "state": "running", "run_ids": ids})],
+                    module="bench.build_ledger",
+                )
+                spec = {
+                    "side": "flora",
+                    **base,
+                    "results": str(work / "r"),
+                    "concurrency": n,
+                    "scale": 1.0,
+                    "max_runtime": 15.0,
+                }
                 _spy([sys.executable, "-m", "bench.side", json.dumps(spec)], raw)
-            print(summarise(raw, "run_flora"))
+            print(summarise(raw, "run_flora", args.top))
     finally:
+        if args.save and raw.exists():
+            shutil.copy(raw, args.save)
         shutil.rmtree(work, ignore_errors=True)
 
 

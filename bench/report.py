@@ -83,11 +83,18 @@ def _version(name: str) -> str:
 
 
 def _commit() -> str:
+    """HEAD's short hash, ``+changes`` when the work tree differs from it (read-only git)."""
     try:
-        out = subprocess.run(
+        head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        )
-        return out.stdout.strip() or "?"
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        return (head or "?") + (" + uncommitted changes" if dirty else "")
     except OSError:
         return "?"
 
@@ -111,9 +118,7 @@ def machine() -> str:
 def write_doc(header: str, rows: list[Row], notes: list[str], block_name: str = "results") -> None:
     """Replace one generated block of docs/performance.md (create the file if needed)."""
     start, end = MARKERS[block_name]
-    block = "\n".join(
-        [start, "", header, "", table(rows), "", *(f"- {n}" for n in notes), "", end]
-    )
+    block = "\n".join([start, "", header, "", table(rows), "", *(f"- {n}" for n in notes), "", end])
     text = DOC.read_text() if DOC.exists() else "# Performance\n"
     if start in text and end in text:
         before = text.split(start, 1)[0]

@@ -83,17 +83,26 @@ STACK: dict[str, tuple[str, dict[str, Any], str]] = {
     "httpx pool 32/32, no sniffio": ("httpx", {"stack": "pool32", "sniffio": "absent"}, "uvicorn"),
     "httpx pool 32/32 + sniffio": ("httpx", {"stack": "pool32", "sniffio": "present"}, "uvicorn"),
     "httpx pool 256/256, no sniffio": (
-        "httpx", {"stack": "pool256", "sniffio": "absent"}, "uvicorn"),
+        "httpx",
+        {"stack": "pool256", "sniffio": "absent"},
+        "uvicorn",
+    ),
     "httpx + httpx-aiohttp transport": ("httpx", {"stack": "aiohttp"}, "uvicorn"),
-    "httpx HTTP/1.1 (Hypercorn)": ("httpx", {"stack": "http1-pool32", "sniffio": "absent"},
-                                   "hypercorn"),
+    "httpx HTTP/1.1 (Hypercorn)": (
+        "httpx",
+        {"stack": "http1-pool32", "sniffio": "absent"},
+        "hypercorn",
+    ),
     "httpx HTTP/2 (Hypercorn)": ("httpx", {"stack": "http2", "sniffio": "absent"}, "hypercorn"),
     "flora-batch, no sniffio, ungated": ("flora", {"sniffio": "absent", "gate": 0}, "uvicorn"),
     "flora-batch + sniffio, ungated": ("flora", {"sniffio": "present", "gate": 0}, "uvicorn"),
     "flora-batch, no sniffio (as shipped)": ("flora", {"sniffio": "absent"}, "uvicorn"),
     "flora-batch + sniffio (as shipped)": ("flora", {"sniffio": "present"}, "uvicorn"),
     "flora-batch + httpx-aiohttp transport": (
-        "flora", {"transport": "aiohttp", "sniffio": "absent"}, "uvicorn"),
+        "flora",
+        {"transport": "aiohttp", "sniffio": "absent"},
+        "uvicorn",
+    ),
 }
 
 
@@ -107,7 +116,7 @@ def run(work: Path, sizes: Sizes) -> tuple[list[Row], dict[str, Any]]:
     per: dict[str, list[dict[str, float]]] = {k: [] for k in MAIN}
     order = list(MAIN)
     for r in range(sizes.rounds):
-        for name in order[r % len(order):] + order[: r % len(order)]:
+        for name in order[r % len(order) :] + order[: r % len(order)]:
             side, extra = MAIN[name]
             spec = _spec(side, work, sizes.jobs, sizes.concurrency, f"r{r}-{name}", **extra)
             per[name].append(measure(spec, sizes.jobs))
@@ -119,12 +128,33 @@ def run(work: Path, sizes: Sizes) -> tuple[list[Row], dict[str, Any]]:
     )
     n = sizes.jobs * sizes.rounds
     rows = [
-        Row("1", f"CPU/job, flora vs bare httpx ({n} jobs/side)", f"{ms['flora']:.2f} ms",
-            f"{ms['httpx']:.2f} ms", f"{vs_httpx:.2f}×", "≤ 1.00×", vs_httpx <= 1.0),
-        Row("1", "CPU/job, flora vs bare aiohttp", f"{ms['flora']:.2f} ms",
-            f"{ms['aiohttp']:.2f} ms", f"{vs_aio:.2f}×", "≤ 2.00×", vs_aio <= 2.0),
-        Row("1", "CPU/job, bare httpx vs bare aiohttp (the stack)", f"{ms['httpx']:.2f} ms",
-            f"{ms['aiohttp']:.2f} ms", f"{httpx_vs_aio:.2f}×", "(info; ~3.5× before)", None),
+        Row(
+            "1",
+            f"CPU/job, flora vs bare httpx ({n} jobs/side)",
+            f"{ms['flora']:.2f} ms",
+            f"{ms['httpx']:.2f} ms",
+            f"{vs_httpx:.2f}×",
+            "≤ 1.00×",
+            vs_httpx <= 1.0,
+        ),
+        Row(
+            "1",
+            "CPU/job, flora vs bare aiohttp",
+            f"{ms['flora']:.2f} ms",
+            f"{ms['aiohttp']:.2f} ms",
+            f"{vs_aio:.2f}×",
+            "≤ 2.00×",
+            vs_aio <= 2.0,
+        ),
+        Row(
+            "1",
+            "CPU/job, bare httpx vs bare aiohttp (the stack)",
+            f"{ms['httpx']:.2f} ms",
+            f"{ms['aiohttp']:.2f} ms",
+            f"{httpx_vs_aio:.2f}×",
+            "(info; ~3.5× before)",
+            None,
+        ),
     ]
     return rows, {"main": per}
 
@@ -134,17 +164,30 @@ def run_stack(work: Path, sizes: Sizes) -> tuple[list[Row], dict[str, Any]]:
     variants: dict[str, list[dict[str, float]]] = {name: [] for name in STACK}
     names = list(STACK)
     for r in range(sizes.rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             side, extra, server = STACK[name]
-            spec = _spec(side, work, sizes.stack_jobs, sizes.concurrency,
-                         f"s{r}-{names.index(name)}", **extra)
+            spec = _spec(
+                side,
+                work,
+                sizes.stack_jobs,
+                sizes.concurrency,
+                f"s{r}-{names.index(name)}",
+                **extra,
+            )
             variants[name].append(measure(spec, sizes.stack_jobs, server))
     ms = {name: median([m["ms"] for m in v]) for name, v in variants.items()}
     aio = ms["bare aiohttp"]
     base = ms["httpx default, no sniffio"]
     rows = [
-        Row("1s", name, f"{value:.2f} ms", f"{base:.2f} ms (httpx default, no sniffio)",
-            f"{value / base:.2f}× · {value / aio:.1f}× aiohttp", "(info)", None)
+        Row(
+            "1s",
+            name,
+            f"{value:.2f} ms",
+            f"{base:.2f} ms (httpx default, no sniffio)",
+            f"{value / base:.2f}× · {value / aio:.1f}× aiohttp",
+            "(info)",
+            None,
+        )
         for name, value in ms.items()
     ]
     return rows, {"stack": variants}

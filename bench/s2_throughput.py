@@ -57,9 +57,14 @@ def ideal_seconds(jobs: list[tuple[str, str, str]], max_running: int, speed: flo
 def _flora(work: Path, manifest: Path, sizes: Sizes, concurrency: int, tag: str) -> float:
     with emulator(sizes.speed, sizes.max_running) as emu:
         spec = {
-            "side": "flora", "manifest": str(manifest), "base_url": emu.base_url,
-            "ledger": str(work / f"{tag}.db"), "results": str(work / f"{tag}-results"),
-            "concurrency": concurrency, "scale": sizes.speed, "submit_rate": 5.0 * sizes.speed,
+            "side": "flora",
+            "manifest": str(manifest),
+            "base_url": emu.base_url,
+            "ledger": str(work / f"{tag}.db"),
+            "results": str(work / f"{tag}-results"),
+            "concurrency": concurrency,
+            "scale": sizes.speed,
+            "submit_rate": 5.0 * sizes.speed,
         }
         got = run_measured([json.dumps(spec)])
     done = (got.data.get("counts") or {}).get("done", 0)
@@ -71,9 +76,13 @@ def _flora(work: Path, manifest: Path, sizes: Sizes, concurrency: int, tag: str)
 def _naive(work: Path, jobs: list[tuple[str, str, str]], sizes: Sizes) -> float:
     with emulator(sizes.speed, sizes.max_running) as emu:
         spec = {
-            "side": "httpx", "jobs": jobs, "base_url": emu.base_url,
-            "results": str(work / "naive-results"), "concurrency": 1,
-            "first_wait": 3.0 / sizes.speed, "interval": 3.0 / sizes.speed,
+            "side": "httpx",
+            "jobs": jobs,
+            "base_url": emu.base_url,
+            "results": str(work / "naive-results"),
+            "concurrency": 1,
+            "first_wait": 3.0 / sizes.speed,
+            "interval": 3.0 / sizes.speed,
         }
         got = run_measured([json.dumps(spec)])
     return float(got.data["wall"]) / len(jobs)
@@ -90,14 +99,40 @@ def run(work: Path, sizes: Sizes) -> tuple[list[Row], dict[str, Any]]:
     s = sizes.speed
     n = len(jobs)
     rows = [
-        Row("2", f"wall / ideal, {n} jobs, C={c}, concurrency 2C", f"{over * s / 60:.1f} min",
-            f"ideal {ideal * s / 60:.1f} min", f"{over / ideal:.2f}×", "≤ 1.10×",
-            over / ideal <= 1.10),
-        Row("2", "wall / ideal, concurrency = C", f"{at_c * s / 60:.1f} min",
-            f"ideal {ideal * s / 60:.1f} min", f"{at_c / ideal:.2f}×", "(info)", None),
-        Row("2", "speed-up over the naive script", f"{over * s / 60:.1f} min",
-            f"naive ≈ {naive * s / 3600:.1f} h", f"{naive / over:.1f}×", "(report)", None),
+        Row(
+            "2",
+            f"wall / ideal, {n} jobs, C={c}, concurrency 2C",
+            f"{over * s / 60:.1f} min",
+            f"ideal {ideal * s / 60:.1f} min",
+            f"{over / ideal:.2f}×",
+            "≤ 1.10×",
+            over / ideal <= 1.10,
+        ),
+        Row(
+            "2",
+            "wall / ideal, concurrency = C",
+            f"{at_c * s / 60:.1f} min",
+            f"ideal {ideal * s / 60:.1f} min",
+            f"{at_c / ideal:.2f}×",
+            "(info)",
+            None,
+        ),
+        Row(
+            "2",
+            "speed-up over the naive script",
+            f"{over * s / 60:.1f} min",
+            f"naive ≈ {naive * s / 3600:.1f} h",
+            f"{naive / over:.1f}×",
+            "(report)",
+            None,
+        ),
     ]
-    raw = {"ideal": ideal, "flora_2c": over, "flora_c": at_c, "naive_estimate": naive,
-           "speed": s, "jobs": n}
+    raw = {
+        "ideal": ideal,
+        "flora_2c": over,
+        "flora_c": at_c,
+        "naive_estimate": naive,
+        "speed": s,
+        "jobs": n,
+    }
     return rows, raw

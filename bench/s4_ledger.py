@@ -59,9 +59,13 @@ def _all_done(work: Path, sizes: Sizes) -> tuple[list[Row], dict[str, Any]]:
         with emulator(1.0) as emu:
             t0 = time.perf_counter()
             for manifest, name in ((big, "big"), (one, "one")):
-                spec = {"manifest": str(manifest), "base_url": emu.base_url, "state": "done",
-                        "ledger": str(manifest.parent / "ledger.db"),
-                        "results": str(files / name)}
+                spec = {
+                    "manifest": str(manifest),
+                    "base_url": emu.base_url,
+                    "state": "done",
+                    "ledger": str(manifest.parent / "ledger.db"),
+                    "results": str(files / name),
+                }
                 run_measured([json.dumps(spec)], module="bench.build_ledger")
             raw["build_seconds"] = time.perf_counter() - t0
             out = {}
@@ -70,8 +74,12 @@ def _all_done(work: Path, sizes: Sizes) -> tuple[list[Row], dict[str, Any]]:
                 for cmd in ("plan", "run"):
                     args = [cmd, str(manifest), "--ledger", ledger, "--results", str(files / name)]
                     got = _cli(["-q", *args] if cmd == "run" else args, emu, sizes.cli_give_up)
-                    out[f"{cmd}-{name}"] = {"wall": got.wall, "rss": got.maxrss_mb,
-                                            "cpu": got.rusage_cpu, "rc": got.data["returncode"]}
+                    out[f"{cmd}-{name}"] = {
+                        "wall": got.wall,
+                        "rss": got.maxrss_mb,
+                        "cpu": got.rusage_cpu,
+                        "rc": got.data["returncode"],
+                    }
             creates = emu.state()["request_counts"].get("POST /api/v1/techniques/{slug}/runs", 0)
     finally:
         shutil.rmtree(files, ignore_errors=True)
@@ -87,10 +95,24 @@ def _rows(cmd: str, out: dict[str, Any], creates: int, sizes: Sizes) -> list[Row
     rss = f"≥ {b['rss']:.0f} MB (killed)" if killed else f"{b['rss']:.0f} MB"
     failed = "" if ok_exit or killed else f" (exit {b['rc']})"
     return [
-        Row("4", f"`{cmd}` on {sizes.rows:,} done jobs: wall", wall, f"{o['wall']:.1f} s (1 row)",
-            wall + failed, "≤ 5 s", b["wall"] <= 5.0 and ok_exit),
-        Row("4", f"`{cmd}` on {sizes.rows:,} done jobs: peak RSS", rss,
-            f"{o['rss']:.0f} MB (1 row)", rss, "≤ 500 MB", b["rss"] <= 500 and not killed),
+        Row(
+            "4",
+            f"`{cmd}` on {sizes.rows:,} done jobs: wall",
+            wall,
+            f"{o['wall']:.1f} s (1 row)",
+            wall + failed,
+            "≤ 5 s",
+            b["wall"] <= 5.0 and ok_exit,
+        ),
+        Row(
+            "4",
+            f"`{cmd}` on {sizes.rows:,} done jobs: peak RSS",
+            rss,
+            f"{o['rss']:.0f} MB (1 row)",
+            rss,
+            "≤ 500 MB",
+            b["rss"] <= 500 and not killed,
+        ),
     ]
 
 
@@ -106,10 +128,17 @@ def _in_flight(
         base = {"manifest": str(manifest), "base_url": emu.base_url, "ledger": ledger}
         run_measured([json.dumps({**base, "dump_jobs": str(dump)})], module="bench.build_ledger")
         ids = emu.preload(dump)
-        run_measured([json.dumps({**base, "state": "running", "run_ids": ids})],
-                     module="bench.build_ledger")
-        spec = {"side": "flora", **base, "results": str(folder / "results"), "concurrency": n,
-                "scale": 1.0, "max_runtime": sizes.runtime}
+        run_measured(
+            [json.dumps({**base, "state": "running", "run_ids": ids})], module="bench.build_ledger"
+        )
+        spec = {
+            "side": "flora",
+            **base,
+            "results": str(folder / "results"),
+            "concurrency": n,
+            "scale": 1.0,
+            "max_runtime": sizes.runtime,
+        }
         t0 = time.perf_counter()
         try:
             got = run_measured([json.dumps(spec)], sample_every=0.25, timeout=sizes.give_up)
@@ -120,24 +149,49 @@ def _in_flight(
         wall = time.perf_counter() - t0
         polls = emu.state()["request_counts"].get("GET /api/v1/techniques/{slug}/runs/{run_id}", 0)
     if got is None:
-        return [Row("4", f"{n:,} runs in flight: resume and poll for {sizes.runtime:.0f} s",
-                    f"killed after {wall:.0f} s, {polls} polls", "—", "did not finish",
-                    "≤ 300 MB · small CPU", False)], {"error": raw_err, "polls": polls}
+        return [
+            Row(
+                "4",
+                f"{n:,} runs in flight: resume and poll for {sizes.runtime:.0f} s",
+                f"killed after {wall:.0f} s, {polls} polls",
+                "—",
+                "did not finish",
+                "≤ 300 MB · small CPU",
+                False,
+            )
+        ], {"error": raw_err, "polls": polls}
     cpu = float(got.data["cpu"])
     share = cpu / max(got.data["wall"], 1e-9)
     floor = polls * (per_request_ms or 0) / 1000
     rows = [
-        Row("4", f"{n:,} runs in flight: peak RSS", f"{got.maxrss_mb:.0f} MB", "—",
-            f"{got.maxrss_mb:.0f} MB", "≤ 300 MB", got.maxrss_mb <= 300),
-        Row("4", f"{n:,} in flight: CPU over {sizes.runtime:.0f} s of polling ({polls:,} polls)",
+        Row(
+            "4",
+            f"{n:,} runs in flight: peak RSS",
+            f"{got.maxrss_mb:.0f} MB",
+            "—",
+            f"{got.maxrss_mb:.0f} MB",
+            "≤ 300 MB",
+            got.maxrss_mb <= 300,
+        ),
+        Row(
+            "4",
+            f"{n:,} in flight: CPU over {sizes.runtime:.0f} s of polling ({polls:,} polls)",
             f"{cpu:.1f} s ({100 * share:.0f}% of a core)",
             f"{floor:.1f} s (bare httpx × polls)" if per_request_ms else "—",
             f"{cpu / max(floor, 1e-9):.1f}× the polls alone" if per_request_ms else "",
             "small (≤ 2× the polls alone)",
-            (finished and cpu <= 2 * floor) if per_request_ms else None),
+            (finished and cpu <= 2 * floor) if per_request_ms else None,
+        ),
     ]
-    raw = {"wall": wall, "rss": got.maxrss_mb, "cpu": cpu, "polls": polls,
-           "samples": got.samples[::4], "finished": finished, "stopped": got.data.get("stopped")}
+    raw = {
+        "wall": wall,
+        "rss": got.maxrss_mb,
+        "cpu": cpu,
+        "polls": polls,
+        "samples": got.samples[::4],
+        "finished": finished,
+        "stopped": got.data.get("stopped"),
+    }
     return rows, raw
 
 

@@ -34,7 +34,11 @@ class Sizes:
 def file_server(path: Path) -> Iterator[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.big_file", "serve", str(path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_env(), cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        cwd=REPO,
     )
     try:
         assert proc.stdout is not None
@@ -61,10 +65,15 @@ def run(work: Path, sizes: Sizes) -> tuple[list[Row], dict[str, Any]]:
         with file_server(src) as url:
             for rep in range(sizes.reps):
                 for side in ("flora", "httpx") if rep % 2 == 0 else ("httpx", "flora"):
-                    spec = {"side": side, "url": url, "dest": str(work / f"s5-{side}.bin"),
-                            "commit": side == "flora"}
-                    got[side].append(run_measured(["fetch", json.dumps(spec)],
-                                                  module="bench.big_file").data)
+                    spec = {
+                        "side": side,
+                        "url": url,
+                        "dest": str(work / f"s5-{side}.bin"),
+                        "commit": side == "flora",
+                    }
+                    got[side].append(
+                        run_measured(["fetch", json.dumps(spec)], module="bench.big_file").data
+                    )
     finally:
         src.unlink(missing_ok=True)
     size = sizes.mb * (1 << 20)
@@ -76,12 +85,32 @@ def run(work: Path, sizes: Sizes) -> tuple[list[Row], dict[str, Any]]:
     base_growth = max(r["rss_growth"] for r in got["httpx"])
     commit = median([r["commit_seconds"] for r in got["flora"]])
     rows = [
-        Row("5", f"{sizes.mb} MB download: throughput", f"{mbps['flora']:.0f} MB/s",
-            f"{mbps['httpx']:.0f} MB/s (bare httpx)", f"{100 * ratio:.0f}%", "≥ 80%",
-            ratio >= 0.80),
-        Row("5", f"{sizes.mb} MB download: RSS growth (peak)", f"{growth:.1f} MB",
-            f"{base_growth:.1f} MB", f"{growth:.1f} MB", "flat (≤ 32 MB)", growth <= 32),
-        Row("5", "then fsync + rename into place (Results.commit)", f"{commit:.2f} s", "—",
-            f"{commit:.2f} s", "(info)", None),
+        Row(
+            "5",
+            f"{sizes.mb} MB download: throughput",
+            f"{mbps['flora']:.0f} MB/s",
+            f"{mbps['httpx']:.0f} MB/s (bare httpx)",
+            f"{100 * ratio:.0f}%",
+            "≥ 80%",
+            ratio >= 0.80,
+        ),
+        Row(
+            "5",
+            f"{sizes.mb} MB download: RSS growth (peak)",
+            f"{growth:.1f} MB",
+            f"{base_growth:.1f} MB",
+            f"{growth:.1f} MB",
+            "flat (≤ 32 MB)",
+            growth <= 32,
+        ),
+        Row(
+            "5",
+            "then fsync + rename into place (Results.commit)",
+            f"{commit:.2f} s",
+            "—",
+            f"{commit:.2f} s",
+            "(info)",
+            None,
+        ),
     ]
     return rows, {"flora": got["flora"], "httpx": got["httpx"]}

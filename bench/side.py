@@ -123,8 +123,10 @@ def _flora_side(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    spec = json.loads(sys.argv[1]) if not sys.argv[1].startswith("@") else json.loads(
-        Path(sys.argv[1][1:]).read_text()
+    spec = (
+        json.loads(sys.argv[1])
+        if not sys.argv[1].startswith("@")
+        else json.loads(Path(sys.argv[1][1:]).read_text())
     )
     _set_sniffio(spec.get("sniffio", "as-installed"))
     if spec["side"] == "flora":

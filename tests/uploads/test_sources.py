@@ -240,3 +240,17 @@ def test_manifest_assets_block(tmp_path: Path):
     text = str(bad.value)
     assert "m.yaml:7: assets.workspace_id 'abc' is not a FLORA workspace id" in text
     assert "m.yaml:8: unknown key 'folders' in assets; did you mean 'folder'?" in text
+
+
+def test_progress_line_shows_the_uploads():
+    """The progress line leads with the input files uploaded so far."""
+    from collections import Counter
+
+    from flora_batch.progress import line
+    from flora_batch.types import JobState
+    from flora_batch.worker import Snapshot
+
+    snap = Snapshot(total=4, counts=Counter({JobState.PLANNED: 4}), spent=0.0, in_flight_limit=4,
+                    started=0.0, now=1.0, done_this_run=0, uploads=(2, 1, 5))
+    assert line(snap).startswith("files 2/5 uploaded (1 failed) · 0/4 done")
+    assert line(Snapshot(4, Counter(), 0.0, 4, 0.0, 1.0, 0)).startswith("0/4 done")
