@@ -1,0 +1,1 @@
+"""flora-batch's benchmarks: ``python -m bench`` (``make bench``); see docs/performance.md."""

@@ -10,17 +10,26 @@ from typing import Any
 
 import pandas as pd
 import pytest
-
 from e2e_helpers import FAST, cli_cmd, cli_env, wait_for
 
 PRODUCTS = [
-    {"sku": f"SKU-{i:03d}", "title": f"Ceramic mug {i}", "image_url": f"https://media.flora.ai/demo/mug-{i}.jpg"}
+    {
+        "sku": f"SKU-{i:03d}",
+        "title": f"Ceramic mug {i}",
+        "image_url": f"https://media.flora.ai/demo/mug-{i}.jpg",
+    }
     for i in range(1, 9)
 ]
 
 
-def write_batch(folder: Path, rows: list[dict[str, str]] | None = None, *, name: str = "mugs",
-                rows_file: str = "products.csv", extra: str = "") -> Path:
+def write_batch(
+    folder: Path,
+    rows: list[dict[str, str]] | None = None,
+    *,
+    name: str = "mugs",
+    rows_file: str = "products.csv",
+    extra: str = "",
+) -> Path:
     """A manifest over a CSV of products, through studio-shot."""
     folder.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(rows or PRODUCTS)
@@ -45,8 +54,7 @@ def write_batch(folder: Path, rows: list[dict[str, str]] | None = None, *, name:
         '  backdrop: "seamless paper behind {title}"\n'
         "output:\n"
         "  dir: results\n"
-        '  name: "{sku}/{technique}-{output_id}{ext}"\n'
-        + extra
+        '  name: "{sku}/{technique}-{output_id}{ext}"\n' + extra
     )
     return manifest
 
@@ -114,7 +122,9 @@ def test_edited_row_makes_one_new_job(emulator, run_cli, tmp_path):
     assert len(charges(server)) == len(PRODUCTS) + 1
 
 
-@pytest.mark.parametrize("rows_file", ["products.csv", "products.xlsx", "products.jsonl", "products.parquet"])
+@pytest.mark.parametrize(
+    "rows_file", ["products.csv", "products.xlsx", "products.jsonl", "products.parquet"]
+)
 def test_all_four_row_formats(emulator, run_cli, tmp_path, rows_file):
     """CSV, XLSX, JSONL and Parquet rows all run to the same files."""
     server = emulator()
@@ -219,8 +229,9 @@ def test_sigint_then_rerun_finishes_without_paying_twice(emulator, tmp_path):
     server = emulator(speed=20.0)  # studio-shot takes ~1.5 s: runs are in flight when we stop
     manifest = write_batch(tmp_path / "b")
     cmd = cli_cmd("run", str(manifest), "--min-poll", "0.2", "--concurrency", "4")
-    proc = subprocess.Popen(cmd, env=cli_env(server), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, env=cli_env(server), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     wait_for(lambda: creates(server) >= 2, timeout=30)
     proc.send_signal(2)
     out, err = proc.communicate(timeout=60)
@@ -238,12 +249,15 @@ def test_second_runner_on_the_same_ledger_exits_5(emulator, tmp_path):
     server = emulator(speed=5.0)
     manifest = write_batch(tmp_path / "b", PRODUCTS[:2])
     cmd = cli_cmd("run", str(manifest), "--min-poll", "0.5")
-    first = subprocess.Popen(cmd, env=cli_env(server), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        cmd, env=cli_env(server), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         wait_for(lambda: creates(server) >= 1, timeout=30)
         t0 = time.monotonic()
-        second = subprocess.run(cmd, env=cli_env(server), capture_output=True, text=True, timeout=60)
+        second = subprocess.run(
+            cmd, env=cli_env(server), capture_output=True, text=True, timeout=60
+        )
         assert second.returncode == 5, second.stdout + second.stderr
         assert time.monotonic() - t0 < 20
         assert "Traceback" not in second.stderr
@@ -258,8 +272,18 @@ def test_csv_alone_with_technique_and_input_flags(emulator, run_cli, tmp_path):
     folder = tmp_path / "quick"
     folder.mkdir()
     pd.DataFrame(PRODUCTS[:2]).to_csv(folder / "rows.csv", index=False)
-    res = run_cli("run", str(folder / "rows.csv"), "--technique", "studio-shot",
-                  "--input", "product=image_url", "--results", str(folder / "out"), *FAST, server=server)
+    res = run_cli(
+        "run",
+        str(folder / "rows.csv"),
+        "--technique",
+        "studio-shot",
+        "--input",
+        "product=image_url",
+        "--results",
+        str(folder / "out"),
+        *FAST,
+        server=server,
+    )
     assert res.code == 0, res.text
     assert len(list((folder / "out").rglob("*.png"))) == 2
 
