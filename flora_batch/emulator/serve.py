@@ -195,7 +195,13 @@ Examples:
 """
 
 
-@click.command("emulator", epilog=EMULATOR_EXAMPLES)
+# Its own help names: click caches a command's help option the first time it is built, so
+# inheriting them from the flora-batch group would depend on who asked first.
+@click.command(
+    "emulator",
+    epilog=EMULATOR_EXAMPLES,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
 @click.option("--port", default=8787, show_default=True, help="Port to bind (0: any free port).")
 @click.option("--speed", default=1.0, show_default=True, help="Divide run times by this.")
