@@ -385,7 +385,7 @@ def _summarise(result: BatchResult, *, demo: bool) -> None:
     if hint:
         click.echo(hint, err=True)
     if demo:
-        click.echo("  (demo: a local FLORA emulator made these files; no money was spent)")
+        click.echo("  (demo: a local FLORA emulator made these files; its bill is pretend money)")
 
 
 def _stop_hint(stopped: str | None, error: E.FloraError | None) -> str | None:
