@@ -38,7 +38,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .keys import canonical_json
 from .types import RunInput, UploadRecord, UploadState
-from .wire import DEFAULT_ALLOWED_HOSTS, media_host_allowed
+from .wire import DEFAULT_ALLOWED_HOSTS, MEDIA_EXTENSIONS, media_host_allowed
 
 #: Largest file sent in one multipart request (path A); larger ones use a signed upload.
 DIRECT_UPLOAD_LIMIT = 4 * 1024 * 1024
@@ -56,20 +56,7 @@ IMAGE_TYPES = (
 )
 VIDEO_TYPES = ("video/mp4", "video/webm", "video/quicktime")
 ACCEPTED = {"imageUrl": IMAGE_TYPES, "videoUrl": VIDEO_TYPES}
-EXTENSIONS = {
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".png": "image/png",
-    ".webp": "image/webp",
-    ".gif": "image/gif",
-    ".avif": "image/avif",
-    ".heic": "image/heic",
-    ".heif": "image/heif",
-    ".mp4": "video/mp4",
-    ".m4v": "video/mp4",
-    ".webm": "video/webm",
-    ".mov": "video/quicktime",
-}
+EXTENSIONS = MEDIA_EXTENSIONS
 #: Extensions that surely name something a technique cannot take (checked on web URLs).
 NOT_MEDIA = {
     ".bmp": "image/bmp",

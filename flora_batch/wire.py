@@ -254,3 +254,21 @@ def check_media_url(url: str, allowed: tuple[str, ...] = DEFAULT_ALLOWED_HOSTS) 
             "(media.flora.ai, Google Cloud Storage, Amazon S3, ImageKit)"
         )
     return None
+
+
+#: File extensions of the image and video types FLORA takes as input media (ASSETS.md §5),
+#: shared by the client's file checks and the emulator's upload handling.
+MEDIA_EXTENSIONS: dict[str, str] = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".webp": "image/webp",
+    ".gif": "image/gif",
+    ".avif": "image/avif",
+    ".heic": "image/heic",
+    ".heif": "image/heif",
+    ".mp4": "video/mp4",
+    ".m4v": "video/mp4",
+    ".webm": "video/webm",
+    ".mov": "video/quicktime",
+}
