@@ -47,7 +47,7 @@ from .client import FloraClient
 from .config import DEFAULT_CONCURRENCY, Settings
 from .errors import FloraError, LedgerError, UsageError
 from .ledger import Ledger
-from .ledger.leases import BatchRow, Leases, WorkerLock
+from .ledger.leases import BatchRow, Leases, worker_lock
 from .manifest import Manifest
 from .object_results import ObjectResults, is_object_url, open_results
 from .pipeline import Prepared, ledger_location, prepare, results_location
@@ -283,7 +283,7 @@ async def serve(
     served = Served(options.worker_id)
     with Ledger.open(url) as ledger:
         leases = Leases(ledger)
-        hold = WorkerLock(ledger)
+        hold = worker_lock(ledger)
         ledger.worker_id = options.worker_id
         keeper = LeaseKeeper(leases, options.worker_id, options.lease, clock)
         keeper.start()

@@ -42,7 +42,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql import ColumnElement
 
-from ..errors import LedgerBusy, LedgerError
+from ..errors import LedgerError
 from ..types import JobRecord, JobState
 from . import lock
 from .records import RESERVING_STATES, dumps, group_outputs, job_record
@@ -80,31 +80,10 @@ class Pacing:
     paused_until: float
 
 
-class WorkerLock:
+def worker_lock(ledger: Ledger) -> lock.AdvisoryLock:
     """A shared hold on the ledger's runner lock: many workers, but never beside a `run`."""
-
-    def __init__(self, ledger: Ledger) -> None:
-        conn = ledger._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        try:
-            self.lock_id = lock._lock_id(conn, "runner")
-            got = conn.execute(text("SELECT pg_try_advisory_lock_shared(:k)"), {"k": self.lock_id})
-            if not got.scalar_one():
-                raise LedgerBusy(
-                    f"a `flora-batch run` holds {ledger.url}: workers start once it has finished"
-                )
-        except BaseException:
-            conn.close()
-            raise
-        self._conn: Connection | None = conn
-
-    def release(self) -> None:
-        """Let go of the shared lock and its connection."""
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            try:
-                conn.execute(text("SELECT pg_advisory_unlock_shared(:k)"), {"k": self.lock_id})
-            finally:
-                conn.close()
+    busy = f"a `flora-batch run` holds {ledger.url}: workers start once it has finished"
+    return lock.AdvisoryLock(ledger._engine, "runner", busy, shared=True)
 
 
 class Leases:
@@ -425,4 +404,4 @@ def _batch_row(row: Any) -> BatchRow:
     )
 
 
-__all__ = ["HELD", "BatchRow", "Leases", "Pacing", "WorkerLock"]
+__all__ = ["HELD", "BatchRow", "Leases", "Pacing", "worker_lock"]

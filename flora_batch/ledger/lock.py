@@ -83,18 +83,20 @@ def _read_pid(fd: int) -> str:
 
 
 class AdvisoryLock:
-    """A PostgreSQL session advisory lock on a connection of its own."""
+    """A PostgreSQL session advisory lock on a connection of its own.
 
-    def __init__(self, engine: Engine, name: str, where: str) -> None:
+    ``shared=True`` takes the lock in shared mode: many holders at once (cluster workers),
+    but never beside an exclusive holder (a ``run``), and the other way round.
+    """
+
+    def __init__(self, engine: Engine, name: str, busy: str, *, shared: bool = False) -> None:
+        self._mode = "_shared" if shared else ""
         conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         try:
             self.lock_id = _lock_id(conn, name)
-            got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.lock_id})
-            if not got.scalar_one():
-                raise LedgerBusy(
-                    f"another flora-batch run holds {where} (advisory lock {name!r}); "
-                    "wait for it to finish or stop it"
-                )
+            query = text(f"SELECT pg_try_advisory_lock{self._mode}(:k)")
+            if not conn.execute(query, {"k": self.lock_id}).scalar_one():
+                raise LedgerBusy(busy)
         except BaseException:
             conn.close()
             raise
@@ -105,7 +107,8 @@ class AdvisoryLock:
         if self._conn is not None:
             conn, self._conn = self._conn, None
             try:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.lock_id})
+                query = text(f"SELECT pg_advisory_unlock{self._mode}(:k)")
+                conn.execute(query, {"k": self.lock_id})
             finally:
                 conn.close()
 
@@ -121,7 +124,11 @@ def acquire(engine: Engine, sqlite_path: Path | None, name: str, where: str) -> 
     if not _NAME.fullmatch(name):
         raise ValueError(f"lock name must match {_NAME.pattern}: {name!r}")
     if engine.dialect.name == "postgresql":
-        return AdvisoryLock(engine, name, where)
+        busy = (
+            f"another flora-batch run holds {where} (advisory lock {name!r}); "
+            "wait for it to finish or stop it"
+        )
+        return AdvisoryLock(engine, name, busy)
     if sqlite_path is None:
         return _NoLock()
     suffix = ".lock" if name == "runner" else f".{name}.lock"
