@@ -23,13 +23,12 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
+import support
 import uvicorn
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -39,8 +38,6 @@ from flora_batch.emulator.serve import _FILTER, ServerHandle
 from flora_batch.ledger import Ledger
 from flora_batch.types import JobRecord, JobState
 
-PG_ENV = "FLORA_BATCH_TEST_PG_URL"
-PG_SKIP = f"set {PG_ENV} (e.g. postgresql://postgres@127.0.0.1:5432/test) to run the cluster tests"
 FAST = ("--min-poll", "0.05", "--max-poll", "0.5", "--idle-poll", "0.1")
 IN_FLIGHT = ("submitting", "running", "downloading", "needs_reconcile")
 #: The real entry point with retry waits zeroed, as the fault suite runs it.
@@ -81,22 +78,8 @@ def start_emulator(config: EmulatorConfig) -> ServerHandle:
 @contextmanager
 def pg_schema() -> Iterator[str]:
     """A URL to a fresh PostgreSQL schema (dropped on exit); skips without the env var."""
-    base = os.environ.get(PG_ENV)
-    if not base:
-        pytest.skip(PG_SKIP)
-    admin = create_engine(
-        make_url(base).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
-    )
-    schema = f"flora_cluster_{uuid.uuid4().hex[:16]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
+    with support.pg_schema("flora_cluster") as url:
+        yield url
 
 
 def write_batch(folder: Path, n: int, *, name: str = "mugs", extra: str = "") -> Path:

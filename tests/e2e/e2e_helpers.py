@@ -14,9 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from flora_batch.emulator import EmulatorConfig
-from flora_batch.emulator.serve import start_server
+from support import emulators
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
@@ -39,17 +37,8 @@ class CliResult:
 @pytest.fixture
 def emulator() -> Iterator[Callable[..., Any]]:
     """Start emulators on loopback ports: ``emulator(speed=..., faults=...)``; all stopped after."""
-    handles: list[Any] = []
-
-    def start(**kw: Any) -> Any:
-        kw.setdefault("speed", 2000.0)
-        handle = start_server(EmulatorConfig(**kw), host="127.0.0.1", port=0)
-        handles.append(handle)
-        return handle
-
-    yield start
-    for h in handles:
-        h.stop()
+    with emulators(2000.0) as start:
+        yield start
 
 
 def cli_env(server: Any | None = None, **extra: str) -> dict[str, str]:

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+import support
 
 from flora_batch.ledger import Ledger
 from flora_batch.types import JobKey, JobSpec, JobState, RunOutput
-
-PG_ENV = "FLORA_BATCH_TEST_PG_URL"
-PG_SKIP = f"set {PG_ENV} (e.g. postgresql://postgres@127.0.0.1:5432/test) to run PostgreSQL tests"
 
 JobFactory = Callable[..., tuple[JobKey, JobSpec]]
 Opener = Callable[..., Ledger]
@@ -31,21 +24,8 @@ QUOTES = {"tech-a": 0.25, "tech-b": 1.5}
 @contextmanager
 def pg_schema() -> Iterator[str]:
     """A URL to a fresh PostgreSQL schema (dropped on exit); skips without the env var."""
-    base = os.environ.get(PG_ENV)
-    if not base:
-        pytest.skip(PG_SKIP)
-    admin_url = make_url(base).set(drivername="postgresql+psycopg")
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    schema = f"flora_test_{uuid.uuid4().hex[:16]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
+    with support.pg_schema("flora_test") as url:
+        yield url
 
 
 def drive(ledger: Ledger, key: JobKey, state: JobState, *, now: float = 100.0) -> None:

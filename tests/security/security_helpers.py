@@ -22,9 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
-
-from flora_batch.emulator import EmulatorConfig
-from flora_batch.emulator.serve import start_server
+from support import emulators
 
 FAST = ["--min-poll", "0.05", "--rate", "0"]
 #: The manifest every batch here uses, over ``p.csv`` (or ``rows``).
@@ -138,17 +136,8 @@ def assert_no_traceback(res: CliResult) -> None:
 @pytest.fixture
 def emulator() -> Iterator[Callable[..., Any]]:
     """Start emulators on loopback ports: ``emulator(**EmulatorConfig)``; stopped after."""
-    handles: list[Any] = []
-
-    def start(**kw: Any) -> Any:
-        kw.setdefault("speed", 2000.0)
-        handle = start_server(EmulatorConfig(**kw), host="127.0.0.1", port=0)
-        handles.append(handle)
-        return handle
-
-    yield start
-    for handle in handles:
-        handle.stop()
+    with emulators(2000.0) as start:
+        yield start
 
 
 # --- an in-process hostile FLORA -------------------------------------------------------
