@@ -30,6 +30,9 @@ LAYERS = (  # first match wins, from the innermost frame outwards
         "manifest, rows, keys, plan",
         (
             "flora_batch/manifest",
+            "flora_batch/jobs",
+            "flora_batch/yaml_reader",
+            "flora_batch/cells",
             "flora_batch/rows",
             "flora_batch/keys",
             "flora_batch/plan",
@@ -38,6 +41,20 @@ LAYERS = (  # first match wins, from the innermost frame outwards
     ),
     ("results (files, sha256)", ("flora_batch/results",)),
     ("asyncio", ("asyncio/",)),
+)
+
+
+#: The worker's modules (worker.py and the parts it is built from) and the client.
+WORKER_MODULES = (
+    "worker",
+    "workstate",
+    "tracking",
+    "downloads",
+    "reconcile",
+    "polling",
+    "retrying",
+    "client",
+    "transport",
 )
 
 
@@ -77,7 +94,7 @@ def _layer(frames: list[str]) -> str:
         for name, needles in LAYERS:
             if any(n in frame for n in needles):
                 return name
-        if "flora_batch/worker" in frame or "flora_batch/client" in frame:
+        if any(f"flora_batch/{m}" in frame for m in WORKER_MODULES):
             return "worker + client (flora_batch)"
     return "other"
 

@@ -88,6 +88,7 @@ STACK: dict[str, tuple[str, dict[str, Any], str]] = {
         "uvicorn",
     ),
     "httpx + httpx-aiohttp transport": ("httpx", {"stack": "aiohttp"}, "uvicorn"),
+    "httpx + flora_batch.transport": ("httpx", {"stack": "flora"}, "uvicorn"),
     "httpx HTTP/1.1 (Hypercorn)": (
         "httpx",
         {"stack": "http1-pool32", "sniffio": "absent"},
@@ -101,6 +102,11 @@ STACK: dict[str, tuple[str, dict[str, Any], str]] = {
     "flora-batch + httpx-aiohttp transport": (
         "flora",
         {"transport": "aiohttp", "sniffio": "absent"},
+        "uvicorn",
+    ),
+    "flora-batch on httpx's transport (FLORA_BATCH_HTTP=httpx)": (
+        "flora",
+        {"transport": "httpx", "sniffio": "present"},
         "uvicorn",
     ),
 }

@@ -5,8 +5,8 @@ all in flight at once, time divided by ``SPEED`` (and min_poll/max_poll with it)
 poll flora-batch sends is logged by a transport wrapper; the emulator's state gives each
 run's true end.  A poll counts as "noticing" when it is the first answer after that end.
 The baseline polls every run every 2 s (scaled).  All figures are in real seconds
-(scaled back).  ``proposed`` is the same batch with the worker's ``_next_poll_delay``
-replaced by the policy proposed in docs/performance.md (measured, not shipped).
+(scaled back).  flora-batch runs its shipped policy (``flora_batch.polling``: predict
+each run's end from its progress or from durations seen earlier, poll just after it).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def _ends(state: dict[str, Any]) -> dict[str, float]:
     return {r["run_id"]: float(r["ended_at"]) for r in state["runs"]}
 
 
-def _flora(work: Path, manifest: Path, sizes: Sizes, policy: str) -> PollStats:
+def _flora(work: Path, manifest: Path, sizes: Sizes, policy: str = "shipped") -> PollStats:
     n = sizes.rows * len(TECHNIQUES)
     with emulator(sizes.speed) as emu:
         spec = {
@@ -81,7 +81,6 @@ def _flora(work: Path, manifest: Path, sizes: Sizes, policy: str) -> PollStats:
             "scale": sizes.speed,
             "submit_rate": 5.0 * sizes.speed,
             "record": True,
-            "poll_policy": policy,
         }
         got = run_measured([json.dumps(spec)])
         ends = _ends(emu.state())
@@ -106,11 +105,10 @@ def _fixed(work: Path, sizes: Sizes) -> PollStats:
     return stats(got.data["polls"], ends, sizes.speed)
 
 
-def run(work: Path, sizes: Sizes, *, proposed: bool = True) -> tuple[list[Row], dict[str, Any]]:
+def run(work: Path, sizes: Sizes) -> tuple[list[Row], dict[str, Any]]:
     manifest = write_manifest(work / "s3", sizes.rows, techniques=TECHNIQUES)
     fixed = _fixed(work, sizes)
-    now = _flora(work, manifest, sizes, "current")
-    base = f"{fixed.polls_per_run:.1f} polls, {fixed.median_delay:.1f} s"
+    now = _flora(work, manifest, sizes)
     rows = [
         Row(
             "3",
@@ -140,20 +138,5 @@ def run(work: Path, sizes: Sizes, *, proposed: bool = True) -> tuple[list[Row], 
             now.min_gap >= 1.95,
         ),
     ]
-    raw: dict[str, Any] = {"fixed": fixed.__dict__, "current": now.__dict__}
-    if proposed:
-        new = _flora(work, manifest, sizes, "proposed")
-        raw["proposed"] = new.__dict__
-        rows.append(
-            Row(
-                "3p",
-                "proposed poll policy (not shipped): polls, median (p90) delay, gap",
-                f"{new.polls_per_run:.1f}, {new.median_delay:.1f} s ({new.p90_delay:.1f} s), "
-                f"{new.min_gap:.2f} s",
-                base,
-                "see targets above",
-                "≤ 4 · ≤ 3 s · ≥ 2 s",
-                new.polls_per_run <= 4 and new.median_delay <= 3.0 and new.min_gap >= 1.95,
-            )
-        )
+    raw: dict[str, Any] = {"fixed": fixed.__dict__, "flora": now.__dict__}
     return rows, raw

@@ -1,8 +1,9 @@
 """Scenario 5: one big output, streamed to disk.
 
 A ``MB``-MB file is served over loopback by ``bench.big_file serve`` (sendfile) in its
-own process.  flora-batch's ``FloraClient.download`` (streamed in 64 KB chunks, hashed
-with sha256, size-checked) and a bare httpx stream-to-file each fetch it, alternately,
+own process.  flora-batch's ``FloraClient.download`` (over its default aiohttp transport,
+streamed in the chunks the socket delivers, up to 1 MB, hashed with sha256 and written on
+the loop, size-checked) and a bare httpx stream-to-file each fetch it, alternately,
 ``reps`` times; the figures are medians.  RSS growth is the download's peak RSS over the
 process's RSS before it (sampled every 10 ms).  flora-batch then fsyncs and renames the
 file (``Results.commit``), reported apart: the bare loop does not fsync.

@@ -95,6 +95,10 @@ def _client_kw(stack: str) -> dict[str, Any]:
         from httpx_aiohttp import AiohttpTransport
 
         return {"transport": AiohttpTransport(limits=same_pool)}
+    if stack == "flora":  # flora-batch's own aiohttp transport (client.py's default)
+        from flora_batch.transport import AiohttpTransport as FloraTransport
+
+        return {"transport": FloraTransport(max_connections=32)}
     if stack == "http2":
         return {"http1": False, "http2": True, "limits": same_pool}
     if stack == "http1-pool32":
@@ -103,6 +107,7 @@ def _client_kw(stack: str) -> dict[str, Any]:
 
 
 def _flora_side(spec: dict[str, Any]) -> dict[str, Any]:
+    import flora_batch.transport  # noqa: F401  # aiohttp is imported before the clock
     from bench.flora_side import run_flora
 
     return run_flora(

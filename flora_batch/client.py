@@ -16,6 +16,7 @@ import email.utils
 import hashlib
 import ipaddress
 import json
+import os
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -32,6 +33,7 @@ from .asset_wire import AssetInfo, UploadTarget
 from .errors import (
     AmbiguousCreate,
     ApiError,
+    ConfigError,
     ProtocolError,
     RateLimited,
     RemoteError,
@@ -45,6 +47,11 @@ from .sniff import HEAD_BYTES, media_problem
 from .types import RunInfo, RunInput, Technique
 
 MAX_JSON_BYTES = 8 * 1024 * 1024
+#: ``FLORA_BATCH_HTTP=httpx`` falls back to httpx's own transport (httpcore) instead of
+#: ``transport.AiohttpTransport``.  Read here, below the CLI, like the retry test switch:
+#: it picks an implementation, not a behaviour, and must reach every FloraClient.
+HTTP_STACK_ENV = "FLORA_BATCH_HTTP"
+HTTP_STACKS = ("aiohttp", "httpx")
 DEFAULT_MAX_DOWNLOAD = 2 * 1024 * 1024 * 1024
 USER_AGENT = "flora-batch/0.1"
 
@@ -142,6 +149,31 @@ def map_http_errors(*, creating: bool = False) -> Iterator[None]:
         raise cls(f"connection to FLORA failed mid-request: {type(exc).__name__}") from exc
 
 
+def default_transport(
+    max_connections: int, stack: str | None = None
+) -> httpx.AsyncBaseTransport | None:
+    """The transport FloraClient uses when given none; None means httpx's own.
+
+    aiohttp's (``transport.py``) costs a fifth of httpx's CPU per request
+    (docs/performance.md, scenario 1); ``FLORA_BATCH_HTTP=httpx`` is the way back.
+
+    Args:
+        max_connections: the pool's size.
+        stack: ``"aiohttp"`` or ``"httpx"``; None reads ``FLORA_BATCH_HTTP``.
+
+    Raises:
+        ConfigError: an unknown stack name.
+    """
+    stack = (stack or os.environ.get(HTTP_STACK_ENV) or "aiohttp").strip().lower()
+    if stack not in HTTP_STACKS:
+        raise ConfigError(f"{HTTP_STACK_ENV}={stack!r}: expected one of {', '.join(HTTP_STACKS)}")
+    if stack == "httpx":
+        return None
+    from .transport import AiohttpTransport  # aiohttp is imported only when it is used
+
+    return AiohttpTransport(max_connections=max_connections)
+
+
 def _error_from(response: httpx.Response, body: bytes) -> ApiError:
     """The ApiError for a non-2xx response, envelope or not."""
     request_id = response.headers.get("request-id")
@@ -172,6 +204,7 @@ class FloraClient:
         base_url: e.g. ``https://app.flora.ai/api/v1``.
         api_key: sent as a bearer token; never logged or stored.
         transport: an httpx transport to use instead of the network (tests: the emulator).
+            None: ``default_transport`` (aiohttp's, unless ``FLORA_BATCH_HTTP=httpx``).
         timeout: seconds for connect and read.
         max_connections: connection pool size.
     """
@@ -191,7 +224,7 @@ class FloraClient:
         self._auth = {"Authorization": f"Bearer {api_key}"}
         self._http = httpx.AsyncClient(
             headers={"User-Agent": USER_AGENT},
-            transport=transport,
+            transport=transport or default_transport(max_connections),
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
@@ -461,11 +494,18 @@ class FloraClient:
         size, head = 0, b""
         try:
             with open(dest, "wb") as fh:
-                async for chunk in resp.aiter_bytes(1 << 16):
+                # Chunks as the transport delivers them, not re-cut to 64 KB: aiohttp's
+                # come up to READ_BUFSIZE (transport.py), so each costs one hash update and
+                # one write.  Hashing and writing stay on the loop: handing them to a
+                # thread measured slower on 2 cores (GIL hand-offs between loop and
+                # thread).  Decoded bytes when Content-Encoding is set, so the cap counts
+                # what is kept.
+                async for chunk in resp.aiter_bytes():
                     size += len(chunk)
                     if size > max_bytes:
                         raise ResponseRefused(f"output is larger than the {max_bytes:,}-byte cap")
-                    head += chunk[: HEAD_BYTES - len(head)]
+                    if len(head) < HEAD_BYTES:
+                        head += chunk[: HEAD_BYTES - len(head)]
                     digest.update(chunk)
                     fh.write(chunk)
                 fh.flush()
@@ -489,6 +529,7 @@ __all__ = [
     "FloraClient",
     "RemoteError",
     "check_fetch_url",
+    "default_transport",
     "is_local",
     "is_loopback",
     "map_http_errors",

@@ -15,6 +15,7 @@ file system access.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import string
 import unicodedata
@@ -76,8 +77,13 @@ _EXT_BY_OUTPUT_TYPE = {
 # --- templates -------------------------------------------------------------------------
 
 
-def _parse(template: str) -> list[tuple[str, str | None, str]]:
-    """``(literal, field or None, format spec)`` pieces, or a ManifestError saying what is wrong."""
+@functools.lru_cache(maxsize=256)
+def _parse(template: str) -> tuple[tuple[str, str | None, str], ...]:
+    """``(literal, field or None, format spec)`` pieces, or a ManifestError saying what is wrong.
+
+    Cached: a batch renders the same few templates once per row (a ManifestError is
+    raised again on every call, never cached).
+    """
     try:
         pieces = list(_FORMATTER.parse(template))
     except ValueError as exc:
@@ -101,7 +107,12 @@ def _parse(template: str) -> list[tuple[str, str | None, str]]:
         if spec and ("{" in spec or "}" in spec):
             raise ManifestError(f"template {template!r}: nested placeholders are not supported")
         out.append((literal, name, spec or ""))
-    return out
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=256)
+def _fields_of(template: str) -> tuple[str, ...]:
+    return template_fields(template)
 
 
 def template_fields(template: str) -> tuple[str, ...]:
@@ -203,7 +214,10 @@ def render_output_name(
     Raises:
         ManifestError: the template is invalid or names a missing column.
     """
-    fields: dict[str, str | int] = {k: _flatten(v) for k, v in row.items()}
+    # Only the columns the template names are flattened (it names a few of many).
+    fields: dict[str, str | int] = {
+        k: _flatten(row[k]) for k in _fields_of(template) if k in row
+    }
     fields.update(
         technique=_flatten(technique),
         output_id=_flatten(output_id),
@@ -214,7 +228,7 @@ def render_output_name(
     )
     path = _clean_path(render_template(template, fields))
     path = path or _clean_path(f"row-{row_number}-{output_id}{ext}") or "_"
-    return "_" + path if path.split("/")[0].casefold() == RESERVED_FOLDER else path
+    return "_" + path if path.split("/", 1)[0].casefold() == RESERVED_FOLDER else path
 
 
 def _flatten(value: str) -> str:
@@ -223,8 +237,8 @@ def _flatten(value: str) -> str:
 
 
 def _clean_path(text: str) -> str:
-    parts = (_clean_component(p) for p in text.replace("\\", "/").split("/"))
-    return "/".join(p for p in parts if p)
+    parts = [_clean_component(p) for p in text.replace("\\", "/").split("/")]
+    return "/".join([p for p in parts if p])
 
 
 def _bad_char(char: str) -> bool:
@@ -235,7 +249,11 @@ def _bad_char(char: str) -> bool:
 
 def _clean_component(part: str) -> str:
     """Rules 2 to 5 for one path component; ``""`` means drop it."""
-    part = "".join("_" if _bad_char(c) else c for c in unicodedata.normalize("NFC", part))
+    if part.isascii() and part.isprintable():  # the usual case, ~10x faster: NFC is a no-op
+        if not _WINDOWS_ILLEGAL.isdisjoint(part):  # and no ASCII control or bidi character
+            part = "".join("_" if c in _WINDOWS_ILLEGAL else c for c in part)
+    else:
+        part = "".join("_" if _bad_char(c) else c for c in unicodedata.normalize("NFC", part))
     part = part.strip().rstrip(". ")
     if not part:
         return ""

@@ -77,7 +77,26 @@ def make_plan(
         ValueError: two specs have the same key, or the specs mix batches; both are bugs
             upstream, since ``build_jobs`` numbers identical jobs apart.
     """
-    jobs = _keyed(specs)
+    return plan_keyed(_keyed(specs), known, techniques, retry_failed=retry_failed)
+
+
+def plan_keyed(
+    jobs: Sequence[tuple[JobKey, JobSpec]],
+    known: Mapping[JobKey, Known],
+    techniques: Mapping[str, Technique],
+    *,
+    retry_failed: bool = False,
+) -> Plan:
+    """``make_plan`` for jobs already keyed (``job_key`` of each spec, in row order).
+
+    A batch of 100,000 jobs is keyed once by its caller, not once more here: hashing
+    is most of what planning a resumed batch costs.  The checks are ``make_plan``'s.
+
+    Raises:
+        ValueError: two jobs have the same key, or the jobs mix batches.
+    """
+    jobs = list(jobs)
+    _check_keyed(jobs)
     groups = _classify(jobs, known)
     changed, retired = _changes(jobs, known, groups["new"])
     billable = [
@@ -89,7 +108,7 @@ def make_plan(
     billed = set(billable)
     costs = _costs([spec for key, spec in jobs if key in billed], techniques)
     return Plan(
-        batch=specs[0].batch if specs else "",
+        batch=jobs[0][1].batch if jobs else "",
         jobs=tuple(jobs),
         new=tuple(groups["new"]),
         done=tuple(groups["done"]),
@@ -104,12 +123,14 @@ def make_plan(
 
 
 def _keyed(specs: Sequence[JobSpec]) -> list[tuple[JobKey, JobSpec]]:
-    jobs = [(job_key(spec), spec) for spec in specs]
+    return [(job_key(spec), spec) for spec in specs]
+
+
+def _check_keyed(jobs: Sequence[tuple[JobKey, JobSpec]]) -> None:
     if len({key for key, _ in jobs}) != len(jobs):
         raise ValueError("two jobs have the same key: number identical rows with build_jobs")
-    if len({spec.batch for spec in specs}) > 1:
+    if len({spec.batch for _, spec in jobs}) > 1:
         raise ValueError("the jobs belong to more than one batch")
-    return jobs
 
 
 def _group(state: JobState | None) -> str:

@@ -268,13 +268,13 @@ def classify(value: str, hosts: tuple[str, ...] = DEFAULT_ALLOWED_HOSTS) -> tupl
     if scheme != "https":
         return "error", f"is a {scheme}:// URL; use https:// (FLORA refuses http:// and others)"
     try:
-        host = urlsplit(value).hostname
-        normalised = normalise_url(value)
+        parts = urlsplit(value.strip())
+        host, _ = parts.hostname, parts.port  # .port raises ValueError on a bad port
     except ValueError:
         return "error", "is not a valid URL"
     if not host:
         return "error", "has no host"
-    return ("url", value) if media_host_allowed(host, hosts) else ("remote", normalised)
+    return ("url", value) if media_host_allowed(host, hosts) else ("remote", normalise_url(value))
 
 
 def _file_url(value: str) -> tuple[str, str]:

@@ -30,6 +30,7 @@ from .faults import FaultPlan
 from .responses import ConnectionDropped
 
 STARTUP_TIMEOUT = 10.0
+KEEP_ALIVE = 75  # seconds an idle kept-alive connection stays open
 
 
 class _HideDrops(logging.Filter):
@@ -102,7 +103,15 @@ def start_server(
     emulator = Emulator(config)
     logging.getLogger("uvicorn.error").addFilter(_FILTER)
     sock = _bind(host, port)
-    uv_config = uvicorn.Config(emulator.app, log_level=log_level, lifespan="off", access_log=False)
+    uv_config = uvicorn.Config(
+        emulator.app,
+        log_level=log_level,
+        lifespan="off",
+        access_log=False,
+        # Real load balancers keep idle connections 60 s or more; uvicorn's 5 s races a
+        # client that reuses a connection idle ~5 s (a create then reads as ambiguous).
+        timeout_keep_alive=KEEP_ALIVE,
+    )
     server = uvicorn.Server(uv_config)
     thread = threading.Thread(target=_run, args=(server, sock), name="flora-emulator", daemon=True)
     thread.start()

@@ -1,10 +1,13 @@
 """Turn what the user typed into a SQLAlchemy engine set up the way the ledger needs.
 
 * A plain path (or ``sqlite:///path``) is a SQLite file; its parent folder is created.
-  Every connection runs ``journal_mode=WAL``, ``synchronous=FULL``,
-  ``busy_timeout=5000`` and ``foreign_keys=ON``.  pysqlite's own transaction handling
-  is switched off so that ``BEGIN`` is ours: writes use ``BEGIN IMMEDIATE`` (the write
-  lock is taken up front, so ``busy_timeout`` applies instead of a deadlock on upgrade).
+  Every connection runs ``journal_mode=WAL``, ``synchronous=NORMAL``,
+  ``busy_timeout=5000`` and ``foreign_keys=ON``; the commit that must survive a power
+  loss before a paid create leaves (``mark_submitting``) runs with ``synchronous=FULL``
+  (``SYNC_FULL``; docs/design.md, "Durability of the ledger").  pysqlite's own
+  transaction handling is switched off so that ``BEGIN`` is ours: writes use ``BEGIN
+  IMMEDIATE`` (the write lock is taken up front, so ``busy_timeout`` applies instead of
+  a deadlock on upgrade).
 * ``:memory:`` (or ``sqlite://``) is a private in-memory database on one connection.
 * ``postgresql://`` and ``postgres://`` are rewritten to ``postgresql+psycopg://``
   (any PostgreSQL URL uses psycopg 3), without server-side prepared statements.
@@ -30,10 +33,13 @@ from .tables import VERSION_TABLE
 SQLITE_MAGIC = b"SQLite format 3\x00"
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
-    "PRAGMA synchronous=FULL",
+    "PRAGMA synchronous=NORMAL",
     "PRAGMA busy_timeout=5000",
     "PRAGMA foreign_keys=ON",
 )
+#: Around a commit that must be on disk when it returns (WAL: fsync of the log), and back.
+SYNC_FULL = "PRAGMA synchronous=FULL"
+SYNC_NORMAL = "PRAGMA synchronous=NORMAL"
 #: Execution option read by the ``begin`` hook: ``"IMMEDIATE"`` for write transactions.
 BEGIN_MODE = "flora_sqlite_begin"
 

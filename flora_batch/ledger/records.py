@@ -1,11 +1,13 @@
 """Conversions between database rows and the frozen values of ``flora_batch.types``.
 
-Nothing here runs SQL: ``store.Ledger`` fetches rows and hands them to these functions,
-so callers only ever see ``JobRecord`` and ``OutputRecord``, never SQLAlchemy rows.
+Nothing here runs SQL: ``store.Ledger`` fetches rows (SQLAlchemy's, or plain dicts from
+``tx.Tx``) and hands them to these functions, so callers only ever see ``JobRecord`` and
+``OutputRecord``, never database rows.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -13,6 +15,9 @@ from typing import Any
 from sqlalchemy import RowMapping
 
 from ..types import JobKey, JobRecord, JobSpec, JobState, OutputRecord, RunInput
+
+#: A row by column name: SQLAlchemy's, or a dict from ``tx.Tx``.
+Row = RowMapping | Mapping[str, Any]
 
 #: States in which a job may have created a run whose bill is not known yet.
 RESERVING_STATES = frozenset(
@@ -61,7 +66,7 @@ def planned_row(
     }
 
 
-def output_record(row: RowMapping) -> OutputRecord:
+def output_record(row: Row) -> OutputRecord:
     """An ``outputs`` row as an OutputRecord."""
     return OutputRecord(
         output_id=row["output_id"],
@@ -74,7 +79,25 @@ def output_record(row: RowMapping) -> OutputRecord:
     )
 
 
-def job_record(row: RowMapping, outputs: Iterable[OutputRecord] = ()) -> JobRecord:
+#: A job's inputs and request ids rarely change while it moves through its states, and a
+#: JobRecord is built at every transition: decode each text once (the values are immutable).
+_DECODED = 4096
+
+
+@functools.lru_cache(maxsize=_DECODED)
+def _inputs(text: str) -> tuple[RunInput, ...]:
+    return tuple(RunInput(**item) for item in json.loads(text))
+
+
+@functools.lru_cache(maxsize=_DECODED)
+def _request_ids(text: str) -> tuple[str, ...]:
+    return tuple(json.loads(text))
+
+
+_STATES = {s.value: s for s in JobState}
+
+
+def job_record(row: Row, outputs: Iterable[OutputRecord] = ()) -> JobRecord:
     """A ``jobs`` row (and its outputs) as a JobRecord."""
     return JobRecord(
         key=JobKey(row["key"]),
@@ -83,8 +106,8 @@ def job_record(row: RowMapping, outputs: Iterable[OutputRecord] = ()) -> JobReco
         technique=row["technique"],
         row_index=row["row_index"],
         row_id=row["row_id"],
-        state=JobState(row["state"]),
-        inputs=tuple(RunInput(**item) for item in json.loads(row["inputs"])),
+        state=_STATES[row["state"]],
+        inputs=_inputs(row["inputs"]),
         row=json.loads(row["row"]),
         output_name=row["output_name"],
         run_id=row["run_id"],
@@ -94,7 +117,7 @@ def job_record(row: RowMapping, outputs: Iterable[OutputRecord] = ()) -> JobReco
         error_code=row["error_code"],
         error_message=row["error_message"],
         error_category=row["error_category"],
-        request_ids=tuple(json.loads(row["request_ids"])),
+        request_ids=_request_ids(row["request_ids"]),
         submitted_at=row["submitted_at"],
         updated_at=row["updated_at"],
         completed_at=row["completed_at"],
@@ -133,6 +156,30 @@ def with_request_id(stored: str, request_id: str | None) -> str | None:
     if request_id is None or request_id in ids:
         return None
     return dumps([*ids, request_id])
+
+
+#: What one attempt owns; ``retry_failed`` logs these and starts the next attempt blank.
+ATTEMPT_COLUMNS = (
+    "idempotency_key",
+    "run_id",
+    "submitted_at",
+    "completed_at",
+    "charged_cost",
+    "error_code",
+    "error_message",
+    "error_category",
+)
+
+
+def charge(charged_cost: float | None) -> dict[str, Any]:
+    """The column change for a bill, if one is known (an unknown bill changes nothing)."""
+    return {} if charged_cost is None else {"charged_cost": charged_cost}
+
+
+def request_ids(row: Row, request_id: str | None) -> dict[str, Any]:
+    """The column change adding ``request_id`` to the row's request ids, if it is new."""
+    ids = with_request_id(row["request_ids"], request_id)
+    return {} if ids is None else {"request_ids": ids}
 
 
 def group_outputs(rows: Iterable[RowMapping]) -> Mapping[str, list[OutputRecord]]:

@@ -1,7 +1,7 @@
 """The ledger: every job's state, so an interrupted batch resumes and never pays twice.
 
 ``Ledger`` is the one object the rest of flora-batch uses; its SQL lives here and in
-the helpers of this package (``core``, ``outputs_sql``).  Each method is one short
+the helpers of this package (``core``, ``tx``, ``outputs_sql``).  Each method is one short
 transaction (callers are async code; nothing is held across an ``await``).  A state
 change is a guarded ``UPDATE jobs ... WHERE key = :k AND state IN (:expected)`` plus
 one ``events`` row, in the same transaction; a job in any other state raises
@@ -16,6 +16,7 @@ nothing changes.  The legal moves (``moves.py``)::
     resubmit_unresolved   unresolved -> planned          (new attempt, new key)
     mark_downloading      running -> downloading
     mark_done             downloading -> done            (every output saved)
+    save_output           a file saved; after the last one, mark_done's move too
     reopen_download       done -> downloading
     mark_failed           submitting | running | downloading | needs_reconcile -> failed
     retry_failed          failed -> planned              (new key: "<key>-r<attempt>")
@@ -31,7 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, func, insert, select, update
+from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.sql import ColumnElement
 
 from ..errors import LedgerConflict
@@ -39,13 +40,17 @@ from ..types import JobKey, JobRecord, JobSpec, JobState, RunOutput
 from . import bulk, connect, outputs_sql
 from . import migrate as schema
 from . import moves as mv
+from . import tx as sql
 from .records import (
+    ATTEMPT_COLUMNS,
     RESERVING_STATES,
+    charge,
     dumps,
     event_dict,
     group_outputs,
     job_record,
     planned_row,
+    request_ids,
     with_request_id,
 )
 from .tables import events, meta, outputs
@@ -131,14 +136,45 @@ class Ledger(UploadLedger):
         with self._read() as conn:
             return {JobKey(k): JobState(s) for k, s in conn.execute(query)}
 
+    def known_slots(self, batch: str) -> dict[JobKey, tuple[JobState, str, str | None, int]]:
+        """``key -> (state, technique, row_id, row_index)`` of every job of ``batch``.
+
+        What planning needs, in four columns: no ``JobRecord``, no JSON decoding, so a
+        100,000-job batch is read in a fraction of what ``jobs()`` takes.
+        """
+        c = jobs_table.c
+        query = select(c.key, c.state, c.technique, c.row_id, c.row_index).where(c.batch == batch)
+        states = {s.value: s for s in JobState}
+        with self._read() as conn:
+            return {
+                JobKey(k): (states[s], t, rid, idx) for k, s, t, rid, idx in conn.execute(query)
+            }
+
+    def durations(self, technique: str, limit: int = 64) -> list[float]:
+        """Submit-to-done seconds of the latest done jobs of ``technique``, any batch.
+
+        The poll policy's first guess for a technique before any of its runs completes
+        here (``polling.Learned.learn_prior``): a nightly batch learns from last night's.
+        """
+        c = jobs_table.c
+        took = c.completed_at - c.submitted_at
+        query = (
+            select(took)
+            .where(c.technique == technique, c.state == JobState.DONE.value, took > 0)
+            .order_by(c.completed_at.desc())
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return [float(t) for t in conn.execute(query).scalars()]
+
     def get(self, key: JobKey) -> JobRecord:
         """The job with this key, its outputs filled in.
 
         Raises:
             LedgerConflict: no job has this key.
         """
-        with self._read() as conn:
-            return self._record(conn, key)
+        with self._tx(key, write=False) as tx:
+            return self._get(tx, key)
 
     def jobs(
         self, batch: str | None = None, states: Iterable[JobState] | None = None
@@ -147,12 +183,15 @@ class Ledger(UploadLedger):
         where = _filter(batch, states)
         c = jobs_table.c
         query = select(jobs_table).where(*where).order_by(c.row_index, c.technique, c.key)
-        of_jobs = outputs.c.job_key.in_(select(c.key).where(*where))
-        out_query = select(outputs).where(of_jobs).order_by(outputs.c.job_key, outputs.c.output_id)
+        out_query = select(outputs).order_by(outputs.c.job_key, outputs.c.output_id)
         with self._read() as conn:
-            rows = conn.execute(query).mappings().all()
+            if states is not None or (batch is not None and _other_batches(conn, batch)):
+                out_query = out_query.where(outputs.c.job_key.in_(select(c.key).where(*where)))
+            # Outputs first, then each job row turned into its record as it is fetched:
+            # 100,000 raw rows and their records were alive at once before.
             grouped = group_outputs(conn.execute(out_query).mappings())
-        return [job_record(r, grouped.get(r["key"], ())) for r in rows]
+            rows = conn.execute(query).mappings()
+            return [job_record(r, grouped.get(r["key"], ())) for r in rows]
 
     def counts(self, batch: str | None = None) -> dict[JobState, int]:
         """How many jobs are in each state (every state present, zeros included)."""
@@ -209,22 +248,27 @@ class Ledger(UploadLedger):
     # -- submitting --------------------------------------------------------------------
 
     def mark_submitting(self, key: JobKey, *, now: float) -> JobRecord:
-        """``planned -> submitting``: the create is about to leave with the current key."""
-        with self._write(key) as conn:
-            row = self._expect(conn, key, mv.MARK_SUBMITTING)
+        """``planned -> submitting``: the create is about to leave with the current key.
+
+        The commit is durable (on SQLite, ``synchronous=FULL``) before this returns, so
+        before the create is sent: see docs/design.md, "Durability of the ledger".
+        """
+        move = mv.MARK_SUBMITTING
+        with self._tx(key, durable=True) as tx:
+            row = self._row(tx, key, move.action)
+            self._check(row, move)
             first = row["submitted_at"] is None
             values = {"submitted_at": now} if first else {}
             detail = {"idempotency_key": row["idempotency_key"], "first_send": first}
-            self._apply(conn, row, mv.MARK_SUBMITTING, now, values, detail)
-            return self._record(conn, key)
+            return self._record(tx, self._guarded(tx, key, move, now, values, detail))
 
     def note_request(self, key: JobKey, request_id: str) -> None:
         """Remember a request id FLORA gave for this job (no state change)."""
-        with self._write(key) as conn:
-            row = self._row(conn, key, "note_request")
+        with self._tx(key) as tx:
+            row = self._row(tx, key, "note_request")
             ids = with_request_id(row["request_ids"], request_id)
             if ids is not None:
-                self._set(conn, key, request_ids=ids)
+                self._set(tx, key, request_ids=ids)
 
     def mark_running(
         self,
@@ -241,10 +285,10 @@ class Ledger(UploadLedger):
         another run id it raises LedgerConflict (a job never has two runs per key).
         """
         move = mv.MARK_RUNNING
-        with self._write(key) as conn:
-            row = self._row(conn, key, move.action)
+        with self._tx(key) as tx:
+            row = self._row(tx, key, move.action)
             if row["state"] == JobState.RUNNING and row["run_id"] == run_id:
-                return self._record(conn, key)  # the same news twice: nothing to do
+                return self._record(tx, row)  # the same news twice: nothing to do
             if row["run_id"] not in (None, run_id):
                 raise LedgerConflict(
                     f"job {key}: cannot mark_running with run {run_id}: "
@@ -252,11 +296,11 @@ class Ledger(UploadLedger):
                     key=key,
                 )
             self._check(row, move)
-            values = {"run_id": run_id, **_NO_ERROR, **_charge(charged_cost)}
-            values.update(_request_ids(row, request_id))
+            values = {"run_id": run_id, **_NO_ERROR, **charge(charged_cost)}
+            values.update(request_ids(row, request_id))
             detail = {"run_id": run_id, "request_id": request_id}
-            self._apply(conn, row, move, now, values, detail)
-            return self._record(conn, key)
+            new = self._guarded(tx, key, move, now, values, detail, from_state=row["state"])
+            return self._record(tx, new)
 
     def release_unsent(self, key: JobKey, *, now: float, reason: str) -> JobRecord:
         """``submitting -> planned``: FLORA answered, so we KNOW no run was created.
@@ -264,22 +308,22 @@ class Ledger(UploadLedger):
         ``submitted_at`` is cleared, unless an earlier create with the same key may have
         landed (before ``resubmit_unresolved``): that first send bounds the key's window.
         """
-        with self._write(key) as conn:
-            row = self._expect(conn, key, mv.RELEASE_UNSENT)
-            values = {"submitted_at": None} if self._first_send(conn, key) else {}
-            self._apply(conn, row, mv.RELEASE_UNSENT, now, values, {"reason": reason})
-            return self._record(conn, key)
+        with self._tx(key) as tx:
+            values = {"submitted_at": None} if self._first_send(tx, key) else {}
+            move = mv.RELEASE_UNSENT
+            return self._record(tx, self._guarded(tx, key, move, now, values, {"reason": reason}))
 
     def mark_needs_reconcile(
         self, key: JobKey, *, now: float, reason: str, request_id: str | None = None
     ) -> JobRecord:
         """``submitting -> needs_reconcile``: a run may exist for the key, its id unknown."""
         move = mv.MARK_NEEDS_RECONCILE
-        with self._write(key) as conn:
-            row = self._expect(conn, key, move)
-            values = {**_NO_ERROR, "error_message": reason, **_request_ids(row, request_id)}
-            self._apply(conn, row, move, now, values, {"reason": reason, "request_id": request_id})
-            return self._record(conn, key)
+        with self._tx(key) as tx:
+            row = self._row(tx, key, move.action)
+            self._check(row, move)
+            values = {**_NO_ERROR, "error_message": reason, **request_ids(row, request_id)}
+            detail = {"reason": reason, "request_id": request_id}
+            return self._record(tx, self._guarded(tx, key, move, now, values, detail))
 
     def mark_unresolved(self, key: JobKey, *, now: float, reason: str) -> JobRecord:
         """``needs_reconcile | submitting -> unresolved``: the user has to decide."""
@@ -305,18 +349,16 @@ class Ledger(UploadLedger):
         charged_cost: float | None = None,
     ) -> JobRecord:
         """``running -> downloading``: the run completed with these outputs."""
-        with self._write(key) as conn:
-            row = self._expect(conn, key, mv.MARK_DOWNLOADING)
+        with self._tx(key) as tx:
             detail = {"outputs": [o.output_id for o in outputs]}
-            self._apply(conn, row, mv.MARK_DOWNLOADING, now, _charge(charged_cost), detail)
-            outputs_sql.put_urls(conn, key, outputs)
-            return self._record(conn, key)
+            new = self._guarded(tx, key, mv.MARK_DOWNLOADING, now, charge(charged_cost), detail)
+            return self._record(tx, new, outputs_sql.put_urls(tx, key, outputs))
 
     def refresh_output_urls(self, key: JobKey, outputs: Sequence[RunOutput]) -> None:
         """Store fresh URLs for expired ones; saved files' data is kept."""
-        with self._write(key) as conn:
-            self._row(conn, key, "refresh_output_urls")
-            outputs_sql.put_urls(conn, key, outputs)
+        with self._tx(key) as tx:
+            self._row(tx, key, "refresh_output_urls")
+            outputs_sql.put_urls(tx, key, outputs)
 
     def mark_output_saved(
         self,
@@ -331,28 +373,53 @@ class Ledger(UploadLedger):
     ) -> None:
         """Record that an output's file is on disk and verified (job must be downloading)."""
         file = {"path": path, "size": size, "sha256": sha256, "content_type": content_type}
-        with self._write(key) as conn:
-            self._expect(conn, key, mv.SAVE_OUTPUT)
-            outputs_sql.set_file(conn, key, output_id, {**file, "saved_at": now})
+        with self._tx(key) as tx:
+            self._save_file(tx, mv.SAVE_OUTPUT, key, output_id, {**file, "saved_at": now})
+
+    def save_output(
+        self,
+        key: JobKey,
+        output_id: str,
+        *,
+        path: str,
+        size: int,
+        sha256: str,
+        content_type: str | None = None,
+        now: float,
+    ) -> JobRecord:
+        """Record an output's file like ``mark_output_saved``; after the last one, ``done``.
+
+        One transaction (one commit) instead of ``mark_output_saved`` + ``mark_done``:
+        when every output of the job now has a file, the job also moves ``downloading ->
+        done`` with ``mark_done``'s event.  Returns the job as it is afterwards.
+        """
+        file = {"path": path, "size": size, "sha256": sha256, "content_type": content_type}
+        with self._tx(key) as tx:
+            row = self._save_file(tx, mv.SAVE_AND_FINISH, key, output_id, {**file, "saved_at": now})
+            saved = outputs_sql.records(tx, key)
+            if any(o.sha256 is None for o in saved):
+                return self._record(tx, row, saved)
+            new = self._guarded(tx, key, mv.MARK_DONE, now, {"completed_at": now}, {})
+            return self._record(tx, new, saved)
 
     def clear_output_file(self, key: JobKey, output_id: str) -> None:
         """Forget an output's file (it vanished), so it is downloaded again."""
-        with self._write(key) as conn:
-            self._row(conn, key, "clear_output_file")
-            outputs_sql.set_file(conn, key, output_id, dict.fromkeys(outputs_sql.FILE_COLUMNS))
+        with self._tx(key) as tx:
+            self._row(tx, key, "clear_output_file")
+            outputs_sql.set_file(tx, key, output_id, dict.fromkeys(outputs_sql.FILE_COLUMNS))
 
     def mark_done(self, key: JobKey, *, now: float) -> JobRecord:
         """``downloading -> done``; every output must have been saved (sha256 known)."""
-        with self._write(key) as conn:
-            row = self._expect(conn, key, mv.MARK_DONE)
-            missing = outputs_sql.unsaved(conn, key)
-            if missing:
+        with self._tx(key) as tx:
+            new = self._guarded(tx, key, mv.MARK_DONE, now, {"completed_at": now}, {})
+            saved = outputs_sql.records(tx, key)
+            missing = [o.output_id for o in saved if o.sha256 is None]
+            if missing:  # raising rolls back the UPDATE and its event
                 raise LedgerConflict(
                     f"job {key}: cannot mark_done: outputs {', '.join(missing)} are not saved",
                     key=key,
                 )
-            self._apply(conn, row, mv.MARK_DONE, now, {"completed_at": now}, {})
-            return self._record(conn, key)
+            return self._record(tx, new, saved)
 
     def reopen_download(self, key: JobKey, *, now: float) -> JobRecord:
         """``done -> downloading``: an output file is missing or corrupt on disk."""
@@ -372,21 +439,21 @@ class Ledger(UploadLedger):
     ) -> JobRecord:
         """``submitting | running | downloading | needs_reconcile -> failed``."""
         error = {"error_code": code, "error_message": message, "error_category": category}
-        values = {**error, "completed_at": now, **_charge(charged_cost)}
+        values = {**error, "completed_at": now, **charge(charged_cost)}
         return self._move(key, mv.MARK_FAILED, now, values, error)
 
     def set_charged(self, key: JobKey, charged_cost: float, *, now: float | None = None) -> None:
         """Record a bill that arrived late, in any state (``now`` dates its event)."""
-        with self._write(key) as conn:
-            row = self._row(conn, key, "set_charged")
-            self._set(conn, key, charged_cost=charged_cost)
+        with self._tx(key) as tx:
+            row = self._row(tx, key, "set_charged")
+            self._set(tx, key, charged_cost=charged_cost)
             detail = {
                 "action": "set_charged",
                 "charged_cost": charged_cost,
                 "previous": row["charged_cost"],
             }
             at = row["updated_at"] if now is None else now
-            self._log(conn, key, at, row["state"], row["state"], detail)
+            self._log(tx, key, at, row["state"], row["state"], detail)
 
     def retry_failed(self, key: JobKey, *, now: float) -> JobRecord:
         """``failed -> planned`` as a new attempt with a new idempotency key.
@@ -399,43 +466,22 @@ class Ledger(UploadLedger):
 
     def _next_attempt(self, key: JobKey, move: mv.Move, now: float) -> JobRecord:
         """Start attempt n+1 with key ``<key>-r<n+1>``; the old attempt goes to the events."""
-        with self._write(key) as conn:
-            row = self._expect(conn, key, move)
+        with self._tx(key) as tx:
+            row = self._row(tx, key, move.action)
+            self._check(row, move)
             attempt = row["attempt"] + 1
-            old = {k: row[k] for k in _ATTEMPT_COLUMNS}
+            old = {k: row[k] for k in ATTEMPT_COLUMNS}
             values = {
-                **dict.fromkeys(_ATTEMPT_COLUMNS),
+                **dict.fromkeys(ATTEMPT_COLUMNS),
                 "attempt": attempt,
                 "idempotency_key": f"{key}-r{attempt}",
                 "charged_before": row["charged_before"] + (row["charged_cost"] or 0.0),
                 "request_ids": "[]",
             }
             detail = {"attempt": attempt, "old": {**old, "request_ids": row["request_ids"]}}
-            self._apply(conn, row, move, now, values, detail)
-            conn.execute(outputs.delete().where(outputs.c.job_key == key))
-            return self._record(conn, key)
-
-
-#: What one attempt owns; ``retry_failed`` logs these and starts the next attempt blank.
-_ATTEMPT_COLUMNS = (
-    "idempotency_key",
-    "run_id",
-    "submitted_at",
-    "completed_at",
-    "charged_cost",
-    "error_code",
-    "error_message",
-    "error_category",
-)
-
-
-def _charge(charged_cost: float | None) -> dict[str, Any]:
-    return {} if charged_cost is None else {"charged_cost": charged_cost}
-
-
-def _request_ids(row: RowMapping, request_id: str | None) -> dict[str, Any]:
-    ids = with_request_id(row["request_ids"], request_id)
-    return {} if ids is None else {"request_ids": ids}
+            new = self._guarded(tx, key, move, now, values, detail)
+            tx.run(sql.DELETE_OUTPUTS, {"k": key})
+            return self._record(tx, new, [])
 
 
 def _existing_keys(conn: Connection, keys: list[str]) -> set[str]:
@@ -446,6 +492,18 @@ def _existing_keys(conn: Connection, keys: list[str]) -> set[str]:
         chunk = keys[start : start + size]
         found.update(conn.execute(select(key).where(key.in_(chunk))).scalars())
     return found
+
+
+def _other_batches(conn: Connection, batch: str) -> bool:
+    """Whether the ledger holds jobs of another batch than ``batch``.
+
+    When it does not, ``jobs`` reads the outputs table whole, in key order, instead of
+    looking up each of the batch's keys (3x faster for 100,000 jobs; outputs of jobs
+    added meanwhile by another batch would only be read, never used).
+    """
+    key = jobs_table.c.key
+    found = conn.execute(select(key).where(jobs_table.c.batch != batch).limit(1)).first()
+    return found is not None
 
 
 def _filter(batch: str | None, states: Iterable[JobState] | None) -> list[ColumnElement[bool]]:

@@ -144,7 +144,7 @@ def test_open_creates_the_parent_folder(tmp_path: Path) -> None:
 
 
 def test_sqlite_connections_are_configured(tmp_path: Path) -> None:
-    """Every SQLite connection runs WAL, synchronous=FULL, busy_timeout and foreign keys."""
+    """Every SQLite connection runs WAL, synchronous=NORMAL, busy_timeout and foreign keys."""
     engine = engine_for(str(tmp_path / "x.ledger"))
     try:
         with engine.connect() as conn:
@@ -154,7 +154,7 @@ def test_sqlite_connections_are_configured(tmp_path: Path) -> None:
             }
     finally:
         engine.dispose()
-    assert pragmas == {"journal_mode": "wal", "synchronous": 2, "busy_timeout": 5000,
+    assert pragmas == {"journal_mode": "wal", "synchronous": 1, "busy_timeout": 5000,
                        "foreign_keys": 1}  # fmt: skip
 
 

@@ -204,6 +204,21 @@ class LedgerMachine(RuleBasedStateMachine):
             model.saved[output_id] = True
 
     @rule(i=JOBS, output_id=OUTPUT_IDS)
+    def save_and_finish(self, i: int, output_id: str) -> None:
+        """``save_output``: the file, and ``done`` with it once every output is saved."""
+        key, model = self.keys[i], self.model[self.keys[i]]
+        legal = model.state == S.DOWNLOADING and output_id in model.saved
+        got: list[object] = []
+        self.attempt(key, legal, lambda: got.append(self.ledger.save_output(
+            key, output_id, path="p", size=1, sha256="00", now=self.clock
+        )))  # fmt: skip
+        if legal:
+            model.saved[output_id] = True
+            if all(model.saved.values()):
+                model.state = S.DONE
+            assert got == [self.ledger.get(key)]
+
+    @rule(i=JOBS, output_id=OUTPUT_IDS)
     def lose_output(self, i: int, output_id: str) -> None:
         key, model = self.keys[i], self.model[self.keys[i]]
         legal = output_id in model.saved

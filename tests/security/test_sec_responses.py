@@ -357,3 +357,8 @@ async def test_output_ids_cannot_make_one_job_overwrite_another(tmp_path: Path) 
     with Ledger.open(result.ledger_url) as ledger:
         done = [j for j in ledger.jobs(batch="b") if j.state is JobState.DONE]
     assert kept.read_bytes() == (PNG + b"one" if done[0].row_id == "a" else PNG + b"two")
+    # A later run loads the saved file's name from the ledger: still refused, still one file.
+    again = await run_batch(manifest, s, transport=flora.transport())
+    [reason] = again.outcome.stuck
+    assert "not overwritten" in reason
+    assert [p.read_bytes() for p in saved(tmp_path)] == [kept.read_bytes()]

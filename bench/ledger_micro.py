@@ -1,0 +1,94 @@
+"""Micro-benchmark of the ledger's write path: CPU per job on a SQLite file.
+
+``python -m bench.ledger_micro [N]`` records N planned jobs (one ``record_planned``), then
+pushes each through what the worker does per job: ``mark_submitting``, ``mark_running``,
+``mark_downloading`` (one output), the saved file and ``done``, plus one ``get``.  It prints
+the process CPU (``time.process_time``: user + system, so fsync's kernel work counts, its
+wait does not) and the wall time, per job.  With ``--combined`` the last two steps are one
+``save_output`` (the worker's single transaction) instead of ``mark_output_saved`` +
+``mark_done``.  Compare runs made on the same machine at the same time only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from flora_batch.ledger import Ledger
+from flora_batch.types import JobKey, JobSpec, RunInput, RunOutput
+
+_OUTPUTS = (RunOutput("output_1", "imageUrl", "https://media.example/1.png"),)
+
+
+def _specs(n: int) -> list[tuple[JobKey, JobSpec]]:
+    """N distinct one-input jobs of one batch."""
+    return [
+        (
+            JobKey(f"fk1:{i:032x}"),
+            JobSpec(
+                batch="bench",
+                technique="wireframe",
+                inputs=(RunInput("prompt", "text", f"a cat, take {i}"),),
+                row_index=i,
+                row={"prompt": f"a cat, take {i}"},
+                source=f"rows.csv:{i + 2}",
+            ),
+        )
+        for i in range(n)
+    ]
+
+
+def _one_job(ledger: Ledger, key: JobKey, now: float, *, combined: bool) -> None:
+    """The ledger calls the worker makes for one job (create, one poll, one download)."""
+    ledger.mark_submitting(key, now=now)
+    ledger.mark_running(key, f"run_{key[-8:]}", now=now, request_id="req_1")
+    ledger.mark_downloading(key, _OUTPUTS, now=now, charged_cost=0.25)
+    ledger.get(key)
+    path, sha = f"out/{key[-8:]}.png", "ab" * 32
+    if combined:
+        ledger.save_output(
+            key, "output_1", path=path, size=4096, sha256=sha, content_type="image/png", now=now
+        )
+    else:
+        ledger.mark_output_saved(
+            key, "output_1", path=path, size=4096, sha256=sha, content_type="image/png", now=now
+        )
+        ledger.mark_done(key, now=now)
+
+
+def measure(n: int, *, combined: bool) -> dict[str, float]:
+    """Milliseconds of CPU and wall per job for ``record_planned`` and the transitions."""
+    with tempfile.TemporaryDirectory() as tmp, Ledger.open(Path(tmp) / "micro.ledger") as ledger:
+        specs = _specs(n)
+        cpu0 = time.process_time()
+        ledger.record_planned(specs, quoted_cost={"wireframe": 0.25}, now=1.0)
+        cpu1, wall1 = time.process_time(), time.perf_counter()
+        for key, _ in specs:
+            _one_job(ledger, key, 2.0, combined=combined)
+        cpu2, wall2 = time.process_time(), time.perf_counter()
+    per = 1000.0 / n
+    return {
+        "plan_cpu": (cpu1 - cpu0) * per,
+        "cpu": (cpu2 - cpu1) * per,
+        "wall": (wall2 - wall1) * per,
+    }
+
+
+def main() -> None:
+    """Parse the arguments, run once, print one line per figure."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("n", nargs="?", type=int, default=3000, help="jobs (default 3000)")
+    parser.add_argument("--combined", action="store_true", help="save_output, not saved+done")
+    args = parser.parse_args()
+    got = measure(args.n, combined=args.combined)
+    mode = "save_output" if args.combined else "mark_output_saved + mark_done"
+    print(f"ledger micro-benchmark: {args.n} jobs on SQLite, last step {mode}")
+    print(f"  record_planned CPU/job   {got['plan_cpu']:.3f} ms")
+    print(f"  transitions    CPU/job   {got['cpu']:.3f} ms")
+    print(f"  transitions   wall/job   {got['wall']:.3f} ms")
+
+
+if __name__ == "__main__":
+    main()

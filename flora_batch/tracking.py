@@ -1,0 +1,159 @@
+"""Following a run after its create: poll it, act on its status, settle its bill.
+
+The worker polls each run when ``polling.next_poll_delay`` says it should be near its
+end; a ``completed`` answer moves the job to ``downloading`` (its outputs recorded
+first), a ``failed`` one records the failure, anything else schedules the next poll.
+An unknown status is not terminal, but the wait for it is bounded.  Charges may arrive
+after the end (CONTRACT.md §4): they are read again, briefly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from . import polling, retrying
+from .downloads import Downloads
+from .errors import AuthError, FloraError, NotFound
+from .types import JobKey, JobRecord, RunInfo
+from .wire import classify_run_failure
+
+log = logging.getLogger("flora_batch.worker")
+
+_CHARGE_REREADS = 3
+
+
+class Tracker(Downloads):
+    """The worker's poll step and what follows a run's end (mixed into ``Worker``)."""
+
+    async def _poll(self, key: JobKey) -> None:
+        """One poll (``_start_due`` counted it in ``self.polling``)."""
+        try:
+            await self._poll_once(key)
+        finally:
+            self.polling -= 1
+
+    async def _poll_once(self, key: JobKey) -> None:
+        """Ask FLORA how the run is doing; its answer decides the next step."""
+        rec = self.jobs[key]
+        assert rec.run_id is not None
+        try:
+            run = await retrying.call(
+                lambda: self.client.get_run(rec.technique, rec.run_id or ""),
+                what=f"poll {rec.run_id}",
+            )
+        except AuthError as exc:
+            self.abort = exc
+            return
+        except NotFound as exc:
+            self.stuck[key] = (
+                f"FLORA no longer knows run {rec.run_id} ({exc}); was the key changed?"
+            )
+            self._release(key)
+            return
+        except FloraError as exc:
+            self.stuck[key] = f"polling kept failing: {exc}"
+            self._schedule(key, self.clock() + self.settings.max_poll, "poll")
+            return
+        self.last_success = self.clock()
+        self._after_poll(key, run)
+
+    def _after_poll(self, key: JobKey, run: RunInfo) -> None:
+        """Act on a run's status: schedule the next poll, download, or record the failure."""
+        self.stuck.pop(key, None)
+        if run.status == "completed":
+            self._completed(key, run)
+        elif run.status == "failed":
+            self._run_failed(key, run)
+        elif not self._unknown_too_long(key, run):
+            self._schedule(key, self.clock() + self._next_poll_delay(key, run), "poll")
+
+    def _unknown_too_long(self, key: JobKey, run: RunInfo) -> bool:
+        """CONTRACT.md §4: an unknown status is not terminal, but the wait for it is bounded.
+
+        After ``settings.unknown_status_limit`` seconds of nothing but unknown statuses
+        the job is left as it is (its run is kept, never bought again) and reported; the
+        next ``run`` polls it afresh.
+        """
+        if run.status in ("pending", "running"):
+            self.unknown_since.pop(key, None)
+            return False
+        now = self.clock()
+        if key not in self.unknown_since:
+            self.unknown_since[key] = now
+            log.warning("run %s: unknown status %r; still waiting", run.run_id, run.status)
+        waited = now - self.unknown_since[key]
+        if waited <= self.settings.unknown_status_limit:
+            return False
+        self.stuck[key] = (
+            f"run {run.run_id} has reported the unknown status {run.status!r} for "
+            f"{waited:.0f}s; it is kept (not bought again): run again later"
+        )
+        self._release(key)
+        return True
+
+    def _next_poll_delay(self, key: JobKey, run: RunInfo) -> float:
+        """Poll near the expected end (``polling.next_poll_delay``)."""
+        rec = self.jobs[key]
+        typical = self.learned.typical(rec.technique)
+        return polling.next_poll_delay(
+            run, rec, typical, self.settings, self.clock(), self.learned.offset
+        )
+
+    def _completed(self, key: JobKey, run: RunInfo) -> None:
+        rec = self.jobs[key]
+        self.learned.learn_run(rec.technique, run)
+        if not run.outputs:
+            self._run_failed(
+                key, run, code="no_outputs", message="FLORA said completed but gave no outputs"
+            )
+            return
+        self._settle_charge(rec, run.charged_cost)
+        self._update(
+            self.ledger.mark_downloading(
+                key, run.outputs, now=self.clock(), charged_cost=run.charged_cost
+            )
+        )
+        self._spawn(self._download(key))
+
+    def _run_failed(
+        self, key: JobKey, run: RunInfo, *, code: str | None = None, message: str | None = None
+    ) -> None:
+        rec = self.jobs[key]
+        code = code or run.error_code or "unknown"
+        message = message or run.error_message or ""
+        category = classify_run_failure(code, message) if code != "no_outputs" else "retryable"
+        self._settle_charge(rec, run.charged_cost)
+        self._update(
+            self.ledger.mark_failed(
+                key,
+                code=code,
+                message=message,
+                category=category,
+                now=self.clock(),
+                charged_cost=run.charged_cost,
+            )
+        )
+        if run.charged_cost is None:
+            self._schedule(key, self.clock() + self.settings.min_poll, "charge")
+        self._release(key)
+        log.warning("failed %s: %s %s", rec.source or key, code, message)
+
+    def _settle_charge(self, rec: JobRecord, charged: float | None) -> None:
+        if charged is not None and rec.charged_cost is None:
+            self.committed += charged - self._quote(rec)
+
+    async def _reread_charge(self, key: JobKey, tries: int = _CHARGE_REREADS) -> None:
+        """Charges can arrive after the run ends (CONTRACT.md §4): read them again, briefly."""
+        rec = self.jobs[key]
+        for _ in range(tries):
+            try:
+                run = await self.client.get_run(rec.technique, rec.run_id or "")
+            except FloraError:
+                return
+            if run.charged_cost is not None:
+                self._settle_charge(self.jobs[key], run.charged_cost)
+                self.ledger.set_charged(key, run.charged_cost)
+                self._update(self.ledger.get(key))
+                return
+            await asyncio.sleep(self.settings.min_poll)

@@ -1,0 +1,201 @@
+"""What the worker's parts share: the per-batch state, the pacer, and what a batch reports.
+
+``Worker`` (worker.py: the loop, submit and poll) is built from ``Downloads``
+(downloads.py) and ``Reconciler`` (reconcile.py), which all work on the one
+``WorkerState`` defined here: the jobs as last written to the ledger, the schedule
+(heaps of due times), the in-flight slots and the money committed so far.  Keeping
+the state in one place is what lets each part stay small without passing a dozen
+arguments around.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from .client import FloraClient
+from .config import Settings
+from .errors import FloraError
+from .ledger import Ledger
+from .polling import Learned
+from .results import ResultStore
+from .types import JobKey, JobRecord, JobState, RunInput, Technique
+
+Clock = Callable[[], float]
+ProgressHook = Callable[["Snapshot"], None]
+#: The upload stage's hook (``uploads.Uploader.resolve_inputs``): a job's inputs with its
+#: upload placeholders swapped for asset URLs; None while a file is still uploading;
+#: UploadError when one will not be ready in this run.
+InputResolver = Callable[[JobRecord], "tuple[RunInput, ...] | None"]
+#: Cluster mode (``cluster.py``): claim up to n more jobs from the shared ledger.
+Refill = Callable[[int], list[JobRecord]]
+
+
+@dataclass
+class Snapshot:
+    """What the progress display shows; cheap to build."""
+
+    total: int
+    counts: Counter[JobState]
+    spent: float
+    in_flight_limit: int
+    started: float
+    now: float
+    done_this_run: int
+    uploads: tuple[int, int, int] | None = None  # input files (ready, not ready, total)
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left at the pace of this run so far, if there is a pace yet."""
+        finished = self.counts[JobState.DONE] + self.counts[JobState.FAILED]
+        left = self.total - finished - self.counts[JobState.UNRESOLVED]
+        if self.done_this_run <= 0 or left <= 0:
+            return None
+        return (self.now - self.started) / self.done_this_run * left
+
+
+@dataclass
+class Outcome:
+    """How the batch ended."""
+
+    counts: Counter[JobState]
+    spent: float
+    reserved: float
+    stopped: str | None = None  # budget | credits | auth | interrupted | runtime | outage
+    error: FloraError | None = None
+    stuck: list[str] = field(default_factory=list)
+
+
+class Pacer:
+    """Adaptive in-flight limit (halved on 429, grown back on success) and create pacing."""
+
+    def __init__(self, limit: int, rate: float, clock: Clock) -> None:
+        self.max = max(1, limit)
+        self.limit = self.max
+        self.rate = rate
+        self.clock = clock
+        self.paused_until = 0.0
+        self.next_submit = 0.0
+        self._streak = 0
+
+    def ready_at(self) -> float:
+        """The earliest time the next create may leave."""
+        return max(self.paused_until, self.next_submit)
+
+    def took(self) -> float:
+        """A create is leaving; returns how long it must wait first (shared pacing only)."""
+        if self.rate > 0:
+            self.next_submit = max(self.clock(), self.next_submit) + 1.0 / self.rate
+        return 0.0
+
+    def rate_limited(self, retry_after: float | None) -> float:
+        """Back off the whole pool; returns the pause in seconds."""
+        self.limit = max(1, self.limit // 2)
+        self._streak = 0
+        pause = min(retry_after if retry_after is not None else 5.0, 30.0)
+        self.paused_until = max(self.paused_until, self.clock() + pause)
+        return pause
+
+    def succeeded(self) -> None:
+        """One more success: after ``limit`` in a row, allow one more in flight."""
+        self._streak += 1
+        if self._streak >= self.limit and self.limit < self.max:
+            self.limit += 1
+            self._streak = 0
+
+
+class WorkerState:
+    """The state of one batch's work, and the few moves every part of the worker makes."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        client: FloraClient,
+        results: ResultStore,
+        techniques: dict[str, Technique],
+        *,
+        settings: Settings,
+        concurrency: int,
+        max_cost: float | None = None,
+        clock: Clock = time.time,
+        progress: ProgressHook | None = None,
+        resolve_inputs: InputResolver | None = None,
+        refill: Refill | None = None,
+        pacer: Pacer | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.client = client
+        self.results = results
+        self.techniques = techniques
+        self.settings = settings
+        self.max_cost = max_cost
+        self.clock = clock
+        self.progress = progress
+        self.resolve_inputs = resolve_inputs
+        self.pacer = pacer or Pacer(concurrency, settings.submit_rate, clock)
+        self.refill = refill
+        self._refill_at = 0.0
+        self.stop_event = asyncio.Event()
+        self.jobs: dict[JobKey, JobRecord] = {}
+        self.queue: deque[JobKey] = deque()
+        self.due: list[tuple[float, int, str, JobKey]] = []  # charges, downloads, submits
+        self.polls_due: list[tuple[float, int, JobKey]] = []  # kept apart: polls are capped
+        self.polling = 0  # polls in the air
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._finished: list[asyncio.Task[None]] = []  # done tasks not reaped yet
+        self._wake = asyncio.Event()  # set when a task ends or a stop is asked for
+        self.slots: set[JobKey] = set()
+        self.windows: dict[JobKey, list[tuple[float, float]]] = {}
+        self.learned = Learned()
+        self.download_rounds: Counter[JobKey] = Counter()
+        self.stuck: dict[JobKey, str] = {}
+        self.unknown_since: dict[JobKey, float] = {}
+        self.names: dict[str, JobKey] = {}  # output names taken, casefolded (``_claim``)
+        #: Loaded jobs with saved outputs whose names ``_claim`` has not taken yet: taken at
+        #: the first download, so resuming a batch that is all done renders no names.
+        self.unclaimed: list[JobRecord] = []
+        self.committed = 0.0
+        self.stop_new: str | None = None
+        self.abort: FloraError | None = None
+        self._stop_error: FloraError | None = None
+        self.batch: str | None = None  # money is counted per batch: a ledger may hold several
+        self.last_success = clock()
+        self.started = clock()
+        self.done_this_run = 0
+        self._seq = itertools.count()
+
+    def _schedule(self, key: JobKey, when: float, kind: str) -> None:
+        """Do ``kind`` (poll, charge, download, submit) for ``key`` at ``when``."""
+        if kind == "poll":
+            heapq.heappush(self.polls_due, (when, next(self._seq), key))
+        else:
+            heapq.heappush(self.due, (when, next(self._seq), kind, key))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Start a step; its end wakes the loop (no rescan of every task to find it)."""
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._on_done)
+
+    def _on_done(self, task: asyncio.Task[None]) -> None:
+        self._finished.append(task)
+        self._wake.set()
+
+    def _quote(self, rec: JobRecord) -> float:
+        if rec.quoted_cost is not None:
+            return rec.quoted_cost
+        tech = self.techniques.get(rec.technique)
+        return tech.run_cost if tech else 0.0
+
+    def _release(self, key: JobKey) -> None:
+        self.slots.discard(key)
+
+    def _update(self, rec: JobRecord) -> JobRecord:
+        self.jobs[rec.key] = rec
+        return rec

@@ -1,0 +1,214 @@
+"""The worker's scheduler with the real emulator in-process: resume, poll cap, one charge each.
+
+The emulator and the worker share one clock (real time plus an offset the test moves), so
+runs created by a first batch can be finished by the time a second batch resumes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import time
+from pathlib import Path
+
+import httpx
+
+from flora_batch import retrying, worker
+from flora_batch.config import Settings
+from flora_batch.emulator import Emulator, EmulatorConfig
+from flora_batch.ledger import Ledger
+from flora_batch.manifest import load_manifest
+from flora_batch.pipeline import run_batch
+from flora_batch.types import JobState
+
+BASE_URL = "http://127.0.0.1/api/v1"
+
+
+class Clock:
+    """Real time plus an offset that the test moves forward (shared with the emulator)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+class SlowPolls(httpx.AsyncBaseTransport):
+    """The emulator in-process; each poll takes ``delay`` s and polls in the air are counted."""
+
+    def __init__(self, emu: Emulator, delay: float = 0.0) -> None:
+        self.inner = httpx.ASGITransport(app=emu.app)
+        self.delay = delay
+        self.polling = 0
+        self.most = 0
+        self.polls = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Forward; around a poll, count it in the air for ``delay`` seconds."""
+        parts = request.url.path.split("/")
+        if request.method != "GET" or len(parts) < 2 or parts[-2] != "runs":
+            return await self.inner.handle_async_request(request)
+        self.polls += 1
+        self.polling += 1
+        self.most = max(self.most, self.polling)
+        try:
+            await asyncio.sleep(self.delay)
+            return await self.inner.handle_async_request(request)
+        finally:
+            self.polling -= 1
+
+
+class BreakMedia(httpx.AsyncBaseTransport):
+    """The emulator in-process; media whose path has ``broken`` in it answer 500 ``times``
+    times; every media request's path is logged."""
+
+    def __init__(self, emu: Emulator, broken: str, times: int) -> None:
+        self.inner = httpx.ASGITransport(app=emu.app)
+        self.broken = broken
+        self.times = times
+        self.media: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Forward, or answer 500 for the broken output while ``times`` lasts."""
+        path = request.url.path
+        if path.startswith("/_media/"):
+            self.media.append(path)
+            if self.broken in path and self.times > 0:
+                self.times -= 1
+                return httpx.Response(500, json={"error": {"code": "internal_error"}})
+        return await self.inner.handle_async_request(request)
+
+
+def batch(folder: Path, n: int, technique: str = "studio-shot") -> Path:
+    """A manifest of ``n`` jobs (studio-shot by default) over allowlisted image URLs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "rows.csv", "w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["sku", "image_url"])
+        out.writerows([f"S{i:03d}", f"https://media.flora.ai/demo/mug-{i}.jpg"] for i in range(n))
+    manifest = folder / "m.yaml"
+    manifest.write_text(
+        f"name: sched\ntechnique: {technique}\nrows: rows.csv\nid: sku\n"
+        'inputs:\n  product: "{image_url}"\n'
+        'output:\n  dir: results\n  name: "{sku}-{output_id}{ext}"\n'
+    )
+    return manifest
+
+
+def settings(emu: Emulator, n: int, **kw: object) -> Settings:
+    """Quick in-process settings: short polls, no create pacing, everything in flight."""
+    base: dict[str, object] = {
+        "base_url": BASE_URL,
+        "api_key": emu.config.api_key,
+        "min_poll": 0.05,
+        "max_poll": 0.5,
+        "submit_rate": 0.0,
+        "concurrency": n,
+        "progress": False,
+    }
+    return Settings(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def states(manifest: Path) -> list[JobState]:
+    """Each job's state in the ledger beside the manifest."""
+    with Ledger.open(str(manifest.parent / "sched.ledger.db")) as ledger:
+        return [j.state for j in ledger.jobs()]
+
+
+async def test_resumed_runs_are_polled_a_few_at_a_time_and_paid_once(tmp_path: Path) -> None:
+    """100 runs in flight at a resume: never more than _POLLS_AT_ONCE polls in the air,
+    every job done, every key charged once (the first batch stops before any run ends)."""
+    n = 100
+    clock = Clock()
+    emu = Emulator(EmulatorConfig(speed=1.0, clock=clock))
+    manifest = batch(tmp_path, n)
+    with retrying.set_testing():
+        first = await run_batch(
+            load_manifest(manifest),
+            settings(emu, n, max_runtime=0.5, min_poll=5.0, max_poll=5.0),
+            transport=SlowPolls(emu),
+            clock=clock,
+        )
+        assert first.outcome.stopped == "runtime"
+        assert JobState.RUNNING in states(manifest)
+        clock.offset += 3600  # every run has ended by the resume
+        slow = SlowPolls(emu, delay=0.2)
+        second = await run_batch(
+            load_manifest(manifest), settings(emu, n), transport=slow, clock=clock
+        )
+    assert states(manifest) == [JobState.DONE] * n
+    assert second.outcome.stopped is None
+    assert 1 < slow.most <= worker._POLLS_AT_ONCE
+    assert slow.polls >= first.outcome.counts[JobState.RUNNING]
+    assert sorted(emu.charges_by_key().values()) == [1] * n
+
+
+async def test_a_batch_learns_durations_and_finishes(tmp_path: Path) -> None:
+    """Runs of a few tenths of a second: all done, each charged once, the worker learned
+    the technique's server-side duration from the runs it saw complete."""
+    n = 12
+    emu = Emulator(EmulatorConfig(speed=200.0))
+    manifest = batch(tmp_path, n)
+    seen: list[worker.Worker] = []
+    with retrying.set_testing():
+        result = await run_batch(
+            load_manifest(manifest),
+            settings(emu, n, min_poll=0.01, max_poll=0.3),
+            transport=SlowPolls(emu),
+            on_worker=seen.append,
+        )
+    assert result.outcome.counts[JobState.DONE] == n
+    assert sorted(emu.charges_by_key().values()) == [1] * n
+    typical = seen[0].learned.typical("studio-shot")
+    assert typical.total is not None and typical.total > 0
+
+
+async def test_a_later_download_round_fetches_only_what_is_not_saved(tmp_path: Path) -> None:
+    """Four outputs, the second failing for a whole round: the next round fetches it alone
+    (the worker keeps its copy of the job's outputs as the ledger has them)."""
+    emu = Emulator(EmulatorConfig(speed=1000.0))
+    manifest = batch(tmp_path, 1, technique="turn-any-product-into-4-ad-visuals")
+    transport = BreakMedia(emu, broken="/output_2", times=retrying.DEFAULT_POLICY.attempts)
+    with retrying.set_testing():
+        result = await run_batch(
+            load_manifest(manifest), settings(emu, 1, min_poll=0.01), transport=transport
+        )
+    assert result.outcome.counts[JobState.DONE] == 1
+    fetched = [p.rsplit("/", 1)[-1].split(".")[0] for p in transport.media]
+    broken = retrying.DEFAULT_POLICY.attempts
+    assert fetched == ["output_1"] + ["output_2"] * (broken + 1) + ["output_3", "output_4"]
+    assert sorted(emu.charges_by_key().values()) == [1]
+
+
+async def test_a_new_batch_starts_from_what_earlier_batches_took(tmp_path: Path) -> None:
+    """A second batch of the same technique in the same ledger (tonight's, after last
+    night's) knows the technique's duration before any of its own runs completes."""
+    ledger = str(tmp_path / "shared.ledger.db")
+    fast = Emulator(EmulatorConfig(speed=200.0))
+    with retrying.set_testing():
+        first = await run_batch(
+            load_manifest(batch(tmp_path / "night-1", 3)),
+            settings(fast, 3, ledger=ledger, min_poll=0.01, max_poll=0.3),
+            transport=SlowPolls(fast),
+        )
+        assert first.outcome.counts[JobState.DONE] == 3
+        slow = Emulator(EmulatorConfig(speed=0.01))  # its runs never finish in this test
+        seen: list[worker.Worker] = []
+        tonight = batch(tmp_path / "night-2", 2)
+        tonight.write_text(tonight.read_text().replace("name: sched", "name: tonight"))
+        rows = tonight.parent / "rows.csv"
+        rows.write_text(rows.read_text().replace("mug-", "cup-"))
+        second = load_manifest(tonight)
+        await run_batch(
+            second,
+            settings(slow, 2, ledger=ledger, max_runtime=0.5),
+            transport=SlowPolls(slow),
+            on_worker=seen.append,
+        )
+    with Ledger.open(ledger) as led:
+        took = led.durations("studio-shot")
+        assert len(took) == 3
+        assert {j.state for j in led.jobs(batch="tonight")} == {JobState.RUNNING}
+    typical = seen[0].learned.typical("studio-shot")
+    assert typical.total is not None and min(took) <= typical.total <= max(took)
