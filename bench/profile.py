@@ -24,7 +24,10 @@ from .common import REPO, _env, emulator, run_measured, write_manifest
 
 LAYERS = (  # first match wins, from the innermost frame outwards
     ("ledger (SQLAlchemy + sqlite3)", ("flora_batch/ledger/", "sqlalchemy/")),
-    ("HTTP stack (httpx, httpcore, anyio, h11)", ("httpx/", "httpcore/", "anyio/", "h11/")),
+    (
+        "HTTP stack (httpx, aiohttp, yarl, multidict; httpcore, h11)",
+        ("httpx/", "httpcore/", "anyio/", "h11/", "aiohttp/", "yarl/", "multidict/", "propcache/"),
+    ),
     ("retries (tenacity)", ("tenacity/",)),
     (
         "manifest, rows, keys, plan",

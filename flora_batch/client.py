@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import hashlib
 import ipaddress
 import json
@@ -65,6 +66,7 @@ class Downloaded:
     content_type: str | None
 
 
+@functools.lru_cache(maxsize=1024)  # asked for every request's host: a batch meets few hosts
 def is_loopback(host: str | None) -> bool:
     """Loopback hosts are the only ones allowed to serve plain HTTP (the emulator)."""
     if not host:
@@ -77,6 +79,7 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=1024)
 def is_local(host: str | None) -> bool:
     """``localhost`` or an IP address that is not public (loopback, private, link-local).
 

@@ -365,14 +365,16 @@ class _NameSet:
             folded = _folded(name)
             names.append((folded, _parents(folded), name, owner))
         problems: list[str] = []
-        mine = _NameSet()  # the outputs of one job must not clash with each other either
+        # The outputs of one job must not clash with each other either (a job with one
+        # output, the usual case, has nothing to compare: no set is built for it).
+        mine = _NameSet() if len(names) > 1 else None
         for folded, parents, name, owner in names:
             problem = self._clash(folded, parents, name, owner)
-            problem = problem or mine._clash(folded, parents, name, owner)
+            if mine is not None:
+                problem = problem or mine._clash(folded, parents, name, owner)
+                mine._take(folded, parents, owner)
             if problem:
                 problems.append(problem)
-            if len(names) > 1:
-                mine._take(folded, parents, owner)
         if not problems:
             for folded, parents, _, owner in names:
                 self._take(folded, parents, owner)

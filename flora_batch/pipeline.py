@@ -357,7 +357,7 @@ def _new_jobs(prepared: Prepared) -> list[tuple[JobKey, JobSpec]]:
     the ledger stays there (jobs are never deleted).
     """
     new = set(prepared.plan.new)
-    return [(k, s) for k, s in prepared.keyed if k in new]
+    return [(k, s) for k, s in prepared.keyed if k in new] if new else []
 
 
 def _jobs_of(

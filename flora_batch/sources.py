@@ -81,6 +81,9 @@ URL_PREFIX = "asset:url:"
 UPLOAD_KEY_PREFIX = "fu1:"
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _OTHER_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
+#: An https URL whose host ``urlsplit`` would read as it is written: dot-separated ASCII
+#: labels, no user, no port, then printable ASCII only (nothing ``urlsplit`` strips).
+_PLAIN_HTTPS_RE = re.compile(r"https://([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)(?:[/?#][!-~]*)?")
 _ISO_BRANDS = {
     "avif": "image/avif",
     "avis": "image/avif",
@@ -257,6 +260,9 @@ _NEEDS_WORKSPACE = (
 def classify(value: str, hosts: tuple[str, ...] = DEFAULT_ALLOWED_HOSTS) -> tuple[str, str]:
     """``(how, target)``: ``("url", url)`` to send as is, ``("remote", url)`` to fetch,
     ``("file", path)`` to upload, or ``("error", why)``."""
+    plain = _PLAIN_HTTPS_RE.fullmatch(value)
+    if plain is not None:  # the usual cell: the answer below, without urlsplit (2x faster)
+        return _https(value, plain.group(1).lower(), hosts)
     match = _SCHEME_RE.match(value)
     if match is None:
         if _OTHER_SCHEME_RE.match(value) and not re.match(r"^[A-Za-z]:[\\/]", value):
@@ -274,11 +280,19 @@ def classify(value: str, hosts: tuple[str, ...] = DEFAULT_ALLOWED_HOSTS) -> tupl
         return "error", "is not a valid URL"
     if not host:
         return "error", "has no host"
+    return _https(value, host, hosts)
+
+
+def _https(value: str, host: str, hosts: tuple[str, ...]) -> tuple[str, str]:
+    """An https URL on ``host``: sent as is to an allowed host, else fetched by FLORA."""
     return ("url", value) if media_host_allowed(host, hosts) else ("remote", normalise_url(value))
 
 
 def _file_url(value: str) -> tuple[str, str]:
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # unbalanced brackets in the host
+        return "error", "is not a valid URL"
     if parts.netloc not in ("", "localhost"):
         return "error", "is a file:// URL on another host; write file:///path/on/this/machine"
     path = unquote(parts.path)

@@ -16,14 +16,27 @@ processing happens here, and none is needed for the ledger's column types.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import functools
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BindParameter, Dialect, Table, bindparam, insert, literal, select, update
+from sqlalchemy import (
+    BindParameter,
+    Dialect,
+    Table,
+    bindparam,
+    false,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.sql import ColumnElement
 from sqlalchemy.sql.expression import Executable
 
 from .moves import Move
+from .records import OUTPUT_COLUMNS, RECORD_COLUMNS
 from .tables import events, jobs, outputs
 
 Build = Callable[[], Executable]
@@ -90,6 +103,14 @@ class Tx:
         """Every result row, as dicts by column name."""
         columns = self._execute(stmt, params).columns
         return [dict(zip(columns, row, strict=True)) for row in self._cursor.fetchall()]
+
+    def tuples(self, stmt: Stmt, params: Mapping[str, Any]) -> Iterator[Sequence[Any]]:
+        """The result rows as the driver's tuples, fetched while they are iterated.
+
+        Iterate them before the next statement on this transaction (and before it ends).
+        """
+        self._execute(stmt, params)
+        return iter(self._cursor)
 
     def one(self, stmt: Stmt, params: Mapping[str, Any]) -> dict[str, Any] | None:
         """The first result row (all are fetched, so the statement completes), or None."""
@@ -187,3 +208,51 @@ def _set_sql(table: Table, names: Sequence[str]) -> Executable:
         return update(jobs).where(jobs.c.key == _K).values(values)
     guard = (outputs.c.job_key == _K, outputs.c.output_id == bindparam("o"))
     return update(outputs).where(*guard).values(values)
+
+
+# --- listing jobs (``Ledger.jobs``) ---------------------------------------------------
+
+#: Whether the ledger holds a job of another batch than ``:batch``.
+OTHER_BATCH = Stmt(
+    lambda: select(jobs.c.key).where(jobs.c.batch != bindparam("batch")).limit(literal(1))
+)
+
+
+#: What planning needs of each job of ``:batch`` (``Ledger.known_slots``).
+KNOWN_SLOTS = Stmt(
+    lambda: select(
+        jobs.c.key, jobs.c.state, jobs.c.technique, jobs.c.row_id, jobs.c.row_index
+    ).where(jobs.c.batch == bindparam("batch"))
+)
+
+
+@functools.lru_cache(maxsize=64)
+def jobs_statement(by_batch: bool, states: tuple[str, ...] | None) -> Stmt:
+    """``RECORD_COLUMNS`` of the jobs (of ``:batch``, in ``states``), in listing order."""
+    columns = [jobs.c[name] for name in RECORD_COLUMNS]
+    order = (jobs.c.row_index, jobs.c.technique, jobs.c.key)
+    return Stmt(lambda: select(*columns).where(*_job_filter(by_batch, states)).order_by(*order))
+
+
+@functools.lru_cache(maxsize=64)
+def outputs_statement(by_batch: bool, states: tuple[str, ...] | None, scoped: bool) -> Stmt:
+    """``OUTPUT_COLUMNS`` of every output (``scoped``: of those jobs only), by job and id."""
+
+    def build() -> Executable:
+        query = select(*[outputs.c[name] for name in OUTPUT_COLUMNS])
+        if scoped:
+            keys = select(jobs.c.key).where(*_job_filter(by_batch, states))
+            query = query.where(outputs.c.job_key.in_(keys))
+        return query.order_by(outputs.c.job_key, outputs.c.output_id)
+
+    return Stmt(build)
+
+
+def _job_filter(by_batch: bool, states: tuple[str, ...] | None) -> list[ColumnElement[bool]]:
+    """The states as literals: an expanding ``IN`` needs SQLAlchemy at execution."""
+    where: list[ColumnElement[bool]] = []
+    if by_batch:
+        where.append(jobs.c.batch == bindparam("batch"))
+    if states is not None:
+        where.append(jobs.c.state.in_([literal(s) for s in states]) if states else false())
+    return where

@@ -8,6 +8,7 @@ StringIO: each shortcut is checked here against the general path it stands in fo
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import replace
@@ -18,11 +19,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from unit_support import CATALOG, MANIFEST, PRODUCTS_CSV, make_spec
 
-from flora_batch import naming
+from flora_batch import naming, sources
 from flora_batch.cells import MAX_CELL_BYTES, rows_from_cells
 from flora_batch.errors import ManifestError
 from flora_batch.jobs import build_jobs, build_keyed_jobs, number_occurrences
 from flora_batch.keys import canonical_json, job_key
+from flora_batch.ledger import records
 from flora_batch.manifest import load_manifest
 from flora_batch.plan import Known, make_plan, plan_keyed
 from flora_batch.rows import load_rows
@@ -105,3 +107,61 @@ def test_cell_size_limit_still_holds_past_the_shortcut() -> None:
     too_big = "é" * (MAX_CELL_BYTES // 2 + 1)
     with pytest.raises(ManifestError, match=r"cell is 100,002 bytes"):
         rows_from_cells("r.csv", ["a"], [(2, [too_big])])
+
+
+_URL_PART = st.text(alphabet="aZ09-._:@[]/?#% \t\n\x00é\u3002", max_size=12)
+
+
+@given(
+    st.sampled_from(["https://", "HTTPS://", "https:/", "http://", "file://", ""]),
+    _URL_PART,
+    st.sampled_from(["", "/", "?", "#", ":443/", "@h/", "/é"]),
+    _URL_PART,
+    st.sampled_from([("media.flora.ai",), (".a", "0"), ("a.z",)]),
+)
+def test_plain_https_urls_classify_like_urlsplit(
+    scheme: str, host: str, sep: str, rest: str, hosts: tuple[str, ...]
+) -> None:
+    """The plain-https shortcut of ``classify`` gives what the urlsplit path gives."""
+    value = scheme + host + sep + rest
+    fast = sources.classify(value, hosts)
+    saved = sources._PLAIN_HTTPS_RE
+    sources._PLAIN_HTTPS_RE = re.compile(r"(?!)")  # never matches: the general path
+    try:
+        assert fast == sources.classify(value, hosts)
+    finally:
+        sources._PLAIN_HTTPS_RE = saved
+
+
+def test_a_broken_file_url_is_a_located_problem_not_a_crash() -> None:
+    """``file://[`` (brackets urlsplit refuses) is a problem with the cell, like any bad URL."""
+    assert sources.classify("file://[") == ("error", "is not a valid URL")
+
+
+def test_plain_https_shortcut_is_taken() -> None:
+    """The shortcut applies to the usual cell (a host's image), in any case of the host."""
+    value = "https://Media.Flora.AI/p/a1.jpg?w=1#x"
+    assert sources._PLAIN_HTTPS_RE.fullmatch(value) is not None
+    assert sources.classify(value, ("media.flora.ai",)) == ("url", value)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(_JSON, st.sampled_from(["", " ", "\n", "x", "]", "\ufeff"]), st.booleans())
+def test_ledger_json_reads_like_json_loads(value: object, extra: str, before: bool) -> None:
+    """The listing's JSON reader gives json.loads' value, or raises json.loads' error."""
+    text = records.dumps(value)
+    text = extra + text if before else text + extra
+    try:
+        expected = json.loads(text)
+    except json.JSONDecodeError as exc:
+        with pytest.raises(json.JSONDecodeError) as info:
+            records._loads(text)
+        assert str(info.value) == str(exc)
+    else:
+        assert records._loads(text) == expected
