@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import functools
 import hashlib
-import ipaddress
 import json
 import os
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -46,6 +43,7 @@ from .errors import (
 )
 from .sniff import HEAD_BYTES, media_problem
 from .types import RunInfo, RunInput, Technique
+from .url_policy import check_fetch_url, is_local, is_loopback
 
 MAX_JSON_BYTES = 8 * 1024 * 1024
 #: ``FLORA_BATCH_HTTP=httpx`` falls back to httpx's own transport (httpcore) instead of
@@ -64,57 +62,6 @@ class Downloaded:
     size: int
     sha256: str
     content_type: str | None
-
-
-@functools.lru_cache(maxsize=1024)  # asked for every request's host: a batch meets few hosts
-def is_loopback(host: str | None) -> bool:
-    """Loopback hosts are the only ones allowed to serve plain HTTP (the emulator)."""
-    if not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-@functools.lru_cache(maxsize=1024)
-def is_local(host: str | None) -> bool:
-    """``localhost`` or an IP address that is not public (loopback, private, link-local).
-
-    Numeric spellings the resolver accepts (``2130706433``, ``0x7f.1``) count as IPs.
-    """
-    name = (host or "").strip("[]").lower().rstrip(".")
-    if not name or name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return not ipaddress.ip_address(name).is_global
-    except ValueError:
-        pass
-    try:
-        return not ipaddress.IPv4Address(socket.inet_aton(name)).is_global
-    except OSError:
-        return False
-
-
-def check_fetch_url(url: str, *, local_ok: bool = True, previous: str | None = None) -> None:
-    """Refuse output URLs that are not HTTPS (plain HTTP only from loopback).
-
-    Args:
-        url: where the next request would go.
-        local_ok: False refuses ``is_local`` hosts too, so an output URL or a redirect
-            cannot reach into the user's own network (the API is not on loopback).
-        previous: the URL that redirected here; HTTPS never redirects down to HTTP.
-    """
-    parts = urlsplit(url)
-    where = f"{parts.scheme}://{parts.hostname or ''}"
-    secure = parts.scheme == "https" and bool(parts.hostname)
-    allowed = secure or (parts.scheme == "http" and is_loopback(parts.hostname))
-    if not allowed or (previous and urlsplit(previous).scheme == "https" and not secure):
-        raise ResponseRefused(f"refusing to download from {where}: not HTTPS")
-    if not local_ok and is_local(parts.hostname):
-        raise ResponseRefused(f"refusing to download from {where}: not a public host")
 
 
 def parse_retry_after(headers: httpx.Headers, now: float | None = None) -> float | None:

@@ -1,0 +1,69 @@
+"""Which URLs flora-batch may fetch: HTTPS, plain HTTP from loopback only, public hosts.
+
+Output URLs and their redirects come from FLORA's answers, so they are checked before
+each request (client.py ``download``): an output must not pull a file from the user's own
+network, and HTTPS never redirects down to HTTP.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
+from .errors import ResponseRefused
+
+
+@functools.lru_cache(maxsize=1024)  # asked for every request's host: a batch meets few hosts
+def is_loopback(host: str | None) -> bool:
+    """Loopback hosts are the only ones allowed to serve plain HTTP (the emulator)."""
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@functools.lru_cache(maxsize=1024)
+def is_local(host: str | None) -> bool:
+    """``localhost`` or an IP address that is not public (loopback, private, link-local).
+
+    Numeric spellings the resolver accepts (``2130706433``, ``0x7f.1``) count as IPs.
+    """
+    name = (host or "").strip("[]").lower().rstrip(".")
+    if not name or name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return not ipaddress.ip_address(name).is_global
+    except ValueError:
+        pass
+    try:
+        return not ipaddress.IPv4Address(socket.inet_aton(name)).is_global
+    except OSError:
+        return False
+
+
+def check_fetch_url(url: str, *, local_ok: bool = True, previous: str | None = None) -> None:
+    """Refuse output URLs that are not HTTPS (plain HTTP only from loopback).
+
+    Args:
+        url: where the next request would go.
+        local_ok: False refuses ``is_local`` hosts too, so an output URL or a redirect
+            cannot reach into the user's own network (the API is not on loopback).
+        previous: the URL that redirected here; HTTPS never redirects down to HTTP.
+    """
+    parts = urlsplit(url)
+    where = f"{parts.scheme}://{parts.hostname or ''}"
+    secure = parts.scheme == "https" and bool(parts.hostname)
+    allowed = secure or (parts.scheme == "http" and is_loopback(parts.hostname))
+    if not allowed or (previous and urlsplit(previous).scheme == "https" and not secure):
+        raise ResponseRefused(f"refusing to download from {where}: not HTTPS")
+    if not local_ok and is_local(parts.hostname):
+        raise ResponseRefused(f"refusing to download from {where}: not a public host")
+
+
+__all__ = ["check_fetch_url", "is_local", "is_loopback"]
