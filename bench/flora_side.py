@@ -2,8 +2,7 @@
 
 ``transport`` selects the HTTP stack behind the same ``FloraClient`` (``None`` is what
 ``client.py`` builds today).  A ``RecordingTransport`` wraps it to log every poll, for the
-polling scenario.  The poll policy is the one flora-batch ships (``flora_batch.polling``);
-``poll_policy`` is kept for old specs and ignored.
+polling scenario.  The poll policy is the one flora-batch ships (``flora_batch.polling``).
 """
 
 from __future__ import annotations
@@ -108,7 +107,6 @@ def run_flora(
     scale: float,
     transport: str = "default",
     record: bool = False,
-    poll_policy: str = "shipped",  # ignored: one policy now (flora_batch.polling)
     max_poll: float = 30.0,
     submit_rate: float = 0.0,
     max_runtime: float | None = None,

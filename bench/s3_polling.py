@@ -68,15 +68,15 @@ def _ends(state: dict[str, Any]) -> dict[str, float]:
     return {r["run_id"]: float(r["ended_at"]) for r in state["runs"]}
 
 
-def _flora(work: Path, manifest: Path, sizes: Sizes, policy: str = "shipped") -> PollStats:
+def _flora(work: Path, manifest: Path, sizes: Sizes) -> PollStats:
     n = sizes.rows * len(TECHNIQUES)
     with emulator(sizes.speed) as emu:
         spec = {
             "side": "flora",
             "manifest": str(manifest),
             "base_url": emu.base_url,
-            "ledger": str(work / f"s3-{policy}.db"),
-            "results": str(work / f"s3-{policy}"),
+            "ledger": str(work / "s3.db"),
+            "results": str(work / "s3-results"),
             "concurrency": n,
             "scale": sizes.speed,
             "submit_rate": 5.0 * sizes.speed,

@@ -119,7 +119,6 @@ def _flora_side(spec: dict[str, Any]) -> dict[str, Any]:
         scale=spec["scale"],
         transport=spec.get("transport", "default"),
         record=spec.get("record", False),
-        poll_policy=spec.get("poll_policy", "current"),
         max_poll=spec.get("max_poll", 30.0),
         submit_rate=spec.get("submit_rate", 0.0),
         max_runtime=spec.get("max_runtime"),

@@ -24,6 +24,7 @@ from typing import Any
 import click
 
 from . import errors as E
+from .client import http_stack
 from .config import Settings, check_api_key, check_workspace_id
 from .pipeline import BatchResult, plan_batch, run_batch
 from .progress import Progress, duration, money
@@ -94,6 +95,7 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, log_format: str) -> None:
     ctx.obj["verbose"] = verbose
     ctx.obj["quiet"] = quiet
     _setup_logging(verbose, quiet, log_format)
+    http_stack()  # a bad FLORA_BATCH_HTTP stops here, before any ledger is created
     apply_config(ctx)  # ~/.config/flora-batch/config.toml: below flags and environment
 
 

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from .errors import (
 )
 from .sniff import HEAD_BYTES, media_problem
 from .types import RunInfo, RunInput, Technique
-from .url_policy import check_fetch_url, is_local, is_loopback
+from .url_policy import check_fetch_url, is_loopback
 
 MAX_JSON_BYTES = 8 * 1024 * 1024
 #: ``FLORA_BATCH_HTTP=httpx`` falls back to httpx's own transport (httpcore) instead of
@@ -99,13 +100,29 @@ def map_http_errors(*, creating: bool = False) -> Iterator[None]:
         raise cls(f"connection to FLORA failed mid-request: {type(exc).__name__}") from exc
 
 
+def http_stack(stack: str | None = None) -> str:
+    """``"aiohttp"`` or ``"httpx"``: ``stack``, else ``FLORA_BATCH_HTTP``, else aiohttp.
+
+    The CLI calls it first thing, so a bad value stops before any ledger is touched.
+
+    Raises:
+        ConfigError: an unknown stack name.
+    """
+    stack = (stack or os.environ.get(HTTP_STACK_ENV) or "aiohttp").strip().lower()
+    if stack not in HTTP_STACKS:
+        raise ConfigError(f"{HTTP_STACK_ENV}={stack!r}: expected one of {', '.join(HTTP_STACKS)}")
+    return stack
+
+
 def default_transport(
     max_connections: int, stack: str | None = None
 ) -> httpx.AsyncBaseTransport | None:
     """The transport FloraClient uses when given none; None means httpx's own.
 
     aiohttp's (``transport.py``) costs a fifth of httpx's CPU per request
-    (docs/performance.md, scenario 1); ``FLORA_BATCH_HTTP=httpx`` is the way back.
+    (docs/performance.md, scenario 1); ``FLORA_BATCH_HTTP=httpx`` is the way back.  With
+    a proxy in the environment (``HTTPS_PROXY`` ...) it is httpx's own too: httpx honours
+    those (and ``NO_PROXY``) only for the transport it builds itself.
 
     Args:
         max_connections: the pool's size.
@@ -114,14 +131,16 @@ def default_transport(
     Raises:
         ConfigError: an unknown stack name.
     """
-    stack = (stack or os.environ.get(HTTP_STACK_ENV) or "aiohttp").strip().lower()
-    if stack not in HTTP_STACKS:
-        raise ConfigError(f"{HTTP_STACK_ENV}={stack!r}: expected one of {', '.join(HTTP_STACKS)}")
-    if stack == "httpx":
+    if http_stack(stack) == "httpx" or _proxied():
         return None
     from .transport import AiohttpTransport  # aiohttp is imported only when it is used
 
     return AiohttpTransport(max_connections=max_connections)
+
+
+def _proxied() -> bool:
+    """Whether the environment names an HTTP(S) proxy (as httpx reads it)."""
+    return any(k in ("http", "https", "all") for k in urllib.request.getproxies_environment())
 
 
 def _error_from(response: httpx.Response, body: bytes) -> ApiError:
@@ -480,7 +499,7 @@ __all__ = [
     "RemoteError",
     "check_fetch_url",
     "default_transport",
-    "is_local",
+    "http_stack",
     "is_loopback",
     "map_http_errors",
     "parse_retry_after",

@@ -224,6 +224,17 @@ def test_bad_key_stops_with_exit_3(emulator, run_cli, tmp_path):
     assert "sk_live_wrongwrongwrong" not in res.text
 
 
+def test_unknown_http_stack_stops_before_any_ledger_exists(emulator, run_cli, tmp_path):
+    """FLORA_BATCH_HTTP=curl: exit 2 naming the variable, no traceback, no ledger, no lock."""
+    server = emulator()
+    manifest = write_batch(tmp_path / "b")
+    res = run_cli("run", str(manifest), *FAST, env=cli_env(server, FLORA_BATCH_HTTP="curl"))
+    assert res.code == 2, res.text
+    assert "FLORA_BATCH_HTTP" in res.text and "Traceback" not in res.text
+    assert sorted(p.name for p in manifest.parent.iterdir()) == ["mugs.yaml", "products.csv"]
+    assert sum(server.emulator.request_counts.values()) == 0
+
+
 def test_sigint_then_rerun_finishes_without_paying_twice(emulator, tmp_path):
     """Ctrl-C mid-batch exits 130; the same command finishes; each job charged once."""
     server = emulator(speed=20.0)  # studio-shot takes ~1.5 s: runs are in flight when we stop

@@ -383,6 +383,16 @@ def test_default_transport_choice(monkeypatch: pytest.MonkeyPatch) -> None:
         default_transport(8)
 
 
+def test_a_proxy_in_the_environment_gets_httpx_own_transport(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """httpx routes through HTTPS_PROXY only with a transport it builds: so it builds it."""
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert default_transport(8) is None
+    client = FloraClient("https://app.flora.ai/api/v1", "sk_test")
+    assert client._http._mounts, "httpx mounted no proxy"
+
+
 def test_timeouts_map_connect_and_read() -> None:
     """httpx's connect goes to sock_connect, read to sock_read, pool + connect to connect."""
     request = httpx.Request("GET", "http://127.0.0.1/")
