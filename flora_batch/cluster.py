@@ -119,7 +119,7 @@ async def submit_batch(
                 "use `flora-batch run` (or give the inputs as URLs)"
             )
         quotes = {slug: t.run_cost for slug, t in prepared.techniques.items()}
-        new = ledger.record_planned(prepared.keyed, quoted_cost=quotes, now=clock())
+        new = ledger.record_planned(prepared.new_jobs(), quoted_cost=quotes, now=clock())
         retried = reopen_jobs(ledger, prepared, settings, clock)
         concurrency = settings.concurrency or manifest.concurrency or DEFAULT_CONCURRENCY
         max_cost = settings.max_cost if settings.max_cost is not None else manifest.max_cost

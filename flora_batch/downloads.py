@@ -29,7 +29,9 @@ class Downloads(WorkerState):
         """Fetch every output not yet on disk; a job is done only when all are verified."""
         self.download_rounds[key] += 1
         try:
-            for index, out in enumerate(_by_id(self.jobs[key].outputs)):
+            # The ledger's order (by output id, in its collation), as ``_claim_saved`` sees it:
+            # ``{index}`` in a name must be the same whichever way the job was read.
+            for index, out in enumerate(self.jobs[key].outputs):
                 if not out.sha256:
                     await self._download_one(key, index, out)
         except ResultsError as exc:
@@ -152,9 +154,3 @@ class Downloads(WorkerState):
             row_number=rec.row_index + 1,
             key=rec.key.split(":")[-1][:12],
         )
-
-
-def _by_id(outputs: tuple[OutputRecord, ...]) -> list[OutputRecord]:
-    """Outputs in the ledger's order (by id): ``{index}`` in a name must not depend on
-    which ledger call last returned the job."""
-    return sorted(outputs, key=lambda o: o.output_id)

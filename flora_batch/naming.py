@@ -110,11 +110,7 @@ def _parse(template: str) -> tuple[tuple[str, str | None, str], ...]:
     return tuple(out)
 
 
-@functools.lru_cache(maxsize=256)
-def _fields_of(template: str) -> tuple[str, ...]:
-    return template_fields(template)
-
-
+@functools.lru_cache(maxsize=256)  # per output name rendered: a batch has a few templates
 def template_fields(template: str) -> tuple[str, ...]:
     """The column names a template uses, in order and without repeats.
 
@@ -216,7 +212,7 @@ def render_output_name(
     """
     # Only the columns the template names are flattened (it names a few of many).
     fields: dict[str, str | int] = {
-        k: _flatten(row[k]) for k in _fields_of(template) if k in row
+        k: _flatten(row[k]) for k in template_fields(template) if k in row
     }
     fields.update(
         technique=_flatten(technique),

@@ -47,13 +47,22 @@ class Prepared:
 
     manifest: Manifest
     techniques: dict[str, Technique]
-    specs: list[JobSpec]
     keyed: list[tuple[JobKey, JobSpec]]
     skipped: list[ManifestError]
     plan: Plan
     uploads: dict[str, UploadSource] = field(default_factory=dict)  # by upload key
     upload_summary: UploadSummary | None = None
     workspace_id: str | None = None
+
+    def new_jobs(self) -> list[tuple[JobKey, JobSpec]]:
+        """The jobs the plan found new: on a resumed batch, none of its 100,000 need a lookup.
+
+        ``record_planned`` still checks every key it is given inside its own transaction,
+        so a job another process recorded since the plan is left alone; a job the plan saw
+        in the ledger stays there (jobs are never deleted).
+        """
+        new = set(self.plan.new)
+        return [(k, s) for k, s in self.keyed if k in new] if new else []
 
     def __repr__(self) -> str:
         return f"<Prepared {self.manifest.name!r}: {len(self.keyed)} jobs>"
@@ -147,15 +156,14 @@ def _prepared(
     skip = settings.skip_invalid or manifest.skip_invalid
     if problems and (media.needs_workspace or not skip):  # no workspace: no run at all
         raise ManifestProblems(problems)
-    specs = [spec for _, spec in keyed]
     known = ledger.known_slots(manifest.name) if ledger is not None else {}
     plan = plan_keyed(keyed, known, techniques, retry_failed=settings.retry_failed)
     del known  # 100,000 entries: free them before the worker loads the batch
-    uploads = needed_sources((s.inputs for s in specs), media.sources)
+    uploads = needed_sources((s.inputs for _, s in keyed), media.sources)
     held = ledger.uploads(uploads) if ledger is not None and uploads else {}
     summary = summarise(uploads, held, workspace) if uploads else None
     return Prepared(
-        manifest, techniques, specs, keyed, problems, plan, uploads, summary, workspace
+        manifest, techniques, keyed, problems, plan, uploads, summary, workspace
     )
 
 
@@ -223,7 +231,7 @@ async def run_batch(
             results = Results(results_location(manifest, settings))
             results.prepare()
             ledger.record_planned(
-                _new_jobs(prepared),
+                prepared.new_jobs(),
                 quoted_cost={slug: t.run_cost for slug, t in prepared.techniques.items()},
                 now=clock(),
             )
@@ -347,17 +355,6 @@ def _reopens(state: JobState, settings: Settings) -> bool:
 
 #: The states the run summary lists and ``_reopen`` may reopen: few jobs, read alone.
 _ENDED_BADLY = frozenset({JobState.FAILED, JobState.UNRESOLVED})
-
-
-def _new_jobs(prepared: Prepared) -> list[tuple[JobKey, JobSpec]]:
-    """The jobs the plan found new: on a resumed batch, none of its 100,000 need a lookup.
-
-    ``record_planned`` still checks every key it is given inside its own transaction, so
-    a job another process recorded since the plan is left alone; a job the plan saw in
-    the ledger stays there (jobs are never deleted).
-    """
-    new = set(prepared.plan.new)
-    return [(k, s) for k, s in prepared.keyed if k in new] if new else []
 
 
 def _jobs_of(

@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .config import Settings
-from .types import JobRecord, JobState, RunInfo
+from .types import JobRecord, RunInfo
 
 #: Durations kept per technique: recent runs say most about the next ones.
 _KEEP = 64
@@ -78,12 +78,6 @@ class Learned:
         if run.started_at is not None:
             _keep(self._running, technique, (run.completed_at - run.started_at) / 1000.0)
         self._cache.pop(technique, None)
-
-    def learn_done(self, records: Iterable[JobRecord]) -> None:
-        """Done jobs in the ledger (earlier runs): rough durations until real ones arrive."""
-        for rec in records:
-            if rec.state is JobState.DONE and rec.submitted_at and rec.completed_at:
-                self.learn_prior(rec.technique, [rec.completed_at - rec.submitted_at])
 
     def learn_prior(self, technique: str, took: Iterable[float]) -> None:
         """Submit-to-done seconds of earlier jobs of ``technique`` (``Ledger.durations``)."""

@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cells import MAX_CELL_BYTES, Row, cell_text, rows_from_cells
-from .cells import too_many_rows as _too_many_rows
 from .errors import ManifestError
 from .rows_sheets import load_parquet, load_xlsx
 from .rows_text import decode_text, load_csv, load_jsonl
@@ -56,7 +55,6 @@ __all__ = [
     "decode_text",
     "load_rows",
     "rows_from_cells",
-    "too_many_rows",
 ]
 
 #: Most rows one rows file may hold (the ledger, plan and report keep a batch in memory).
@@ -163,9 +161,3 @@ def _read_bytes(path: Path) -> bytes:
         raise ManifestError("the rows file is empty", path=str(path))
     return data
 
-
-
-
-def too_many_rows(path: str, line: int) -> ManifestError:
-    """The error for a rows source over ``MAX_ROWS``, at the first row past the limit."""
-    return _too_many_rows(path, line, MAX_ROWS)

@@ -168,9 +168,11 @@ class Worker(Tracker, Reconciler):
         self.batch = jobs[0].batch if jobs else None
         spent, reserved = self.ledger.money(self.batch)
         self.committed = spent + reserved
-        for technique in {rec.technique for rec in jobs if not rec.state.terminal}:
-            # How long its runs took before, in this batch or any other (a nightly cron).
+        for technique in {rec.technique for rec in jobs if not rec.state.terminal} - self.primed:
+            # How long its runs took before, in this batch or any other (a nightly cron);
+            # once per technique: a cluster worker loads jobs at every refill.
             self.learned.learn_prior(technique, self.ledger.durations(technique))
+            self.primed.add(technique)
         resumed: list[JobKey] = []
         running: list[JobRecord] = []
         for rec in jobs:

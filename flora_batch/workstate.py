@@ -160,6 +160,8 @@ class WorkerState:
         #: Loaded jobs with saved outputs whose names ``_claim`` has not taken yet: taken at
         #: the first download, so resuming a batch that is all done renders no names.
         self.unclaimed: list[JobRecord] = []
+        #: Techniques whose earlier durations ``_load`` has read from the ledger.
+        self.primed: set[str] = set()
         self.committed = 0.0
         self.stop_new: str | None = None
         self.abort: FloraError | None = None

@@ -95,6 +95,7 @@ def create(target: Target) -> Engine:
         return create_engine(
             target.url, pool_pre_ping=True, connect_args={"prepare_threshold": None}
         )
+    check_sqlite_version()
     if target.sqlite_path is None:
         engine = create_engine(
             target.url, poolclass=StaticPool, connect_args={"check_same_thread": False}
@@ -105,6 +106,20 @@ def create(target: Target) -> Engine:
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)
     return engine
+
+
+#: Every transition is one ``UPDATE … RETURNING`` (ledger/tx.py): SQLite 3.35 (2021) or later.
+MIN_SQLITE = (3, 35, 0)
+
+
+def check_sqlite_version(found: tuple[int, int, int] = sqlite3.sqlite_version_info) -> None:
+    """LedgerError, before any file is made, if Python's SQLite is too old for the ledger."""
+    if found < MIN_SQLITE:
+        need, have = ".".join(map(str, MIN_SQLITE)), ".".join(map(str, found))
+        raise LedgerError(
+            f"this Python's SQLite is {have}; the ledger needs {need} or later (RETURNING): "
+            "use a newer Python build, or a PostgreSQL ledger (--ledger postgresql://...)"
+        )
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:

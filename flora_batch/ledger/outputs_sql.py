@@ -54,11 +54,6 @@ def set_file(tx: sql.Tx, key: str, output_id: str, file: Mapping[str, Any]) -> N
         raise LedgerConflict(f"job {key} has no output {output_id!r}", key=key)
 
 
-def unsaved(tx: sql.Tx, key: str) -> list[str]:
-    """Ids of the job's outputs whose file is not recorded as saved."""
-    return [o.output_id for o in records(tx, key) if o.sha256 is None]
-
-
 def records(tx: sql.Tx, key: str) -> list[OutputRecord]:
     """The job's outputs, by output id."""
     return [output_record(r) for r in tx.all(sql.OUTPUTS, {"k": key})]

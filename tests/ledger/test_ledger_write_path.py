@@ -239,3 +239,14 @@ def test_reopened_ledger_sees_every_commit(tmp_path: Path, job_factory: JobFacto
         before = ledger.get(key)
     with Ledger.open(path) as again:
         assert again.get(key) == before
+
+
+def test_a_sqlite_too_old_for_returning_is_a_clear_error() -> None:
+    """SQLite before 3.35 has no RETURNING: refused up front, with what to do instead."""
+    from flora_batch.errors import LedgerError
+    from flora_batch.ledger import connect
+
+    connect.check_sqlite_version((3, 35, 0))
+    expected = r"SQLite is 3\.34\.1; the ledger needs 3\.35\.0.*postgresql"
+    with pytest.raises(LedgerError, match=expected):
+        connect.check_sqlite_version((3, 34, 1))

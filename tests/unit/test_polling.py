@@ -161,11 +161,7 @@ def test_learned_durations_are_server_side_medians() -> None:
 def test_ledger_times_serve_only_until_a_run_completes_here() -> None:
     """Done jobs' submit-to-done times (lower quartile) until a real server duration arrives."""
     learned = Learned()
-    done = [
-        job(state=JobState.DONE, submitted_at=NOW, completed_at=NOW + took)
-        for took in (40.0, 50.0, 60.0, 70.0)
-    ]
-    learned.learn_done([*done, job(state=JobState.FAILED, completed_at=NOW + 5)])
+    learned.learn_prior("sigil", [40.0, 50.0, 60.0, 70.0, -5.0])  # Ledger.durations
     assert learned.typical("sigil") == Typical(total=50.0)
     learned.learn_run("sigil", run("completed", created_at=NOW, completed_at=NOW + 33))
     assert learned.typical("sigil").total == 33.0
