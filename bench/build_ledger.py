@@ -58,7 +58,7 @@ def _reference(
     out = RunOutput("output_1", "imageUrl", f"http://127.0.0.1/_media/{run_id}/output_1.png")
     ledger.mark_downloading(key, [out], now=now, charged_cost=ledger.get(key).quoted_cost)
     sha = hashlib.sha256(TINY).hexdigest()
-    ledger.mark_output_saved(
+    ledger.save_output(  # the only output: the job is done with it
         key,
         "output_1",
         path=str(path),
@@ -67,7 +67,6 @@ def _reference(
         content_type="image/png",
         now=now,
     )
-    ledger.mark_done(key, now=now)
 
 
 def _bulk(db: Path, keyed: list[tuple[JobKey, Any]], spec: dict[str, Any], now: float) -> None:

@@ -37,7 +37,6 @@ class Row:
     line: int
 
 
-
 def cell_text(value: object) -> str:
     """A cell as the stripped text flora-batch works with (see the module docstring).
 
@@ -73,7 +72,6 @@ def _float_text(value: float) -> str:
     if value.is_integer() and abs(value) < 1e16:
         return str(int(value))
     return repr(value)
-
 
 
 @dataclass
@@ -205,4 +203,3 @@ def capped(
 
 def raise_all(problems: list[ManifestError]) -> None:
     raise problems[0] if len(problems) == 1 else ManifestProblems(problems)
-

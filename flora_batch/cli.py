@@ -166,9 +166,7 @@ def _load_manifest(source: Path, technique: str | None, inputs: tuple[str, ...])
     mapping: dict[str, str] = {}
     for item in inputs:
         if "=" not in item:
-            raise E.UsageError(
-                f"--input {item!r}: expected ID=COLUMN, e.g. product=image_url"
-            )
+            raise E.UsageError(f"--input {item!r}: expected ID=COLUMN, e.g. product=image_url")
         key, _, value = item.partition("=")
         mapping[key.strip()] = value.strip()
     return manifest_from_rows(source, technique, mapping)
@@ -370,9 +368,7 @@ def _summarise(result: BatchResult, *, demo: bool) -> None:
     click.echo(f"  results {result.results_dir}")
     click.echo(f"  ledger  {result.ledger_url}")
     for rec in result.failed[:10]:
-        click.echo(
-            f"  failed  {rec.source or rec.key}: {rec.error_code} {rec.error_message or ''}"
-        )
+        click.echo(f"  failed  {rec.source or rec.key}: {rec.error_code} {rec.error_message or ''}")
     for rec in result.unresolved[:10]:
         click.echo(
             f"  UNRESOLVED {rec.source or rec.key} ({rec.technique}): {rec.error_message or ''}"

@@ -1,9 +1,13 @@
 """FloraClient: the only module that speaks HTTP.
 
-One shared ``httpx.AsyncClient`` does everything: technique look-ups, creates, polls, the
-run history and output downloads.  httpx's exceptions are translated into the
-``errors`` tree here and nowhere else (``map_http_errors``), so callers branch on
-meaning ("ambiguous create", "rate limited") rather than on transport details.
+One connection pool does everything: technique look-ups, creates, polls, the run history
+and output downloads.  On the default transport (``transport.AiohttpTransport``) JSON
+calls and downloads take its direct lane (``AiohttpTransport.request``), skipping httpx's
+``AsyncClient``; multipart uploads, a transport passed in (tests: the emulator over ASGI)
+and a proxied environment go through ``httpx.AsyncClient``.  Both lanes raise httpx's
+exceptions, translated into the ``errors`` tree here and nowhere else
+(``map_http_errors``), so callers branch on meaning ("ambiguous create", "rate limited")
+rather than on transport details.
 
 This module retries nothing by itself: what may be repeated, and how, is decided by
 ``retrying`` and the worker, because a create is not a poll.
@@ -16,14 +20,15 @@ import email.utils
 import hashlib
 import json
 import os
+import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import urljoin, urlsplit
+from typing import TYPE_CHECKING, Any, Protocol, cast
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import httpx
 
@@ -46,6 +51,9 @@ from .sniff import HEAD_BYTES, media_problem
 from .types import RunInfo, RunInput, Technique
 from .url_policy import check_fetch_url, is_loopback
 
+if TYPE_CHECKING:
+    from .transport import AiohttpTransport
+
 MAX_JSON_BYTES = 8 * 1024 * 1024
 #: ``FLORA_BATCH_HTTP=httpx`` falls back to httpx's own transport (httpcore) instead of
 #: ``transport.AiohttpTransport``.  Read here, below the CLI, like the retry test switch:
@@ -54,6 +62,21 @@ HTTP_STACK_ENV = "FLORA_BATCH_HTTP"
 HTTP_STACKS = ("aiohttp", "httpx")
 DEFAULT_MAX_DOWNLOAD = 2 * 1024 * 1024 * 1024
 USER_AGENT = "flora-batch/0.1"
+
+
+class Reply(Protocol):
+    """What FloraClient reads of a response: ``httpx.Response`` or the direct lane's."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def is_success(self) -> bool: ...
+    @property
+    def is_redirect(self) -> bool: ...
+    def aiter_bytes(self) -> AsyncIterator[bytes]: ...
+    async def aclose(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +88,7 @@ class Downloaded:
     content_type: str | None
 
 
-def parse_retry_after(headers: httpx.Headers, now: float | None = None) -> float | None:
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
     """Seconds to wait from ``retry-after-ms``, ``retry-after`` (seconds or HTTP date)."""
     raw_ms = headers.get("retry-after-ms")
     if raw_ms:
@@ -143,7 +166,7 @@ def _proxied() -> bool:
     return any(k in ("http", "https", "all") for k in urllib.request.getproxies_environment())
 
 
-def _error_from(response: httpx.Response, body: bytes) -> ApiError:
+def _error_from(response: Reply, body: bytes) -> ApiError:
     """The ApiError for a non-2xx response, envelope or not."""
     request_id = response.headers.get("request-id")
     try:
@@ -191,15 +214,23 @@ class FloraClient:
         self._base = urlsplit(self.base_url)
         # Sent only to the API, never to media hosts that serve outputs.
         self._auth = {"Authorization": f"Bearer {api_key}"}
+        chosen = transport or default_transport(max_connections)
+        timeouts = httpx.Timeout(timeout, connect=min(timeout, 10.0))
         self._http = httpx.AsyncClient(
             headers={"User-Agent": USER_AGENT},
-            transport=transport or default_transport(max_connections),
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            transport=chosen,
+            timeout=timeouts,
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
             follow_redirects=False,
         )
+        self._direct = _direct_lane(chosen)
+        self._direct_timeout = (
+            self._direct.client_timeout(timeouts.as_dict()) if self._direct else None
+        )
+        self._plain = {"User-Agent": USER_AGENT}  # what the direct lane sends to media hosts
+        self._api = {**self._plain, **self._auth}
         # At most as many requests inside httpx as its pool has connections; the rest
         # wait here, in O(1).  Queued inside httpcore instead, each arrival or finish
         # rescans every queued request against every connection: 10,000 polls due at
@@ -216,23 +247,66 @@ class FloraClient:
         """Close the connection pool."""
         await self._http.aclose()
 
-    @asynccontextmanager
-    async def _stream(self, method: str, url: str, **kwargs: Any) -> AsyncIterator[httpx.Response]:
-        """``httpx.AsyncClient.stream`` through the request gate."""
-        async with self._gate, self._http.stream(method, url, **kwargs) as response:
-            yield response
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        content: bytes | None = None,
+        **multipart: Any,
+    ) -> Reply:
+        """Send one request, the direct lane when there is one; the caller holds the gate
+        and ``aclose``s the reply.
+
+        ``headers`` are all that is sent (User-Agent included); ``multipart`` (httpx's
+        ``data``/``files``) always goes through httpx, which builds the body.
+        """
+        if self._direct is not None and self._direct_timeout is not None and not multipart:
+            return await self._direct.request(
+                method, url, headers=headers, content=content, timeout=self._direct_timeout
+            )
+        request = self._http.build_request(
+            method, url, headers=headers, content=content, **multipart
+        )
+        return await self._http.send(request, stream=True)
 
     # -- JSON requests ------------------------------------------------------------
 
     async def _request(
-        self, method: str, path: str, *, creating: bool = False, **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        creating: bool = False,
+        json_body: Any = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        **multipart: Any,
     ) -> tuple[Any, str | None, int]:
-        """Send one request; return ``(json, request_id, status)`` or raise a FloraError."""
+        """Send one request; return ``(json, request_id, status)`` or raise a FloraError.
+
+        Args:
+            json_body: sent as compact UTF-8 JSON (as httpx's ``json=`` would).
+            params: the query string.
+            multipart: httpx's ``data``/``files`` for a multipart body.
+        """
         url = path if path.startswith("http") else f"{self.base_url}{path}"
-        kwargs["headers"] = {**self._auth, **kwargs.get("headers", {})}
-        with map_http_errors(creating=creating):
-            async with self._stream(method, url, **kwargs) as response:
-                body = await self._read_capped(response)
+        if params:
+            url = f"{url}?{urlencode(params)}"
+        sent = {**self._api, **headers} if headers else self._api
+        content = None
+        if json_body is not None:
+            content = json.dumps(
+                json_body, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+            ).encode()
+            sent = {**sent, "Content-Type": "application/json"}
+        async with self._gate:
+            with map_http_errors(creating=creating):
+                response = await self._send(method, url, sent, content, **multipart)
+                try:
+                    body = await self._read_capped(response)
+                finally:
+                    await response.aclose()
         request_id = response.headers.get("request-id")
         if not response.is_success:
             raise _error_from(response, body)
@@ -243,7 +317,7 @@ class FloraClient:
             raise cls("FLORA answered with malformed JSON", request_id=request_id) from exc
 
     @staticmethod
-    async def _read_capped(response: httpx.Response) -> bytes:
+    async def _read_capped(response: Reply) -> bytes:
         chunks: list[bytes] = []
         total = 0
         async for chunk in response.aiter_bytes():
@@ -300,7 +374,7 @@ class FloraClient:
             "POST",
             f"/techniques/{slug}/runs",
             creating=True,
-            json=wire.create_body(inputs, key),
+            json_body=wire.create_body(inputs, key),
             headers={"Idempotency-Key": key},
         )
         return wire.parse_run(data, request_id)
@@ -339,7 +413,7 @@ class FloraClient:
         Raises AmbiguousCreate when the asset may exist but no answer came back.
         """
         data, request_id, _ = await self._request(
-            "POST", "/assets", creating=True, json=body, headers={"Idempotency-Key": key}
+            "POST", "/assets", creating=True, json_body=body, headers={"Idempotency-Key": key}
         )
         return asset_wire.parse_asset(data, request_id)
 
@@ -422,6 +496,7 @@ class FloraClient:
         *,
         max_bytes: int = DEFAULT_MAX_DOWNLOAD,
         output_type: str | None = None,
+        fsync: bool = False,
     ) -> Downloaded:
         """Stream ``url`` into ``dest`` (a temporary file), hashing as it goes.
 
@@ -433,24 +508,30 @@ class FloraClient:
             output_type: for a run output, its type: the body must be that kind of file
                 (``sniff.media_problem``), and unless the API itself is on loopback the
                 URL and every redirect must name a public host.
+            fsync: make ``dest``'s bytes durable before returning (one ``fsync`` on the
+                descriptor that wrote them, not a second open later).
         """
         local_ok = output_type is None or is_loopback(self._base.hostname)
         previous: str | None = None
         for _ in range(6):
             check_fetch_url(url, local_ok=local_ok, previous=previous)
-            with map_http_errors():
-                async with self._stream("GET", url) as resp:
-                    if resp.is_redirect and "location" in resp.headers:
-                        previous, url = url, urljoin(url, resp.headers["location"])
-                        continue
-                    if not resp.is_success:
-                        raise _error_from(resp, await self._read_capped(resp))
-                    return await self._stream_to(resp, dest, max_bytes, output_type)
+            async with self._gate:
+                with map_http_errors():
+                    resp = await self._send("GET", url, self._plain)
+                    try:
+                        if resp.is_redirect:
+                            previous, url = url, urljoin(url, resp.headers["location"])
+                            continue
+                        if not resp.is_success:
+                            raise _error_from(resp, await self._read_capped(resp))
+                        return await self._stream_to(resp, dest, max_bytes, output_type, fsync)
+                    finally:
+                        await resp.aclose()
         raise ResponseRefused("too many redirects while downloading an output")
 
     @staticmethod
     async def _stream_to(
-        resp: httpx.Response, dest: Path, max_bytes: int, output_type: str | None
+        resp: Reply, dest: Path, max_bytes: int, output_type: str | None, fsync: bool = False
     ) -> Downloaded:
         expected = resp.headers.get("content-length")
         ctype = resp.headers.get("content-type")
@@ -478,12 +559,27 @@ class FloraClient:
                     digest.update(chunk)
                     fh.write(chunk)
                 fh.flush()
+                if fsync and (declared is None or declared == size):  # else refused below
+                    os.fsync(fh.fileno())
         except OSError as exc:
             raise ResultsError(f"cannot write {dest}: {exc.strerror or exc}") from exc
         if declared is not None and declared != size:
             raise TransportError(f"download truncated: got {size} of {expected} bytes")
         _check_media(output_type, ctype, head)
         return Downloaded(size, digest.hexdigest(), ctype)
+
+
+def _direct_lane(transport: httpx.AsyncBaseTransport | None) -> AiohttpTransport | None:
+    """The transport itself when it is ours (the direct lane), else None.
+
+    Only if ``transport.py`` is loaded: a client given another transport never imports
+    aiohttp.
+    """
+    module = sys.modules.get("flora_batch.transport")
+    ours = getattr(module, "AiohttpTransport", None)
+    if ours is None or not isinstance(transport, ours):
+        return None
+    return cast("AiohttpTransport", transport)
 
 
 def _check_media(output_type: str | None, content_type: str | None, head: bytes | None) -> None:
@@ -497,6 +593,7 @@ __all__ = [
     "Downloaded",
     "FloraClient",
     "RemoteError",
+    "Reply",
     "check_fetch_url",
     "default_transport",
     "http_stack",

@@ -70,7 +70,11 @@ class Downloads(WorkerState):
                 try:
                     got = await retrying.call(
                         lambda u=url, t=tmp: self.client.download(  # type: ignore[misc]
-                            u, t, max_bytes=self.settings.max_download_bytes, output_type=out.type
+                            u,
+                            t,
+                            max_bytes=self.settings.max_download_bytes,
+                            output_type=out.type,
+                            fsync=True,
                         ),
                         what=f"download {out.output_id} of {rec.run_id}",
                     )
@@ -84,7 +88,7 @@ class Downloads(WorkerState):
                     self.results.discard(tmp)
                     raise
                 name = self._claim(key, self._name(rec, out, index, got.content_type), out, tmp)
-                path = self.results.commit(tmp, name)
+                path = self.results.commit(tmp, name, synced=True)
                 size, sha, ctype = got.size, got.sha256, got.content_type
                 break
         # One commit records the file and, after the job's last output, makes it done.
@@ -101,9 +105,8 @@ class Downloads(WorkerState):
         )
 
     def _fresh_urls(self, key: JobKey, fresh: tuple[RunOutput, ...]) -> None:
-        """Store fresh URLs and read the job back (rare: only when URLs expired)."""
-        self.ledger.refresh_output_urls(key, fresh)
-        self._update(self.ledger.get(key))
+        """Store fresh URLs; the job as it now is (rare: only when URLs expired)."""
+        self._update(self.ledger.refresh_output_urls(key, fresh))
 
     def _claim(self, key: JobKey, name: str, out: OutputRecord, tmp: Path | None) -> str:
         """``name``, unless another job's output has it (ignoring case): then refuse.

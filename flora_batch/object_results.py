@@ -135,8 +135,9 @@ class ObjectResults:
         """A fresh local temporary file (a download is hashed here before its PUT)."""
         return self._tmp / f"{secrets.token_hex(8)}.part"
 
-    def commit(self, tmp: Path, relative: str) -> str:
-        """PUT ``tmp`` as one object under its final name, then drop ``tmp``."""
+    def commit(self, tmp: Path, relative: str, *, synced: bool = False) -> str:
+        """PUT ``tmp`` as one object under its final name, then drop ``tmp`` (``synced``
+        does not matter: the object store keeps what it acknowledged)."""
         try:
             final = self.target(relative)
             self.fs.put_file(str(tmp), final)

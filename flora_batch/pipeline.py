@@ -162,9 +162,7 @@ def _prepared(
     uploads = needed_sources((s.inputs for _, s in keyed), media.sources)
     held = ledger.uploads(uploads) if ledger is not None and uploads else {}
     summary = summarise(uploads, held, workspace) if uploads else None
-    return Prepared(
-        manifest, techniques, keyed, problems, plan, uploads, summary, workspace
-    )
+    return Prepared(manifest, techniques, keyed, problems, plan, uploads, summary, workspace)
 
 
 @contextmanager

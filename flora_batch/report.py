@@ -411,9 +411,7 @@ def _read_texts(lines: Sequence[Line]) -> dict[str, str]:
     return texts
 
 
-def _write_sidecars(
-    lines: Sequence[Line], root: Path, uploads: Mapping[str, UploadRecord]
-) -> int:
+def _write_sidecars(lines: Sequence[Line], root: Path, uploads: Mapping[str, UploadRecord]) -> int:
     count = 0
     for rec, out, path in _assets(lines):
         data = json.dumps(sidecar(rec, out, root, uploads), indent=2, ensure_ascii=False) + "\n"

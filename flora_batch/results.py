@@ -49,6 +49,8 @@ class Results:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._resolved: Path | None = None  # the root, resolved once (``target``)
+        self._folders: set[Path] = set()  # folders made by ``commit`` in this run
 
     def prepare(self) -> None:
         """Create the folder (and its temp area) or say clearly why it cannot be used."""
@@ -86,7 +88,8 @@ class Results:
             ResultsError: the name is absolute, has ``.``/``..`` parts, points into
                 ``.flora-tmp``, or a folder on its way is a symlink.
         """
-        root = self.root.resolve()
+        root = self._resolved or self.root.resolve()
+        self._resolved = root
         parts = PurePosixPath(relative).parts
         if not parts or parts[0] in ("/", TMP_DIR) or any(p in (".", "..") for p in parts):
             raise ResultsError(f"output name {relative!r} would write outside {self.root}")
@@ -105,23 +108,41 @@ class Results:
         """A fresh temporary file name inside the results folder."""
         return self.root / TMP_DIR / f"{secrets.token_hex(8)}.part"
 
-    def commit(self, tmp: Path, relative: str) -> Path:
-        """fsync ``tmp`` and rename it to its final name (atomic on one file system)."""
+    def commit(self, tmp: Path, relative: str, *, synced: bool = False) -> Path:
+        """fsync ``tmp`` (unless ``synced``: its writer did) and rename it to its final
+        name (atomic on one file system)."""
         try:
             final = self.target(relative)
         except ResultsError:
             self.discard(tmp)
             raise
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            if final.is_symlink():
-                final.unlink()
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
+            if not synced:
+                with open(tmp, "rb") as fh:
+                    os.fsync(fh.fileno())
+            self._rename(tmp, final)
         except OSError as exc:
             raise ResultsError(f"cannot write {final}: {exc.strerror or exc}") from exc
         return final
+
+    def _rename(self, tmp: Path, final: Path) -> None:
+        """``os.replace``, making the folder first if this run has not made it yet.
+
+        A link planted at the final name is replaced itself, never written through
+        (rename(2) does not follow it).  A folder removed while the batch runs is made
+        again: the rename fails, and is tried once more after the ``mkdir``.
+        """
+        folder = final.parent
+        if folder not in self._folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._folders.add(folder)
+        try:
+            os.replace(tmp, final)
+        except FileNotFoundError:
+            if not tmp.exists():
+                raise
+            folder.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, final)
 
     def write_text(self, text: str, relative: str) -> SavedFile:
         """A text output: written atomically like any other file."""
@@ -165,8 +186,12 @@ class ResultStore(Protocol):
     def temp_path(self) -> Path:
         """A fresh local temporary file to download into."""
 
-    def commit(self, tmp: Path, relative: str) -> Path | str:
-        """Put a finished temporary file in place under its final name; where it went."""
+    def commit(self, tmp: Path, relative: str, *, synced: bool = False) -> Path | str:
+        """Put a finished temporary file in place under its final name; where it went.
+
+        ``synced``: the file's bytes are already durable (``FloraClient.download``'s
+        ``fsync``), so they need not be synced again before the rename.
+        """
 
     def write_text(self, text: str, relative: str) -> SavedFile:
         """Write a text output in place."""

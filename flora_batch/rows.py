@@ -74,6 +74,7 @@ FORMATS = {
     ".pq": "parquet",
 }
 
+
 @dataclass(frozen=True, slots=True)
 class RowsSource:
     """Where a manifest's rows come from: a file, or rows written inline in the manifest.
@@ -160,4 +161,3 @@ def _read_bytes(path: Path) -> bytes:
     if not data.strip():
         raise ManifestError("the rows file is empty", path=str(path))
     return data
-

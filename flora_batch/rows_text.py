@@ -97,7 +97,6 @@ def _position(data: bytes, offset: int) -> tuple[int, int]:
     return data.count(b"\n", 0, offset) + 1, offset - line_start + 1
 
 
-
 # --- CSV -------------------------------------------------------------------------------
 
 
@@ -208,4 +207,3 @@ def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise ValueError(f"key {name!r} appears twice in this object")
         out[name] = value
     return out
-

@@ -219,9 +219,7 @@ def throughput(
     return rate * 60.0, eta
 
 
-def upload_counts(
-    records: Iterable[JobRecord], uploads: Iterable[UploadRecord]
-) -> dict[str, int]:
+def upload_counts(records: Iterable[JobRecord], uploads: Iterable[UploadRecord]) -> dict[str, int]:
     """The input files these jobs use, counted by upload state (states present only)."""
     used = {key for rec in records for key in upload_keys(rec.inputs)}
     counts: dict[str, int] = {}

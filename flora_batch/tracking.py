@@ -5,6 +5,13 @@ end; a ``completed`` answer moves the job to ``downloading`` (its outputs record
 first), a ``failed`` one records the failure, anything else schedules the next poll.
 An unknown status is not terminal, but the wait for it is bounded.  Charges may arrive
 after the end (CONTRACT.md §4): they are read again, briefly.
+
+A poll is one request.  On a retryable error (5xx, 429, transport) it gives its slot
+back (the worker has ``_POLLS_AT_ONCE`` of them for every run) and the run waits its
+backoff in the poll heap, counted in a ``retrying.Streak``: 24 runs answering 5xx must
+not stall the polls of thousands of others.  When the policy is spent the run is
+reported stuck and polled again ``max_poll`` later; FLORA answering nothing at all
+for ``outage_limit`` seconds still stops the batch (``last_success``).
 """
 
 from __future__ import annotations
@@ -34,29 +41,38 @@ class Tracker(Downloads):
             self.polling -= 1
 
     async def _poll_once(self, key: JobKey) -> None:
-        """Ask FLORA how the run is doing; its answer decides the next step."""
+        """Ask FLORA once how the run is doing; its answer decides the next step."""
         rec = self.jobs[key]
         assert rec.run_id is not None
         try:
-            run = await retrying.call(
-                lambda: self.client.get_run(rec.technique, rec.run_id or ""),
-                what=f"poll {rec.run_id}",
-            )
-        except AuthError as exc:
-            self.abort = exc
-            return
-        except NotFound as exc:
-            self.stuck[key] = (
-                f"FLORA no longer knows run {rec.run_id} ({exc}); was the key changed?"
-            )
-            self._release(key)
-            return
+            run = await self.client.get_run(rec.technique, rec.run_id)
         except FloraError as exc:
-            self.stuck[key] = f"polling kept failing: {exc}"
-            self._schedule(key, self.clock() + self.settings.max_poll, "poll")
+            self._poll_failed(key, exc)
             return
+        self.poll_streaks.pop(key, None)
         self.last_success = self.clock()
         self._after_poll(key, run)
+
+    def _poll_failed(self, key: JobKey, exc: FloraError) -> None:
+        """A poll failed: stop the batch, leave the run, or poll it again after its backoff."""
+        run_id = self.jobs[key].run_id
+        if isinstance(exc, AuthError):
+            self.abort = exc
+            return
+        if isinstance(exc, NotFound):
+            self.poll_streaks.pop(key, None)
+            self.stuck[key] = f"FLORA no longer knows run {run_id} ({exc}); was the key changed?"
+            self._release(key)
+            return
+        now = self.clock()
+        streak = self.poll_streaks.setdefault(key, retrying.Streak())
+        wait = streak.failed(exc, what=f"poll {run_id}", now=now, at_least=self.settings.min_poll)
+        if wait is None:  # not retryable, or the policy is spent: a fresh streak later
+            del self.poll_streaks[key]
+            self.stuck[key] = f"polling kept failing: {exc}"
+            self._schedule(key, now + self.settings.max_poll, "poll")
+            return
+        self._schedule(key, now + wait, "poll")
 
     def _after_poll(self, key: JobKey, run: RunInfo) -> None:
         """Act on a run's status: schedule the next poll, download, or record the failure."""
@@ -153,7 +169,6 @@ class Tracker(Downloads):
                 return
             if run.charged_cost is not None:
                 self._settle_charge(self.jobs[key], run.charged_cost)
-                self.ledger.set_charged(key, run.charged_cost)
-                self._update(self.ledger.get(key))
+                self._update(self.ledger.set_charged(key, run.charged_cost))
                 return
             await asyncio.sleep(self.settings.min_poll)

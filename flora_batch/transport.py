@@ -27,12 +27,19 @@ response, a read timeout -- may follow a request the server has acted on, and be
 
 aiohttp itself re-sends an *idempotent* request (GET, PUT, ...) once when a kept-alive
 connection turns out closed; it never re-sends a POST, so a create is sent at most once.
+
+**The direct lane.**  ``AiohttpTransport.request`` sends a request without building any
+httpx object and yields a ``Reply`` (status, headers, body chunks).  ``FloraClient`` uses
+it for its JSON calls and downloads: httpx's ``AsyncClient`` (request building, header
+normalising, auth and redirect machinery, the ``Response`` object) cost more CPU per job
+than everything else flora-batch does (docs/performance.md, scenario 1).  It shares the
+send and the error mapping above with ``handle_async_request``, so both lanes fail alike.
 """
 
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -90,19 +97,64 @@ def map_error(exc: Exception, *, reading_body: bool = False) -> httpx.TransportE
     return None
 
 
+_REDIRECTS = frozenset((301, 302, 303, 307, 308))
+
+
+class Reply:
+    """A response head from the direct lane, with its body to read (``aiter_bytes``).
+
+    The part of ``httpx.Response`` that FloraClient reads, without building one: the
+    status, case-insensitive headers, ``is_success``/``is_redirect`` and the body's
+    chunks.  A body with a Content-Encoding is decoded by httpx (``_decoded``).
+    """
+
+    __slots__ = ("_body", "headers", "status_code")
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self.status_code = response.status
+        self.headers: Mapping[str, str] = response.headers
+        self._body = _ResponseBody(response)
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status_code < 300
+
+    @property
+    def is_redirect(self) -> bool:
+        return self.status_code in _REDIRECTS and "location" in self.headers
+
+    def aiter_bytes(self) -> AsyncIterator[bytes]:
+        """The body's (decoded) bytes, as the socket delivers them."""
+        if self._body.encoded:
+            return self._decoded()
+        return self._body.__aiter__()
+
+    async def _decoded(self) -> AsyncIterator[bytes]:
+        # httpx's decoders, fed the raw chunks (ENCODED_CHUNK at most: see above).
+        raw = self._body._response.raw_headers
+        async for chunk in httpx.Response(
+            self.status_code, headers=raw, stream=self._body
+        ).aiter_bytes():
+            yield chunk
+
+    async def aclose(self) -> None:
+        """Give the connection back (closed instead if the body was not read to its end)."""
+        await self._body.aclose()
+
+
 class _ResponseBody(httpx.AsyncByteStream):
     """An aiohttp response body as httpx's raw stream: chunks as the socket delivers them."""
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
         coding = response.headers.get("Content-Encoding", "identity").strip().lower()
-        self._encoded = coding not in ("", "identity")
+        self.encoded = coding not in ("", "identity")
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         content = self._response.content
         while True:
             try:
-                if self._encoded:
+                if self.encoded:
                     chunk = await content.read(ENCODED_CHUNK)
                 else:
                     chunk = await content.readany()  # all that is buffered: big reads
@@ -168,19 +220,18 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         )
         return self._session
 
-    def _ssl_for(self, request: httpx.Request) -> ssl.SSLContext | bool:
+    def _ssl_for(self, scheme: str) -> ssl.SSLContext | bool:
         """httpx's TLS context (the CAs httpx would trust), built on the first HTTPS request:
         loading the CA bundle costs milliseconds that plain-HTTP (the emulator) never needs."""
-        if request.url.scheme != "https":
+        if scheme != "https":
             return True
         if self._ssl is None:
             self._ssl = httpx.create_ssl_context()
         return self._ssl
 
-    def _timeout(self, request: httpx.Request) -> aiohttp.ClientTimeout:
-        """httpx's per-request timeouts as aiohttp's (cached: they rarely differ)."""
-        t = request.extensions.get("timeout") or {}
-        key = (t.get("pool"), t.get("connect"), t.get("read"))
+    def client_timeout(self, timeout: Mapping[str, float | None]) -> aiohttp.ClientTimeout:
+        """httpx's timeouts (``Timeout.as_dict()`` or a request's) as aiohttp's (cached)."""
+        key = (timeout.get("pool"), timeout.get("connect"), timeout.get("read"))
         found = self._timeouts.get(key)
         if found is None:
             pool, connect, read = key
@@ -193,9 +244,57 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             self._timeouts[key] = found
         return found
 
+    async def _send(
+        self,
+        method: str,
+        url: URL,
+        headers: Any,
+        data: Any,
+        timeout: aiohttp.ClientTimeout,
+        sni_hostname: str | None = None,
+    ) -> aiohttp.ClientResponse:
+        """One request on the session, aiohttp's failures mapped (``map_error``)."""
+        session = self._session or self._open()
+        try:
+            return await session.request(
+                method,
+                url,
+                headers=headers,
+                data=data,
+                allow_redirects=False,
+                compress=False,
+                timeout=timeout,
+                server_hostname=sni_hostname,
+                ssl=self._ssl_for(url.scheme),
+            )
+        except Exception as exc:
+            mapped = map_error(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        content: bytes | None,
+        timeout: aiohttp.ClientTimeout,
+    ) -> Reply:
+        """The direct lane: send; return the ``Reply`` once its head is in (``aclose`` it).
+
+        Args:
+            url: absolute and already encoded (query included).
+            headers: every header to send beyond aiohttp's own (Host, Accept,
+                Content-Length); no Accept-Encoding is sent, so bodies come unencoded.
+            timeout: from ``client_timeout``.
+        """
+        response = await self._send(method, URL(url, encoded=True), headers, content, timeout)
+        return Reply(response)
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request``; return as soon as the response head has arrived."""
-        session = self._session or self._open()
         headers = request.headers.multi_items()
         data: Any
         try:
@@ -203,23 +302,14 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         except httpx.RequestNotRead:
             data = _request_body(request.stream)  # type: ignore[arg-type]
             headers = [(k, v) for k, v in headers if k.lower() != "transfer-encoding"]
-        try:
-            response = await session.request(
-                request.method,
-                URL(str(request.url), encoded=True),
-                headers=headers,
-                data=data,
-                allow_redirects=False,
-                compress=False,
-                timeout=self._timeout(request),
-                server_hostname=request.extensions.get("sni_hostname"),
-                ssl=self._ssl_for(request),
-            )
-        except Exception as exc:
-            mapped = map_error(exc)
-            if mapped is None:
-                raise
-            raise mapped from exc
+        response = await self._send(
+            request.method,
+            URL(str(request.url), encoded=True),
+            headers,
+            data,
+            self.client_timeout(request.extensions.get("timeout") or {}),
+            request.extensions.get("sni_hostname"),
+        )
         return httpx.Response(
             status_code=response.status,
             headers=response.raw_headers,
@@ -238,4 +328,4 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             await session.close()
 
 
-__all__ = ["KEEPALIVE_EXPIRY", "AiohttpTransport", "map_error"]
+__all__ = ["KEEPALIVE_EXPIRY", "AiohttpTransport", "Reply", "map_error"]

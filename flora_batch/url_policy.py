@@ -57,13 +57,15 @@ def check_fetch_url(url: str, *, local_ok: bool = True, previous: str | None = N
         previous: the URL that redirected here; HTTPS never redirects down to HTTP.
     """
     parts = urlsplit(url)
-    where = f"{parts.scheme}://{parts.hostname or ''}"
-    secure = parts.scheme == "https" and bool(parts.hostname)
-    allowed = secure or (parts.scheme == "http" and is_loopback(parts.hostname))
+    host = parts.hostname
+    secure = parts.scheme == "https" and bool(host)
+    allowed = secure or (parts.scheme == "http" and is_loopback(host))
     if not allowed or (previous and urlsplit(previous).scheme == "https" and not secure):
-        raise ResponseRefused(f"refusing to download from {where}: not HTTPS")
-    if not local_ok and is_local(parts.hostname):
-        raise ResponseRefused(f"refusing to download from {where}: not a public host")
+        raise ResponseRefused(f"refusing to download from {parts.scheme}://{host or ''}: not HTTPS")
+    if not local_ok and is_local(host):
+        raise ResponseRefused(
+            f"refusing to download from {parts.scheme}://{host or ''}: not a public host"
+        )
 
 
 __all__ = ["check_fetch_url", "is_local", "is_loopback"]

@@ -98,6 +98,8 @@ def _said(value: Any, limit: int) -> str | None:
     if value is None:
         return None
     text = str(value)[:limit]
+    if text.isprintable():  # no "Other" character at all (Cc and Cf among them): as is
+        return text
     return "".join("?" if unicodedata.category(c) in ("Cc", "Cf") else c for c in text)
 
 

@@ -72,6 +72,9 @@ _REFILL_IDLE = 0.25  # seconds between claims that found nothing
 #: Below the client's connection limit (32 by default), so creates and downloads always
 #: find a connection and never queue behind thousands of polls.
 _POLLS_AT_ONCE = 24
+#: Seconds the ledger's transitions wait for their shared commit; a create waits for the
+#: commit of its ``submitting`` (intent before a paid action), so this much at most.
+_COMMIT_WINDOW = 0.02
 
 
 class Worker(Tracker, Reconciler):
@@ -86,6 +89,9 @@ class Worker(Tracker, Reconciler):
         stopper = asyncio.ensure_future(self.stop_event.wait())
         stopper.add_done_callback(lambda _: self._wake.set())
         last_progress = 0.0
+        # Transitions share durable commits, one per ``_COMMIT_WINDOW`` at most
+        # (``LedgerCore.group_commits``): a commit costs more than the statements it holds.
+        self.ledger.group_commits(asyncio.get_running_loop().call_later, _COMMIT_WINDOW)
         try:
             while not self.abort:
                 now = self.clock()
@@ -106,6 +112,7 @@ class Worker(Tracker, Reconciler):
         finally:
             stopper.cancel()
             await self._cancel_all()
+            self.ledger.group_commits(None)
         return self._outcome()
 
     def _why_stop(self, now: float, deadline: float | None) -> str | None:
@@ -316,7 +323,8 @@ class Worker(Tracker, Reconciler):
             return
         inputs = self._inputs(rec) or rec.inputs  # _start_submits saw them resolved
         if rec.state is JobState.PLANNED:
-            rec = self._update(self.ledger.mark_submitting(key, now=self.clock()))
+            rec = self._update(self.ledger.mark_submitting(key, now=self.clock(), grouped=True))
+            await self._committed()  # on disk before the create may leave
         for attempt in range(1, _MAX_SUBMIT_TRIES + 1):
             sent_at = self.clock()
             try:
@@ -331,6 +339,21 @@ class Worker(Tracker, Reconciler):
             self._created(key, run, sent_at)
             return
         self._park(key, "the create request kept failing; it will be retried with the same key")
+
+    async def _committed(self) -> None:
+        """Wait until the ledger's open group of commits is durable (at once if none is)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def settle(error: FloraError | None) -> None:
+            if done.done():
+                return
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+
+        self.ledger.on_commit(settle)
+        await done
 
     @staticmethod
     def _may_have_left(exc: FloraError) -> bool:

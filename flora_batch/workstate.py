@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import retrying
 from .client import FloraClient
 from .config import Settings
 from .errors import FloraError
@@ -156,6 +157,8 @@ class WorkerState:
         self.download_rounds: Counter[JobKey] = Counter()
         self.stuck: dict[JobKey, str] = {}
         self.unknown_since: dict[JobKey, float] = {}
+        #: The runs whose last polls failed, with their failures (gone at an answer).
+        self.poll_streaks: dict[JobKey, retrying.Streak] = {}
         self.names: dict[str, JobKey] = {}  # output names taken, casefolded (``_claim``)
         #: Loaded jobs with saved outputs whose names ``_claim`` has not taken yet: taken at
         #: the first download, so resuming a batch that is all done renders no names.

@@ -45,9 +45,10 @@ from sqlalchemy.sql import ColumnElement
 from ..errors import LedgerError
 from ..types import JobRecord, JobState
 from . import lock
-from .records import RESERVING_STATES, dumps, group_outputs, job_record
+from . import tx as sql
+from .records import RESERVING_STATES, dumps, grouped_outputs, job_records
 from .store import Ledger
-from .tables import batches, events, jobs, outputs, pacing
+from .tables import batches, events, jobs, pacing
 
 S = JobState
 #: States whose run may exist and is not settled: counted in flight, reclaimed as they are.
@@ -378,17 +379,16 @@ def _claim_event(row: Any, now: float, detail: dict[str, Any]) -> dict[str, Any]
 
 
 def _records(conn: Connection, keys: list[str]) -> list[JobRecord]:
-    c = jobs.c
-    rows = (
-        conn.execute(select(jobs).where(c.key.in_(keys)).order_by(c.row_index, c.technique, c.key))
-        .mappings()
-        .all()
-    )
-    out_query = select(outputs).where(outputs.c.job_key.in_(keys))
-    grouped = group_outputs(
-        conn.execute(out_query.order_by(outputs.c.job_key, outputs.c.output_id)).mappings()
-    )
-    return [job_record(r, grouped.get(r["key"], ())) for r in rows]
+    """The jobs ``keys`` as records, in listing order: ``Ledger.jobs``' path, on the driver's
+    cursor within ``conn``'s transaction."""
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        tx = sql.Tx(cursor, conn.dialect)
+        params = {"keys": keys}
+        grouped = grouped_outputs(tx.tuples(sql.OUTPUTS_OF_KEYS, params))
+        return job_records(tx.tuples(sql.JOBS_OF_KEYS, params), grouped)
+    finally:
+        cursor.close()
 
 
 def _batch_row(row: Any) -> BatchRow:

@@ -46,10 +46,9 @@ MARK_FAILED = Move(
     "mark_failed", (S.SUBMITTING, S.RUNNING, S.DOWNLOADING, S.NEEDS_RECONCILE), S.FAILED
 )
 RETRY_FAILED = Move("retry_failed", (S.FAILED,), S.PLANNED)
-#: Not a state change: saving an output file is only allowed while downloading.
-SAVE_OUTPUT = Move("mark_output_saved", (S.DOWNLOADING,), S.DOWNLOADING)
-#: The same for ``save_output`` (which may then also take ``MARK_DONE``), named for messages.
-SAVE_AND_FINISH = Move("save_output", (S.DOWNLOADING,), S.DOWNLOADING)
+#: Not a state change: saving an output file is only allowed while downloading (after
+#: the last one, ``save_output`` also takes ``MARK_DONE``).
+SAVE_OUTPUT = Move("save_output", (S.DOWNLOADING,), S.DOWNLOADING)
 
 #: Every state change, for documentation and tests.
 ALL = (

@@ -1,8 +1,9 @@
 """Conversions between database rows and the frozen values of ``flora_batch.types``.
 
-Nothing here runs SQL: ``store.Ledger`` fetches rows (SQLAlchemy's, or plain dicts from
-``tx.Tx``) and hands them to these functions, so callers only ever see ``JobRecord`` and
-``OutputRecord``, never database rows.
+Nothing here runs SQL: ``store.Ledger`` fetches rows (the driver's tuples from ``tx.Tx``,
+in ``RECORD_COLUMNS`` / ``OUTPUT_COLUMNS`` order, or dicts by column name) and hands them
+to these functions, so callers only ever see ``JobRecord`` and ``OutputRecord``, never
+database rows.  ``decode_inputs`` is the one reader of a job's ``inputs`` column.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import RowMapping
 
+from ..errors import LedgerError
 from ..types import JobKey, JobRecord, JobSpec, JobState, OutputRecord, RunInput
 
 #: A row by column name: SQLAlchemy's, or a dict from ``tx.Tx``.
@@ -36,9 +38,30 @@ RESERVING_STATES = frozenset(
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
+def _c_encoder() -> Callable[[Any, int], Sequence[str]] | None:
+    """``_ENCODER``'s C encoder, made once: ``encode`` makes a new one at every call.
+
+    Without a circular-reference check (the ledger's values are trees), which changes
+    nothing for them but a third of ``dumps``' time (an event's detail, at every change).
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    basestring = getattr(json.encoder, "c_encode_basestring", None)
+    if make is None or basestring is None:
+        return None
+    e = _ENCODER
+    return make(  # type: ignore[no-any-return]
+        None, e.default, basestring, None, ":", ",", False, False, True
+    )
+
+
+_C_ENCODE = _c_encoder()
+
+
 def dumps(value: Any) -> str:
     """Compact JSON text, as stored in the ledger's JSON columns."""
-    return _ENCODER.encode(value)
+    if _C_ENCODE is None:
+        return _ENCODER.encode(value)
+    return "".join(_C_ENCODE(value, 0))
 
 
 def planned_row(
@@ -66,34 +89,6 @@ def planned_row(
     }
 
 
-def output_record(row: Row) -> OutputRecord:
-    """An ``outputs`` row as an OutputRecord."""
-    return OutputRecord(
-        output_id=row["output_id"],
-        type=row["type"],
-        url=row["url"],
-        path=row["path"],
-        size=row["size"],
-        sha256=row["sha256"],
-        content_type=row["content_type"],
-    )
-
-
-#: A job's inputs and request ids rarely change while it moves through its states, and a
-#: JobRecord is built at every transition: decode each text once (the values are immutable).
-_DECODED = 4096
-
-
-@functools.lru_cache(maxsize=_DECODED)
-def _inputs(text: str) -> tuple[RunInput, ...]:
-    return tuple(RunInput(**item) for item in json.loads(text))
-
-
-@functools.lru_cache(maxsize=_DECODED)
-def _request_ids(text: str) -> tuple[str, ...]:
-    return tuple(json.loads(text))
-
-
 _STATES = {s.value: s for s in JobState}
 #: The C scanner ``json.loads`` ends in (typeshed does not list the attribute).
 _SCAN: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
@@ -113,38 +108,45 @@ def _loads(text: str) -> Any:
     return value if end == len(text) else json.loads(text)
 
 
-def job_record(row: Row, outputs: Iterable[OutputRecord] = ()) -> JobRecord:
-    """A ``jobs`` row (and its outputs) as a JobRecord."""
-    return JobRecord(
-        key=JobKey(row["key"]),
-        idempotency_key=row["idempotency_key"],
-        batch=row["batch"],
-        technique=row["technique"],
-        row_index=row["row_index"],
-        row_id=row["row_id"],
-        state=_STATES[row["state"]],
-        inputs=_inputs(row["inputs"]),
-        row=json.loads(row["row"]),
-        output_name=row["output_name"],
-        run_id=row["run_id"],
-        attempt=row["attempt"],
-        quoted_cost=row["quoted_cost"],
-        charged_cost=row["charged_cost"],
-        error_code=row["error_code"],
-        error_message=row["error_message"],
-        error_category=row["error_category"],
-        request_ids=_request_ids(row["request_ids"]),
-        submitted_at=row["submitted_at"],
-        updated_at=row["updated_at"],
-        completed_at=row["completed_at"],
-        outputs=tuple(outputs),
-        source=row["source"],
-        worker_id=row["worker_id"],
-        lease_until=row["lease_until"],
-    )
+_INPUT_KEYS = frozenset(("id", "type", "value"))
 
 
-#: The ``jobs`` columns ``job_records`` reads, in the order it unpacks them.
+def _parse_inputs(text: str) -> tuple[RunInput, ...]:
+    """The ``inputs`` column's JSON list; ValueError unless each item is exactly a RunInput."""
+    items = _loads(text)
+    if type(items) is not list:
+        raise ValueError(f"not a JSON list: {text[:200]!r}")
+    for item in items:
+        if type(item) is not dict or item.keys() != _INPUT_KEYS:
+            raise ValueError(f"not an input (id, type, value): {item!r:.200}")
+    return tuple([RunInput(i["id"], i["type"], i["value"]) for i in items])
+
+
+#: A job's inputs rarely change while it moves through its states, and a JobRecord is
+#: built at every transition: each text is decoded once (the values are immutable).
+#: A listing skips the cache, which it would only fill with misses.
+_cached_inputs = functools.lru_cache(maxsize=4096)(_parse_inputs)
+
+
+def decode_inputs(key: str, text: str, *, cached: bool = False) -> tuple[RunInput, ...]:
+    """A job's ``inputs`` column as RunInputs: the ledger's one reader of that column.
+
+    Raises:
+        LedgerError: the text is not what ``planned_row`` writes (an unknown key is not
+            dropped: a run must never be bought with inputs other than those recorded).
+    """
+    try:
+        return (_cached_inputs if cached else _parse_inputs)(text)
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError too
+        raise LedgerError(f"job {key}: the ledger's inputs cannot be read: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=4096)
+def _request_ids(text: str) -> tuple[str, ...]:
+    return tuple(_loads(text))
+
+
+#: The ``jobs`` columns a JobRecord is made of, in the order ``job_record`` takes them.
 RECORD_COLUMNS = (
     "key",
     "idempotency_key",
@@ -171,6 +173,49 @@ RECORD_COLUMNS = (
     "worker_id",
     "lease_until",
 )
+_RECORD_WIDTH = len(RECORD_COLUMNS)
+
+
+def job_record(row: Sequence[Any], outputs: Iterable[OutputRecord] = ()) -> JobRecord:
+    """A job as a JobRecord, from its ``RECORD_COLUMNS`` (in order; more may follow).
+
+    A transition's own row (``UPDATE ... RETURNING``): its inputs go through the cache.
+    """
+    (key, ik, batch, technique, row_index, row_id, state, inputs, cells, output_name,
+     run_id, attempt, quoted, charged, code, message, category, ids, submitted, updated,
+     completed, source, worker, lease) = row[:_RECORD_WIDTH]  # fmt: skip
+    return JobRecord(
+        key=JobKey(key),
+        idempotency_key=ik,
+        batch=batch,
+        technique=technique,
+        row_index=row_index,
+        row_id=row_id,
+        state=_STATES[state],
+        inputs=decode_inputs(key, inputs, cached=True),
+        row=_loads(cells),
+        output_name=output_name,
+        run_id=run_id,
+        attempt=attempt,
+        quoted_cost=quoted,
+        charged_cost=charged,
+        error_code=code,
+        error_message=message,
+        error_category=category,
+        request_ids=_request_ids(ids),
+        submitted_at=submitted,
+        updated_at=updated,
+        completed_at=completed,
+        outputs=tuple(outputs),
+        source=source,
+        worker_id=worker,
+        lease_until=lease,
+    )
+
+
+def record_of(row: Mapping[str, Any], outputs: Iterable[OutputRecord] = ()) -> JobRecord:
+    """``job_record`` for a row by column name (a whole ``jobs`` row)."""
+    return job_record([row[name] for name in RECORD_COLUMNS], outputs)
 
 
 def job_records(
@@ -180,9 +225,9 @@ def job_records(
 
     The listing path (``Ledger.jobs``, 100,000 jobs on a resumed batch): unpacking a
     tuple skips SQLAlchemy's row objects and 24 lookups by name per job, and the
-    inputs skip ``_inputs``' cache, which a listing only fills with misses.
+    inputs skip the cache, which a listing only fills with misses.
     """
-    states, decode, none = _STATES, _loads, ()
+    states, decode, inputs_of, none = _STATES, _loads, decode_inputs, ()
     return [
         JobRecord(
             key=JobKey(key),
@@ -192,7 +237,7 @@ def job_records(
             row_index=row_index,
             row_id=row_id,
             state=states[state],
-            inputs=tuple([RunInput(i["id"], i["type"], i["value"]) for i in decode(inputs)]),
+            inputs=inputs_of(key, inputs),
             row=decode(row),
             output_name=output_name,
             run_id=run_id,
@@ -253,21 +298,31 @@ def event_dict(row: RowMapping) -> dict[str, Any]:
 
 
 def conflict_message(
-    key: str, action: str, actual: str | None, expected: Sequence[JobState]
+    key: str,
+    action: str,
+    actual: str | None,
+    expected: Sequence[JobState],
+    run_id: str | None = None,
 ) -> str:
-    """Why a transition did not apply, naming the expected and the actual state."""
+    """Why a transition did not apply: no job, or its state and the expected ones.
+
+    ``run_id``: the job's run, for a move that must not touch a job with one (``Move.no_run``);
+    named when it is the reason (the state alone would have allowed the move).
+    """
     if actual is None:
         return f"job {key}: cannot {action}: no such job in the ledger"
+    if run_id is not None and actual in expected:
+        return f"job {key}: cannot {action}: it already has run {run_id}"
     wanted = " or ".join(s.value for s in expected)
     return f"job {key}: cannot {action}: it is {actual}, expected {wanted}"
 
 
 def with_request_id(stored: str, request_id: str | None) -> str | None:
     """The ``request_ids`` JSON with ``request_id`` appended; None if nothing changes."""
-    ids: list[str] = json.loads(stored)
-    if request_id is None or request_id in ids:
+    if request_id is None:
         return None
-    return dumps([*ids, request_id])
+    ids = _request_ids(stored)  # the text the job's record decoded already
+    return None if request_id in ids else dumps([*ids, request_id])
 
 
 #: What one attempt owns; ``retry_failed`` logs these and starts the next attempt blank.
@@ -299,17 +354,9 @@ OUTPUT_COLUMNS = ("job_key", "output_id", "type", "url", "path", "size", "sha256
 
 
 def grouped_outputs(rows: Iterable[Sequence[Any]]) -> Mapping[str, list[OutputRecord]]:
-    """``group_outputs`` for driver tuples in ``OUTPUT_COLUMNS`` order."""
+    """Outputs by job key, from driver tuples in ``OUTPUT_COLUMNS`` order (order kept)."""
     grouped: dict[str, list[OutputRecord]] = {}
     for key, output_id, kind, url, path, size, sha256, content_type in rows:
         record = OutputRecord(output_id, kind, url, path, size, sha256, content_type)
         grouped.setdefault(key, []).append(record)
-    return grouped
-
-
-def group_outputs(rows: Iterable[RowMapping]) -> Mapping[str, list[OutputRecord]]:
-    """Outputs rows grouped by job key, in the order given."""
-    grouped: dict[str, list[OutputRecord]] = {}
-    for row in rows:
-        grouped.setdefault(row["job_key"], []).append(output_record(row))
     return grouped

@@ -32,8 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
-from sqlalchemy.sql import ColumnElement
+from sqlalchemy import Connection, select
 
 from ..errors import LedgerConflict
 from ..types import JobKey, JobRecord, JobSpec, JobState, RunOutput
@@ -41,30 +40,31 @@ from . import bulk, connect, outputs_sql
 from . import migrate as schema
 from . import moves as mv
 from . import tx as sql
+from .core import HAS_OUTPUTS
+from .queries import LedgerQueries
 from .records import (
     ATTEMPT_COLUMNS,
-    RESERVING_STATES,
     charge,
     dumps,
-    event_dict,
     grouped_outputs,
     job_records,
     planned_row,
+    record_of,
     request_ids,
     with_request_id,
 )
-from .tables import events, meta
+from .tables import events
 from .tables import jobs as jobs_table
-from .upload_store import UploadLedger
 
 _LOOKUP_CHUNK = (5_000, 500)  # keys per IN (...) looking for existing jobs: (other, SQLite)
 _NO_ERROR: Mapping[str, Any] = {"error_code": None, "error_message": None, "error_category": None}
 
 
-class Ledger(UploadLedger):
+class Ledger(LedgerQueries):
     """The job ledger on one database; build it with :meth:`open`.
 
-    Its upload methods (``record_uploads``, ``begin_upload``...) are in ``upload_store``.
+    Its upload methods (``record_uploads``, ``begin_upload``...) are in ``upload_store``,
+    its reports (``counts``, ``money``, ``events``...) in ``queries``.
     """
 
     @classmethod
@@ -130,12 +130,6 @@ class Ledger(UploadLedger):
             bulk.insert_rows(conn, events, logs)
         return len(rows)
 
-    def known(self, batch: str) -> dict[JobKey, JobState]:
-        """Every job of ``batch`` and its state."""
-        query = select(jobs_table.c.key, jobs_table.c.state).where(jobs_table.c.batch == batch)
-        with self._read() as conn:
-            return {JobKey(k): JobState(s) for k, s in conn.execute(query)}
-
     def known_slots(self, batch: str) -> dict[JobKey, tuple[JobState, str, str | None, int]]:
         """``key -> (state, technique, row_id, row_index)`` of every job of ``batch``.
 
@@ -147,30 +141,13 @@ class Ledger(UploadLedger):
             rows = tx.tuples(sql.KNOWN_SLOTS, {"batch": batch})
             return {JobKey(k): (states[s], t, rid, idx) for k, s, t, rid, idx in rows}
 
-    def durations(self, technique: str, limit: int = 64) -> list[float]:
-        """Submit-to-done seconds of the latest done jobs of ``technique``, any batch.
-
-        The poll policy's first guess for a technique before any of its runs completes
-        here (``polling.Learned.learn_prior``): a nightly batch learns from last night's.
-        """
-        c = jobs_table.c
-        took = c.completed_at - c.submitted_at
-        query = (
-            select(took)
-            .where(c.technique == technique, c.state == JobState.DONE.value, took > 0)
-            .order_by(c.completed_at.desc())
-            .limit(limit)
-        )
-        with self._read() as conn:
-            return [float(t) for t in conn.execute(query).scalars()]
-
     def get(self, key: JobKey) -> JobRecord:
         """The job with this key, its outputs filled in.
 
         Raises:
             LedgerConflict: no job has this key.
         """
-        with self._tx(key, write=False) as tx:
+        with self._tx(key, write=False, single=True) as tx:
             return self._get(tx, key)
 
     def jobs(
@@ -197,68 +174,21 @@ class Ledger(UploadLedger):
             rows = tx.tuples(sql.jobs_statement(batch is not None, wanted), params)
             return job_records(rows, grouped)
 
-    def counts(self, batch: str | None = None) -> dict[JobState, int]:
-        """How many jobs are in each state (every state present, zeros included)."""
-        c = jobs_table.c
-        query = select(c.state, func.count()).where(*_filter(batch, None)).group_by(c.state)
-        result = dict.fromkeys(JobState, 0)
-        with self._read() as conn:
-            for state, n in conn.execute(query):
-                result[JobState(state)] = n
-        return result
-
-    def money(self, batch: str | None = None) -> tuple[float, float]:
-        """``(spent, reserved)``: bills known so far, and quotes of runs not billed yet.
-
-        ``spent`` includes the bills of attempts that ``retry_failed`` replaced;
-        ``reserved`` sums ``quoted_cost`` over jobs that may have a run (submitting
-        through done) whose ``charged_cost`` is still unknown.
-        """
-        c = jobs_table.c
-        where = _filter(batch, None)
-        bill = func.coalesce(c.charged_cost, 0) + c.charged_before
-        spent = select(func.coalesce(func.sum(bill), 0)).where(*where)
-        reserving = [s.value for s in RESERVING_STATES]
-        reserved = select(func.coalesce(func.sum(c.quoted_cost), 0)).where(
-            *where, c.state.in_(reserving), c.charged_cost.is_(None)
-        )
-        with self._read() as conn:
-            return float(conn.execute(spent).scalar_one()), float(
-                conn.execute(reserved).scalar_one()
-            )
-
-    def events(self, key: JobKey | None = None) -> list[dict[str, Any]]:
-        """The event log (of one job), oldest first: dicts with the ``events`` columns."""
-        query = select(events).order_by(events.c.id)
-        if key is not None:
-            query = query.where(events.c.job_key == key)
-        with self._read() as conn:
-            return [event_dict(r) for r in conn.execute(query).mappings()]
-
-    def set_meta(self, name: str, value: str | None) -> None:
-        """Store a batch-level setting, replacing any earlier value."""
-        with self._write() as conn:
-            done = conn.execute(update(meta).where(meta.c.name == name).values(value=value))
-            if done.rowcount == 0:
-                conn.execute(insert(meta).values(name=name, value=value))
-
-    def get_meta(self, name: str) -> str | None:
-        """A batch-level setting, or None."""
-        query = select(meta.c.value).where(meta.c.name == name)
-        with self._read() as conn:
-            value: str | None = conn.execute(query).scalar_one_or_none()
-            return value
-
     # -- submitting --------------------------------------------------------------------
 
-    def mark_submitting(self, key: JobKey, *, now: float) -> JobRecord:
+    def mark_submitting(self, key: JobKey, *, now: float, grouped: bool = False) -> JobRecord:
         """``planned -> submitting``: the create is about to leave with the current key.
 
         The commit is durable (on SQLite, ``synchronous=FULL``) before this returns, so
         before the create is sent: see docs/design.md, "Durability of the ledger".
+
+        Args:
+            grouped: while commits are grouped (``group_commits``), join the open group
+                instead: the record is durable when ``on_commit`` says so, and the create
+                must not leave before.
         """
         move = mv.MARK_SUBMITTING
-        with self._tx(key, durable=True) as tx:
+        with self._tx(key, durable=True, grouped=grouped) as tx:
             row = self._row(tx, key, move.action)
             self._check(row, move)
             first = row["submitted_at"] is None
@@ -292,7 +222,7 @@ class Ledger(UploadLedger):
         with self._tx(key) as tx:
             row = self._row(tx, key, move.action)
             if row["state"] == JobState.RUNNING and row["run_id"] == run_id:
-                return self._record(tx, row)  # the same news twice: nothing to do
+                return self._record_of(tx, row)  # the same news twice: nothing to do
             if row["run_id"] not in (None, run_id):
                 raise LedgerConflict(
                     f"job {key}: cannot mark_running with run {run_id}: "
@@ -356,29 +286,17 @@ class Ledger(UploadLedger):
         with self._tx(key) as tx:
             detail = {"outputs": [o.output_id for o in outputs]}
             new = self._guarded(tx, key, mv.MARK_DOWNLOADING, now, charge(charged_cost), detail)
-            return self._record(tx, new, outputs_sql.put_urls(tx, key, outputs))
+            saved = outputs_sql.put_urls(tx, key, outputs, known_none=not new[HAS_OUTPUTS])
+            return self._record(tx, new, saved)
 
-    def refresh_output_urls(self, key: JobKey, outputs: Sequence[RunOutput]) -> None:
-        """Store fresh URLs for expired ones; saved files' data is kept."""
-        with self._tx(key) as tx:
-            self._row(tx, key, "refresh_output_urls")
-            outputs_sql.put_urls(tx, key, outputs)
+    def refresh_output_urls(self, key: JobKey, outputs: Sequence[RunOutput]) -> JobRecord:
+        """Store fresh URLs for expired ones; saved files' data is kept.
 
-    def mark_output_saved(
-        self,
-        key: JobKey,
-        output_id: str,
-        *,
-        path: str,
-        size: int,
-        sha256: str,
-        content_type: str | None,
-        now: float,
-    ) -> None:
-        """Record that an output's file is on disk and verified (job must be downloading)."""
-        file = {"path": path, "size": size, "sha256": sha256, "content_type": content_type}
+        Returns the job as it is afterwards (no need for a ``get`` after it).
+        """
         with self._tx(key) as tx:
-            self._save_file(tx, mv.SAVE_OUTPUT, key, output_id, {**file, "saved_at": now})
+            row = self._row(tx, key, "refresh_output_urls")
+            return record_of(row, outputs_sql.put_urls(tx, key, outputs))
 
     def save_output(
         self,
@@ -391,18 +309,19 @@ class Ledger(UploadLedger):
         content_type: str | None = None,
         now: float,
     ) -> JobRecord:
-        """Record an output's file like ``mark_output_saved``; after the last one, ``done``.
+        """Record that an output's file is on disk and verified; after the last one, ``done``.
 
-        One transaction (one commit) instead of ``mark_output_saved`` + ``mark_done``:
-        when every output of the job now has a file, the job also moves ``downloading ->
-        done`` with ``mark_done``'s event.  Returns the job as it is afterwards.
+        The job must be downloading.  One transaction (one commit): when every output of
+        the job now has a file, the job also moves ``downloading -> done`` with
+        ``mark_done``'s event.  Returns the job as it is afterwards.
         """
         file = {"path": path, "size": size, "sha256": sha256, "content_type": content_type}
+        file["saved_at"] = now
         with self._tx(key) as tx:
-            row = self._save_file(tx, mv.SAVE_AND_FINISH, key, output_id, {**file, "saved_at": now})
-            saved = outputs_sql.records(tx, key)
+            row, only = self._save_file(tx, mv.SAVE_OUTPUT, key, output_id, file)
+            saved = outputs_sql.records(tx, key) if only is None else [only]
             if any(o.sha256 is None for o in saved):
-                return self._record(tx, row, saved)
+                return record_of(row, saved)
             new = self._guarded(tx, key, mv.MARK_DONE, now, {"completed_at": now}, {})
             return self._record(tx, new, saved)
 
@@ -446,11 +365,16 @@ class Ledger(UploadLedger):
         values = {**error, "completed_at": now, **charge(charged_cost)}
         return self._move(key, mv.MARK_FAILED, now, values, error)
 
-    def set_charged(self, key: JobKey, charged_cost: float, *, now: float | None = None) -> None:
-        """Record a bill that arrived late, in any state (``now`` dates its event)."""
+    def set_charged(
+        self, key: JobKey, charged_cost: float, *, now: float | None = None
+    ) -> JobRecord:
+        """Record a bill that arrived late, in any state (``now`` dates its event).
+
+        Returns the job as it is afterwards (no need for a ``get`` after it).
+        """
         with self._tx(key) as tx:
             row = self._row(tx, key, "set_charged")
-            self._set(tx, key, charged_cost=charged_cost)
+            new = self._set(tx, key, charged_cost=charged_cost)
             detail = {
                 "action": "set_charged",
                 "charged_cost": charged_cost,
@@ -458,6 +382,7 @@ class Ledger(UploadLedger):
             }
             at = row["updated_at"] if now is None else now
             self._log(tx, key, at, row["state"], row["state"], detail)
+            return self._record(tx, new)
 
     def retry_failed(self, key: JobKey, *, now: float) -> JobRecord:
         """``failed -> planned`` as a new attempt with a new idempotency key.
@@ -496,13 +421,3 @@ def _existing_keys(conn: Connection, keys: list[str]) -> set[str]:
         chunk = keys[start : start + size]
         found.update(conn.execute(select(key).where(key.in_(chunk))).scalars())
     return found
-
-
-def _filter(batch: str | None, states: Iterable[JobState] | None) -> list[ColumnElement[bool]]:
-    c = jobs_table.c
-    where: list[ColumnElement[bool]] = []
-    if batch is not None:
-        where.append(c.batch == batch)
-    if states is not None:
-        where.append(c.state.in_([JobState(s).value for s in states]))
-    return where

@@ -93,8 +93,13 @@ class UploadLedger(LedgerCore):
         return found[key]
 
     def begin_upload(self, key: str, *, via: str, now: float) -> UploadRecord:
-        """``planned -> uploading``: the create is about to leave with the row's key."""
-        with self._write(key) as conn:
+        """``planned -> uploading``: the create is about to leave with the row's key.
+
+        The commit is durable (on SQLite, ``synchronous=FULL``) before this returns, so
+        before the create is sent, as ``mark_submitting``'s: see docs/design.md,
+        "Durability of the ledger".
+        """
+        with self._write(key, durable=True) as conn:
             row = _one(conn, key)
             values: dict[str, Any] = {"via": via, "error": None}
             if row["sent_at"] is None:

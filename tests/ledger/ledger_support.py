@@ -29,7 +29,11 @@ def pg_schema() -> Iterator[str]:
 
 
 def drive(ledger: Ledger, key: JobKey, state: JobState, *, now: float = 100.0) -> None:
-    """Move a planned job to ``state`` along legal moves (outputs saved when downloading)."""
+    """Move a planned job to ``state`` along legal moves.
+
+    ``downloading`` means every output saved but the job not done: saved (so done), then
+    reopened, as after a file found missing and downloaded again.
+    """
     s = JobState
     if state == s.PLANNED:
         return
@@ -44,10 +48,10 @@ def drive(ledger: Ledger, key: JobKey, state: JobState, *, now: float = 100.0) -
         ledger.mark_running(key, "run_1", now=now + 1)
         if state != s.RUNNING:
             ledger.mark_downloading(key, OUTPUTS, now=now + 2)
-            for out in OUTPUTS:
-                ledger.mark_output_saved(
+            for at, out in enumerate(OUTPUTS, start=3):  # the last one: done at now + 4
+                ledger.save_output(
                     key, out.output_id, path=f"out/{out.output_id}", size=3, sha256="ab" * 32,
-                    content_type="image/png", now=now + 3,
+                    content_type="image/png", now=now + at,
                 )  # fmt: skip
-            if state == s.DONE:
-                ledger.mark_done(key, now=now + 4)
+            if state == s.DOWNLOADING:  # every file saved, the job downloading again
+                ledger.reopen_download(key, now=now + 5)

@@ -7,9 +7,15 @@ filter, on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
+import pytest
+from sqlalchemy import update
+
+from flora_batch.errors import LedgerError
 from flora_batch.ledger import Ledger
+from flora_batch.ledger.tables import jobs
 from flora_batch.types import JobKey, JobState
 
 JobIn = Callable[..., JobKey]
@@ -47,3 +53,27 @@ def test_known_slots_match_the_records(ledger: Ledger, job_in: JobIn) -> None:
     for key in keys:
         rec = ledger.get(key)
         assert slots[key] == (rec.state, rec.technique, rec.row_id, rec.row_index)
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        '[{"id":"prompt","type":"text","value":"a cat","extra":1}]',  # was dropped by jobs()
+        '[{"id":"prompt","type":"text"}]',  # was a KeyError in jobs(), a TypeError in get()
+        '{"id":"prompt"}',
+        "not json",
+    ],
+)
+def test_unreadable_inputs_are_one_ledger_error(ledger: Ledger, job_in: JobIn, inputs: str) -> None:
+    """get(), a transition and jobs() read ``inputs`` alike: LedgerError naming the job."""
+    key = job_in(S.SUBMITTING)
+    with ledger._write() as conn:
+        conn.execute(update(jobs).where(jobs.c.key == key).values(inputs=inputs))
+    expected = f"job {key}: the ledger's inputs cannot be read"
+    for read in (
+        lambda: ledger.get(key),
+        lambda: ledger.jobs("batch-1"),
+        lambda: ledger.mark_running(key, "run_1", now=5.0),
+    ):
+        with pytest.raises(LedgerError, match=re.escape(expected)):
+            read()

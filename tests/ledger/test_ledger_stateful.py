@@ -163,7 +163,7 @@ class LedgerMachine(RuleBasedStateMachine):
         model = self.model[self.keys[i]]
         unsaved = [o for o, done in model.saved.items() if not done]
         if model.state == S.DOWNLOADING and unsaved and pick % 4:
-            self.save_output(i, unsaved[0])
+            self.save_and_finish(i, unsaved[0])
             return
         run = model.run_id or run
         legal = [a for a in TRANSITIONS if model.legal(a, run)]
@@ -192,16 +192,6 @@ class LedgerMachine(RuleBasedStateMachine):
             assert after.idempotency_key not in self.keys_sent
         if action == "mark_submitting" and legal:
             self.keys_sent.add(after.idempotency_key)
-
-    @rule(i=JOBS, output_id=OUTPUT_IDS)
-    def save_output(self, i: int, output_id: str) -> None:
-        key, model = self.keys[i], self.model[self.keys[i]]
-        legal = model.state == S.DOWNLOADING and output_id in model.saved
-        self.attempt(key, legal, lambda: self.ledger.mark_output_saved(
-            key, output_id, path="p", size=1, sha256="00", content_type=None, now=self.clock
-        ))  # fmt: skip
-        if legal:
-            model.saved[output_id] = True
 
     @rule(i=JOBS, output_id=OUTPUT_IDS)
     def save_and_finish(self, i: int, output_id: str) -> None:

@@ -50,9 +50,9 @@ ACTIONS: dict[str, Callable[[Ledger, JobKey], JobRecord]] = {
 MATRIX = [(action, state) for action in LEGAL for state in JobState]
 
 
-def saved(ledger: Ledger, key: JobKey, output_id: str, *, now: float = NOW) -> None:
-    """Record an output file as saved."""
-    ledger.mark_output_saved(
+def saved(ledger: Ledger, key: JobKey, output_id: str, *, now: float = NOW) -> JobRecord:
+    """Record an output file as saved (``save_output``: the last one finishes the job)."""
+    return ledger.save_output(
         key, output_id, path=f"out/{output_id}", size=3, sha256="cd" * 32,
         content_type="image/png", now=now,
     )  # fmt: skip
@@ -129,20 +129,23 @@ def test_record_planned_many_rows(ledger: Ledger, job_factory: JobFactory) -> No
     """20,000 jobs are all recorded and all known (correctness only, not timing)."""
     jobs = [job_factory(technique="tech-b" if i % 2 else "tech-a") for i in range(20_000)]
     assert ledger.record_planned(jobs, quoted_cost=QUOTES, now=1.0) == 20_000
-    known = ledger.known("batch-1")
-    assert known == {k: S.PLANNED for k, _ in jobs}
+    known = ledger.known_slots("batch-1")
+    assert {k: slot[0] for k, slot in known.items()} == {k: S.PLANNED for k, _ in jobs}
     assert ledger.record_planned(jobs, quoted_cost=QUOTES, now=2.0) == 0
     assert ledger.counts("batch-1")[S.PLANNED] == 20_000
     assert ledger.money() == (0.0, 0.0)
 
 
-def test_known_is_per_batch(ledger: Ledger, job_factory: JobFactory) -> None:
-    """known() lists only the batch asked for."""
+def test_known_slots_is_per_batch(ledger: Ledger, job_factory: JobFactory) -> None:
+    """known_slots() lists only the batch asked for."""
     a, b = job_factory(batch="one"), job_factory(batch="two")
     ledger.record_planned([a, b], quoted_cost=QUOTES, now=1.0)
     ledger.mark_submitting(a[0], now=2.0)
-    assert ledger.known("one") == {a[0]: S.SUBMITTING}
-    assert ledger.known("nope") == {}
+    spec = a[1]
+    assert ledger.known_slots("one") == {
+        a[0]: (S.SUBMITTING, spec.technique, spec.row_id, spec.row_index)
+    }
+    assert ledger.known_slots("nope") == {}
 
 
 def test_get_unknown_key_raises(ledger: Ledger) -> None:
@@ -316,16 +319,17 @@ def test_mark_done_needs_every_output_saved(ledger: Ledger, job_in: JobIn) -> No
     saved(ledger, key, "output_1")
     error = assert_unchanged(ledger, key, lambda: ledger.mark_done(key, now=2.0))
     assert "output_2" in str(error)
-    saved(ledger, key, "output_2")
+    saved(ledger, key, "output_2")  # done, then reopened: both files still saved
+    ledger.reopen_download(key, now=2.5)
     rec = ledger.mark_done(key, now=3.0)
     assert (rec.state, rec.completed_at) == (S.DONE, 3.0)
 
 
-def test_mark_output_saved_records_file(ledger: Ledger, job_in: JobIn) -> None:
+def test_saved_output_keeps_its_file(ledger: Ledger, job_in: JobIn) -> None:
     """A saved output keeps path, size, hash and content type."""
     key = job_in(S.RUNNING)
     ledger.mark_downloading(key, OUTPUTS, now=1.0)
-    ledger.mark_output_saved(
+    ledger.save_output(
         key, "output_1", path="a/b.png", size=123, sha256="ef" * 32,
         content_type="image/png", now=2.0,
     )  # fmt: skip
@@ -335,7 +339,7 @@ def test_mark_output_saved_records_file(ledger: Ledger, job_in: JobIn) -> None:
     )  # fmt: skip
 
 
-def test_mark_output_saved_checks_job_and_output(ledger: Ledger, job_in: JobIn) -> None:
+def test_save_output_checks_job_and_output(ledger: Ledger, job_in: JobIn) -> None:
     """Saving an unknown output, or outside downloading, raises LedgerConflict."""
     key = job_in(S.DOWNLOADING)
     assert_unchanged(ledger, key, lambda: saved(ledger, key, "output_9"))
@@ -348,8 +352,9 @@ def test_refresh_output_urls_keeps_saved_files(ledger: Ledger, job_in: JobIn) ->
     key = job_in(S.DOWNLOADING)
     fresh = [RunOutput("output_1", "imageUrl", "https://media.example/1-new.png"),
              RunOutput("output_3", "imageUrl", "https://media.example/3.png")]  # fmt: skip
-    ledger.refresh_output_urls(key, fresh)
-    outs = {o.output_id: o for o in ledger.get(key).outputs}
+    rec = ledger.refresh_output_urls(key, fresh)
+    assert rec == ledger.get(key)  # the job as it is afterwards
+    outs = {o.output_id: o for o in rec.outputs}
     assert outs["output_1"].url.endswith("1-new.png")
     assert outs["output_1"].sha256 == "ab" * 32
     assert outs["output_2"].url == "a caption"
@@ -366,8 +371,7 @@ def test_clear_output_file_then_reopen(ledger: Ledger, job_in: JobIn) -> None:
     assert (rec.state, rec.completed_at) == (S.DOWNLOADING, None)
     with pytest.raises(LedgerConflict):
         ledger.mark_done(key, now=2.0)
-    saved(ledger, key, "output_2")
-    assert ledger.mark_done(key, now=3.0).state == S.DONE
+    assert saved(ledger, key, "output_2", now=3.0).state == S.DONE
     with pytest.raises(LedgerConflict):
         ledger.clear_output_file(key, "output_9")
 
@@ -430,7 +434,7 @@ def test_a_burned_key_is_never_given_to_another_job(
     _, spec = job_factory()
     with pytest.raises(LedgerConflict):
         ledger.record_planned([(JobKey(f"{key}-r2"), spec)], quoted_cost=QUOTES, now=2.0)
-    assert ledger.known("batch-1") == {key: S.PLANNED}
+    assert {k: slot[0] for k, slot in ledger.known_slots("batch-1").items()} == {key: S.PLANNED}
 
 
 def test_money_spent_and_reserved(ledger: Ledger, job_in: JobIn) -> None:
@@ -468,13 +472,17 @@ def test_money_keeps_bills_of_retried_attempts(ledger: Ledger, job_in: JobIn) ->
 def test_set_charged_logs_an_event(ledger: Ledger, job_in: JobIn) -> None:
     """A late bill is stored in any state and logged with the previous value."""
     key = job_in(S.DONE)
-    ledger.set_charged(key, 0.8, now=77.0)
+    rec = ledger.set_charged(key, 0.8, now=77.0)
+    assert rec == ledger.get(key)  # the job as it is afterwards, its outputs included
+    assert (rec.charged_cost, len(rec.outputs)) == (0.8, 2)
     event = ledger.events(key)[-1]
     assert (event["at"], event["from_state"], event["to_state"]) == (77.0, "done", "done")
     assert event["detail"] == {"action": "set_charged", "charged_cost": 0.8, "previous": None}
     assert ledger.get(key).charged_cost == 0.8
     with pytest.raises(LedgerConflict):
         ledger.set_charged(JobKey("fk1:ghost"), 1.0)
+    planned = job_in(S.PLANNED)  # no outputs: none read
+    assert ledger.set_charged(planned, 0.1) == ledger.get(planned)
 
 
 # -- meta, events, lifecycle -----------------------------------------------------------

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 from ledger_support import OUTPUTS, QUOTES, JobFactory, drive
-from sqlalchemy import update
+from sqlalchemy import event, update
 
 from flora_batch.errors import LeaseLost, LedgerConflict
 from flora_batch.ledger import Ledger
 from flora_batch.ledger.tables import jobs
-from flora_batch.types import JobKey, JobState, RunOutput
+from flora_batch.types import JobKey, JobState, RunOutput, UploadRecord, UploadState
 
 S = JobState
 JobIn = Callable[..., JobKey]
@@ -88,7 +88,7 @@ def test_save_output_waits_for_every_output(ledger: Ledger, job_in: JobIn) -> No
 
 
 def test_save_output_again_replaces_the_file(ledger: Ledger, job_in: JobIn) -> None:
-    """Saving an output twice keeps the latest file (as mark_output_saved does)."""
+    """Saving an output twice keeps the latest file."""
     key = downloading(ledger, job_in)
     save(ledger, key, "output_1")
     rec = ledger.save_output(key, "output_1", path="b", size=9, sha256="ef" * 32, now=8.0)
@@ -131,7 +131,23 @@ def test_a_job_with_a_run_is_never_sent_again(ledger: Ledger, job_in: JobIn) -> 
     key = job_in()
     set_columns(ledger, key, run_id="run_9")
     error = assert_unchanged(ledger, key, lambda: ledger.mark_submitting(key, now=1.0))
-    assert "cannot mark_submitting" in str(error)
+    assert str(error) == f"job {key}: cannot mark_submitting: it already has run run_9"
+
+
+@pytest.mark.parametrize("action", ["release_unsent", "mark_needs_reconcile"])
+def test_a_no_run_move_refused_by_its_guard_names_the_run(
+    ledger: Ledger, job_in: JobIn, action: str
+) -> None:
+    """Refused by the UPDATE's ``run_id IS NULL`` alone, the message names the run, not
+    the state (it was "it is submitting, expected submitting")."""
+    key = job_in(S.SUBMITTING)
+    set_columns(ledger, key, run_id="run_9")
+    move = {
+        "release_unsent": lambda: ledger.release_unsent(key, now=2.0, reason="x"),
+        "mark_needs_reconcile": lambda: ledger.mark_needs_reconcile(key, now=2.0, reason="x"),
+    }[action]
+    error = assert_unchanged(ledger, key, move)
+    assert str(error) == f"job {key}: cannot {action}: it already has run run_9"
 
 
 def test_a_refused_move_rolls_back_its_update(ledger: Ledger, job_in: JobIn) -> None:
@@ -209,6 +225,30 @@ def test_only_mark_submitting_commits_with_a_full_sync(
         assert statements[-2:] == ["COMMIT", "PRAGMA synchronous=NORMAL"]
         statements.clear()
         ledger.mark_running(key, "run_1", now=3.0)
+        assert statements[0] == "BEGIN IMMEDIATE"
+        assert not any("synchronous" in s for s in statements)
+        with ledger._write() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+
+
+def test_begin_upload_commits_with_a_full_sync(tmp_path: Path) -> None:
+    """The commit before an asset create leaves is fsynced too; the upload's others are not."""
+    sha = "0f" * 32
+    record = UploadRecord(sha, "/a.png", "a.png", "ws_a", UploadState.PLANNED, "key_1")
+    with Ledger.open(tmp_path / "x.ledger") as ledger:
+        ledger.record_uploads([record])
+        statements: list[str] = []
+
+        def trace(dbapi_connection: Any, *_: Any) -> None:
+            dbapi_connection.set_trace_callback(statements.append)
+
+        event.listen(ledger._engine, "checkout", trace)
+        ledger.begin_upload(sha, via="direct", now=2.0)
+        assert statements[0] == "PRAGMA synchronous=FULL"
+        assert statements[1] == "BEGIN IMMEDIATE"
+        assert statements[-2:] == ["COMMIT", "PRAGMA synchronous=NORMAL"]
+        statements.clear()
+        ledger.set_upload_step(sha, "reserved", now=3.0)
         assert statements[0] == "BEGIN IMMEDIATE"
         assert not any("synchronous" in s for s in statements)
         with ledger._write() as conn:

@@ -1,4 +1,4 @@
-"""The retry policy (``flora_batch.retrying.call``): a plain first try, tenacity after."""
+"""The retry policy: ``call`` (a plain first try, tenacity after) and ``Streak`` (scheduled)."""
 
 from __future__ import annotations
 
@@ -106,3 +106,59 @@ async def test_testing_mode_zeroes_every_wait() -> None:
     with retrying.set_testing():
         await retrying.call(fn, what="poll", on_retry=lambda e, w: waits.append(w))
     assert waits == [0.0, 0.0]
+
+
+async def test_a_streak_gives_up_where_call_does() -> None:
+    """Always failing: ``call`` makes ``attempts`` calls, and a Streak of the same policy
+    waits after the first attempts - 1 failures and gives up at the attempts-th."""
+    fn = Flaky(*[ServerError("503")] * 10)
+    with pytest.raises(ServerError):
+        await retrying.call(fn, what="poll", policy=FAST)
+    streak = retrying.Streak()
+    waits = [streak.failed(ServerError("503"), what="poll", now=0.0, policy=FAST)]
+    while waits[-1] is not None:
+        waits.append(streak.failed(ServerError("503"), what="poll", now=0.0, policy=FAST))
+    assert len(waits) == fn.calls == FAST.attempts
+    assert all(w is not None and 0 < w <= FAST.maximum for w in waits[:-1])
+
+
+def test_a_streak_gives_up_when_the_policy_s_time_is_spent() -> None:
+    """total_seconds counts from the first failure, on the caller's clock."""
+    policy = RetryPolicy(attempts=100, total_seconds=10.0)
+    streak = retrying.Streak()
+    assert streak.failed(ServerError("503"), what="poll", now=100.0, policy=policy) is not None
+    assert streak.failed(ServerError("503"), what="poll", now=109.0, policy=policy) is not None
+    assert streak.failed(ServerError("503"), what="poll", now=110.0, policy=policy) is None
+
+
+def test_a_streak_never_waits_for_what_is_not_retryable() -> None:
+    """A 401 ends a streak at once, even its first failure."""
+    assert retrying.Streak().failed(AuthError("401"), what="poll", now=0.0) is None
+
+
+def test_a_streak_logs_and_reports_the_wait_it_returns(caplog: pytest.LogCaptureFixture) -> None:
+    """Retry-After replaces the backoff, ``at_least`` raises a short wait; the log line
+    and ``on_retry`` get the wait returned, with attempt numbers from one."""
+    told: list[tuple[BaseException, float]] = []
+    streak, limited, down = retrying.Streak(), RateLimited("429", retry_after=5.0), ServerError("5")
+    with caplog.at_level(logging.INFO, logger="flora_batch.retry"):
+        first = streak.failed(
+            limited, what="poll r1", now=0.0, on_retry=lambda e, w: told.append((e, w))
+        )
+        second = streak.failed(
+            down, what="poll r1", now=1.0, at_least=2.0, on_retry=lambda e, w: told.append((e, w))
+        )
+    assert (first, second) == (5.0, 2.0)  # backoff(2) is at most 1 s
+    assert told == [(limited, 5.0), (down, 2.0)]
+    assert [r.getMessage() for r in caplog.records] == [
+        "retrying poll r1 (attempt 1) in 5.0s: 429",
+        "retrying poll r1 (attempt 2) in 2.0s: 5",
+    ]
+
+
+def test_a_streak_s_waits_are_zero_in_testing_mode() -> None:
+    """set_testing zeroes a streak's backoff, but not the ``at_least`` floor."""
+    with retrying.set_testing():
+        streak = retrying.Streak()
+        assert streak.failed(ServerError("503"), what="poll", now=0.0) == 0.0
+        assert streak.failed(ServerError("503"), what="poll", now=0.0, at_least=0.5) == 0.5

@@ -395,7 +395,6 @@ def test_a_proxy_in_the_environment_gets_httpx_own_transport(
 
 def test_timeouts_map_connect_and_read() -> None:
     """httpx's connect goes to sock_connect, read to sock_read, pool + connect to connect."""
-    request = httpx.Request("GET", "http://127.0.0.1/")
-    request.extensions["timeout"] = httpx.Timeout(30.0, connect=5.0, pool=10.0).as_dict()
-    got = AiohttpTransport()._timeout(request)
+    timeout = httpx.Timeout(30.0, connect=5.0, pool=10.0).as_dict()
+    got = AiohttpTransport().client_timeout(timeout)
     assert (got.sock_connect, got.sock_read, got.connect, got.total) == (5.0, 30.0, 15.0, None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -212,3 +213,107 @@ async def test_a_new_batch_starts_from_what_earlier_batches_took(tmp_path: Path)
         assert {j.state for j in led.jobs(batch="tonight")} == {JobState.RUNNING}
     typical = seen[0].learned.typical("studio-shot")
     assert typical.total is not None and min(took) <= typical.total <= max(took)
+
+
+class SickPolls(httpx.AsyncBaseTransport):
+    """The emulator in-process; the polls of the first ``sick`` runs polled answer 503
+    until a poll of another run is answered; every poll (run id, time) and every media
+    request (``"media"``, time) is logged in order."""
+
+    def __init__(self, emu: Emulator, sick: int) -> None:
+        self.inner = httpx.ASGITransport(app=emu.app)
+        self.sick = sick
+        self.broken: set[str] = set()
+        self.healed = False
+        self.polls: list[tuple[str, float]] = []  # (run id, time.monotonic())
+        self.log: list[str] = []  # run ids polled and "media", in order
+        self.failed: list[str] = []  # run ids answered 503, in order
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Forward, or answer 503 for a broken run's poll while not healed."""
+        parts = request.url.path.split("/")
+        if request.url.path.startswith("/_media/"):
+            self.log.append("media")
+        if request.method != "GET" or len(parts) < 2 or parts[-2] != "runs":
+            return await self.inner.handle_async_request(request)
+        run_id = parts[-1]
+        self.polls.append((run_id, time.monotonic()))
+        self.log.append(run_id)
+        if run_id not in self.broken and len(self.broken) < self.sick and not self.healed:
+            self.broken.add(run_id)
+        if run_id in self.broken and not self.healed:
+            self.failed.append(run_id)
+            return httpx.Response(503, json={"error": {"code": "service_unavailable"}})
+        self.healed = True  # a healthy run answered: the sick ones recover too
+        return await self.inner.handle_async_request(request)
+
+    def gaps(self) -> list[float]:
+        """Seconds between consecutive polls of each run."""
+        seen: dict[str, float] = {}
+        out: list[float] = []
+        for run_id, at in self.polls:
+            if run_id in seen:
+                out.append(at - seen[run_id])
+            seen[run_id] = at
+        return out
+
+
+async def test_runs_answering_5xx_do_not_hold_the_poll_slots(tmp_path: Path) -> None:
+    """31 runs ended by the resume; the first 30 polled answer 503 (more of them than
+    there are poll slots): the 31st is polled after one failed poll of each, not after
+    every retry of every sick run, and its outputs are fetched before any sick run is
+    polled again; then all end done, paid once, none polled twice within ``min_poll``."""
+    n, sick, min_poll = 31, 30, 2.0
+    assert sick > worker._POLLS_AT_ONCE
+    clock = Clock()
+    emu = Emulator(EmulatorConfig(speed=1.0, clock=clock))
+    manifest = batch(tmp_path, n)
+    with retrying.set_testing():
+        first = await run_batch(
+            load_manifest(manifest),
+            settings(emu, n, max_runtime=0.5, min_poll=5.0, max_poll=5.0),
+            transport=SlowPolls(emu),
+            clock=clock,
+        )
+        assert first.outcome.counts[JobState.RUNNING] == n
+        clock.offset += 3600  # every run has ended by the resume
+        sick_polls = SickPolls(emu, sick)
+        second = await run_batch(
+            load_manifest(manifest),
+            settings(emu, n, min_poll=min_poll, max_poll=5.0),
+            transport=sick_polls,
+            clock=clock,
+        )
+    assert len(sick_polls.broken) == sick
+    assert Counter(sick_polls.failed) == dict.fromkeys(sick_polls.broken, 1)
+    first_media = sick_polls.log.index("media")
+    assert all(r not in sick_polls.broken for r in sick_polls.log[sick : first_media + 1])
+    assert states(manifest) == [JobState.DONE] * n
+    assert second.outcome.stopped is None and second.outcome.stuck == []
+    assert sorted(emu.charges_by_key().values()) == [1] * n
+    assert min(sick_polls.gaps()) >= min_poll * 0.95
+
+
+async def test_polls_failing_for_outage_limit_stop_the_batch_resumably(tmp_path: Path) -> None:
+    """Every poll answers 503: after ``outage_limit`` seconds without an answer the batch
+    stops as an outage with its runs kept; the next batch, FLORA back, finishes them."""
+    n = 3
+    emu = Emulator(EmulatorConfig(speed=200.0))
+    manifest = batch(tmp_path, n)
+    down = SickPolls(emu, sick=n)
+    quick = {"min_poll": 0.01, "max_poll": 0.2}
+    with retrying.set_testing():
+        first = await run_batch(
+            load_manifest(manifest),
+            settings(emu, n, outage_limit=1.0, **quick),
+            transport=down,
+        )
+        assert first.outcome.stopped == "outage"
+        assert states(manifest) == [JobState.RUNNING] * n
+        assert len(down.failed) > n  # polled again after failures, not given up on
+        second = await run_batch(
+            load_manifest(manifest), settings(emu, n, **quick), transport=SlowPolls(emu)
+        )
+    assert second.outcome.stopped is None
+    assert states(manifest) == [JobState.DONE] * n
+    assert sorted(emu.charges_by_key().values()) == [1] * n

@@ -1,0 +1,102 @@
+"""The ledger's reports: durations, counts, money, the event log and batch settings.
+
+``store.Ledger`` inherits these read-mostly queries (``set_meta`` is their one write):
+each is one short SQLAlchemy transaction, off the per-job hot path of ``store.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.sql import ColumnElement
+
+from ..types import JobKey, JobState
+from .records import RESERVING_STATES, event_dict
+from .tables import events, meta
+from .tables import jobs as jobs_table
+from .upload_store import UploadLedger
+
+
+class LedgerQueries(UploadLedger):
+    """The reporting half of ``store.Ledger``."""
+
+    def durations(self, technique: str, limit: int = 64) -> list[float]:
+        """Submit-to-done seconds of the latest done jobs of ``technique``, any batch.
+
+        The poll policy's first guess for a technique before any of its runs completes
+        here (``polling.Learned.learn_prior``): a nightly batch learns from last night's.
+        """
+        c = jobs_table.c
+        took = c.completed_at - c.submitted_at
+        query = (
+            select(took)
+            .where(c.technique == technique, c.state == JobState.DONE.value, took > 0)
+            .order_by(c.completed_at.desc())
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return [float(t) for t in conn.execute(query).scalars()]
+
+    def counts(self, batch: str | None = None) -> dict[JobState, int]:
+        """How many jobs are in each state (every state present, zeros included)."""
+        c = jobs_table.c
+        query = select(c.state, func.count()).where(*_filter(batch, None)).group_by(c.state)
+        result = dict.fromkeys(JobState, 0)
+        with self._read() as conn:
+            for state, n in conn.execute(query):
+                result[JobState(state)] = n
+        return result
+
+    def money(self, batch: str | None = None) -> tuple[float, float]:
+        """``(spent, reserved)``: bills known so far, and quotes of runs not billed yet.
+
+        ``spent`` includes the bills of attempts that ``retry_failed`` replaced;
+        ``reserved`` sums ``quoted_cost`` over jobs that may have a run (submitting
+        through done) whose ``charged_cost`` is still unknown.
+        """
+        c = jobs_table.c
+        where = _filter(batch, None)
+        bill = func.coalesce(c.charged_cost, 0) + c.charged_before
+        spent = select(func.coalesce(func.sum(bill), 0)).where(*where)
+        reserving = [s.value for s in RESERVING_STATES]
+        reserved = select(func.coalesce(func.sum(c.quoted_cost), 0)).where(
+            *where, c.state.in_(reserving), c.charged_cost.is_(None)
+        )
+        with self._read() as conn:
+            return float(conn.execute(spent).scalar_one()), float(
+                conn.execute(reserved).scalar_one()
+            )
+
+    def events(self, key: JobKey | None = None) -> list[dict[str, Any]]:
+        """The event log (of one job), oldest first: dicts with the ``events`` columns."""
+        query = select(events).order_by(events.c.id)
+        if key is not None:
+            query = query.where(events.c.job_key == key)
+        with self._read() as conn:
+            return [event_dict(r) for r in conn.execute(query).mappings()]
+
+    def set_meta(self, name: str, value: str | None) -> None:
+        """Store a batch-level setting, replacing any earlier value."""
+        with self._write() as conn:
+            done = conn.execute(update(meta).where(meta.c.name == name).values(value=value))
+            if done.rowcount == 0:
+                conn.execute(insert(meta).values(name=name, value=value))
+
+    def get_meta(self, name: str) -> str | None:
+        """A batch-level setting, or None."""
+        query = select(meta.c.value).where(meta.c.name == name)
+        with self._read() as conn:
+            value: str | None = conn.execute(query).scalar_one_or_none()
+            return value
+
+
+def _filter(batch: str | None, states: Iterable[JobState] | None) -> list[ColumnElement[bool]]:
+    c = jobs_table.c
+    where: list[ColumnElement[bool]] = []
+    if batch is not None:
+        where.append(c.batch == batch)
+    if states is not None:
+        where.append(c.state.in_([JobState(s).value for s in states]))
+    return where
