@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
@@ -316,4 +317,41 @@ async def test_polls_failing_for_outage_limit_stop_the_batch_resumably(tmp_path:
         )
     assert second.outcome.stopped is None
     assert states(manifest) == [JobState.DONE] * n
+    assert sorted(emu.charges_by_key().values()) == [1] * n
+
+
+class CheckIntent(httpx.AsyncBaseTransport):
+    """The emulator in-process; at each create, reads the ledger from *another* connection:
+    what it sees is what a crash at that instant would leave."""
+
+    def __init__(self, emu: Emulator, ledger: Path) -> None:
+        self.inner = httpx.ASGITransport(app=emu.app)
+        self.ledger = ledger
+        self.seen: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Before forwarding a create, note its job's committed state."""
+        if request.method == "POST" and request.url.path.endswith("/runs"):
+            key = request.headers["idempotency-key"]
+            with sqlite3.connect(self.ledger) as other:
+                row = other.execute(
+                    "SELECT state FROM jobs WHERE idempotency_key = ?", (key,)
+                ).fetchone()
+            self.seen.append(row[0] if row else "missing")
+        return await self.inner.handle_async_request(request)
+
+
+async def test_a_create_leaves_only_once_its_submitting_is_committed(tmp_path: Path) -> None:
+    """Grouped commits must not let a paid create out before the record that it is leaving:
+    at every create, another connection already sees the job ``submitting``."""
+    n = 40
+    emu = Emulator(EmulatorConfig(speed=200.0))
+    manifest = batch(tmp_path, n)
+    check = CheckIntent(emu, manifest.parent / "sched.ledger.db")
+    with retrying.set_testing():
+        result = await run_batch(
+            load_manifest(manifest), settings(emu, n, min_poll=0.01, max_poll=0.3), transport=check
+        )
+    assert result.outcome.counts[JobState.DONE] == n
+    assert check.seen == ["submitting"] * n
     assert sorted(emu.charges_by_key().values()) == [1] * n
