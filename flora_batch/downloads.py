@@ -115,6 +115,10 @@ class Downloads(WorkerState):
         run come from FLORA, so a clash they cause is caught here and nothing is
         overwritten.  Names of outputs saved before this run are claimed first.
         """
+        if self.unclaimed_keys:  # done jobs loaded light: read them whole, once
+            wanted, self.unclaimed_keys = self.unclaimed_keys, set()
+            done = self.ledger.jobs(batch=self.batch, states=(JobState.DONE,))
+            self.unclaimed.extend(r for r in done if r.key in wanted)
         while self.unclaimed:
             self._claim_saved(self.unclaimed.pop())
         owner = self.names.setdefault(name.casefold(), key)
@@ -122,13 +126,16 @@ class Downloads(WorkerState):
             return name
         if tmp is not None:
             self.results.discard(tmp)
-        other = self.jobs[owner].source if owner in self.jobs else owner
+        other = self.jobs[owner].source if owner in self.jobs else None
+        other = other or self.saved_sources.get(owner) or owner
         raise ResponseRefused(
             f"output {out.output_id!r} would be saved as {name!r}, which is {other}'s file "
             "already: not overwritten (make output.name unique per row)"
         )
 
     def _claim_saved(self, rec: JobRecord) -> None:
+        if rec.key not in self.jobs:
+            self.saved_sources[rec.key] = rec.source
         for index, out in enumerate(rec.outputs):
             if out.sha256:
                 name = self._name(rec, out, index, out.content_type)

@@ -29,7 +29,7 @@ from .plan import Plan, plan_keyed
 from .results import Results
 from .rows import load_rows
 from .sources import MediaInputs, UploadSource, UploadSummary, needed_sources, summarise
-from .types import JobKey, JobRecord, JobSpec, JobState, Technique
+from .types import JobKey, JobRecord, JobSpec, JobState, SavedJob, Technique
 from .uploads import FileProbe, Uploader, UploadReport
 from .worker import Outcome, ProgressHook, Snapshot, Worker
 
@@ -236,7 +236,8 @@ async def run_batch(
             uploader = _uploader(ledger, client, prepared, settings, clock)
             retried = _reopen(ledger, prepared, settings, clock)
             with _no_gc():
-                jobs = _jobs_of(ledger, prepared)
+                jobs = _jobs_of(ledger, prepared, _NOT_DONE)
+                saved = _saved_of(ledger, prepared)
             worker = Worker(
                 ledger,
                 client,
@@ -251,7 +252,7 @@ async def run_batch(
             )
             if on_worker is not None:
                 on_worker(worker)
-            outcome = await _work(worker, uploader, jobs)
+            outcome = await _work(worker, uploader, jobs, saved, prepared.manifest.name)
         final = _jobs_of(ledger, prepared, _ENDED_BADLY)
         return BatchResult(
             prepared,
@@ -288,14 +289,20 @@ def _uploader(
     return uploader
 
 
-async def _work(worker: Worker, uploader: Uploader | None, jobs: list[JobRecord]) -> Outcome:
+async def _work(
+    worker: Worker,
+    uploader: Uploader | None,
+    jobs: list[JobRecord],
+    saved: list[SavedJob],
+    batch: str,
+) -> Outcome:
     """The worker, with the upload stage beside it; a fatal upload error stops the batch."""
     if uploader is None:
-        return await worker.run(jobs)
+        return await worker.run(jobs, saved, batch=batch)
     uploader.plan(jobs)
     stage = asyncio.ensure_future(uploader.run(worker.stop_event))
     try:
-        outcome = await worker.run(jobs)
+        outcome = await worker.run(jobs, saved, batch=batch)
     finally:
         stage.cancel()
         (ended,) = await asyncio.gather(stage, return_exceptions=True)
@@ -353,6 +360,14 @@ def _reopens(state: JobState, settings: Settings) -> bool:
 
 #: The states the run summary lists and ``_reopen`` may reopen: few jobs, read alone.
 _ENDED_BADLY = frozenset({JobState.FAILED, JobState.UNRESOLVED})
+#: The jobs the worker reads whole; done ones come light (``_saved_of``).
+_NOT_DONE = frozenset(JobState) - {JobState.DONE}
+
+
+def _saved_of(ledger: Ledger, prepared: Prepared) -> list[SavedJob]:
+    """This manifest's done jobs, light: a resume of 100,000 only checks their files."""
+    wanted = {k for k, _ in prepared.keyed}
+    return [s for s in ledger.saved_jobs(prepared.manifest.name) if s.key in wanted]
 
 
 def _jobs_of(

@@ -45,7 +45,7 @@ class Reconciler(WorkerState):
             self.stuck[key] = f"could not read the run history to reconcile: {exc}"
             return
         peers = self._peers(rec)
-        known = {r.run_id for r in peers.values() if r.run_id}
+        known = {r.run_id for r in peers.values() if r.run_id} | self.saved_runs
         mine = self._candidates(runs, windows, known)
         rivals = {
             c

@@ -193,6 +193,20 @@ class JobRecord:
     lease_until: float | None = None  # that worker's lease (epoch s); others claim it after
 
 
+@dataclass(frozen=True, slots=True)
+class SavedJob:
+    """A ``done`` job as a resume needs it: its run, its bill, its files; no row, no inputs.
+
+    A resumed batch of 100,000 done jobs only checks that their files are still there:
+    full ``JobRecord`` s for all of them were most of its time and memory.
+    """
+
+    key: JobKey
+    run_id: str | None
+    charged_cost: float | None
+    files: tuple[tuple[str | None, int | None, str | None], ...]  # (path, size, sha256) each
+
+
 class UploadState(StrEnum):
     """Where an input file's upload stands (the ledger's ``uploads`` table; ``uploads.py``)."""
 

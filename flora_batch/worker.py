@@ -23,7 +23,7 @@ import asyncio
 import heapq
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from . import polling, retrying
 from .errors import (
@@ -41,7 +41,7 @@ from .errors import (
 )
 from .reconcile import Reconciler
 from .tracking import Tracker
-from .types import JobKey, JobRecord, JobState, RunInfo, RunInput
+from .types import JobKey, JobRecord, JobState, RunInfo, RunInput, SavedJob
 from .workstate import (
     Clock,
     InputResolver,
@@ -82,9 +82,19 @@ class Worker(Tracker, Reconciler):
 
     # -- the loop ------------------------------------------------------------------
 
-    async def run(self, jobs: Iterable[JobRecord]) -> Outcome:
-        """Work every given job until done, failed, unresolved, or a stop."""
+    async def run(
+        self, jobs: Iterable[JobRecord], saved: Sequence[SavedJob] = (), *, batch: str | None = None
+    ) -> Outcome:
+        """Work every given job until done, failed, unresolved, or a stop.
+
+        Args:
+            jobs: whole records of the jobs to work (a done one is checked too).
+            saved: done jobs, light (``Ledger.saved_jobs``): only their files are checked.
+            batch: the batch, when ``jobs`` may be empty (money is counted per batch).
+        """
+        self.batch = batch
         self._load(list(jobs))
+        self._load_saved(saved)
         deadline = self.started + self.settings.max_runtime if self.settings.max_runtime else None
         stopper = asyncio.ensure_future(self.stop_event.wait())
         stopper.add_done_callback(lambda _: self._wake.set())
@@ -172,7 +182,7 @@ class Worker(Tracker, Reconciler):
 
     def _load(self, jobs: list[JobRecord]) -> None:
         """Put each job where its ledger state says it belongs."""
-        self.batch = jobs[0].batch if jobs else None
+        self.batch = jobs[0].batch if jobs else self.batch
         spent, reserved = self.ledger.money(self.batch)
         self.committed = spent + reserved
         for technique in {rec.technique for rec in jobs if not rec.state.terminal} - self.primed:
@@ -199,6 +209,26 @@ class Worker(Tracker, Reconciler):
                 self._place(rec)
         self.queue.extendleft(reversed(resumed))  # ambiguous ones first: they may be paid
         self._resume_polls(running)
+
+    def _load_saved(self, saved: Sequence[SavedJob]) -> None:
+        """Done jobs, light: each file checked (one ``lstat``); a job with a file gone or a
+        bill still unknown is read whole and loaded like the others."""
+        deep, verify = self.settings.verify_deep, self.results.verify
+        whole: list[JobRecord] = []
+        for job in saved:
+            if (job.run_id and job.charged_cost is None) or not all(
+                verify(path, size, sha, deep=deep) for path, size, sha in job.files
+            ):
+                whole.append(self.ledger.get(job.key))
+                continue
+            self.saved_count += 1
+            self.saved_spent += job.charged_cost or 0.0
+            if job.run_id:
+                self.saved_runs.add(job.run_id)
+            if job.files:
+                self.unclaimed_keys.add(job.key)
+        if whole:
+            self._load(whole)
 
     def _place(self, rec: JobRecord) -> None:
         """Queue, download, reconcile or check a loaded job, as its state says."""
@@ -450,10 +480,11 @@ class Worker(Tracker, Reconciler):
     def snapshot(self) -> Snapshot:
         """Counts and money for the progress display."""
         counts = Counter(r.state for r in self.jobs.values())
+        counts[JobState.DONE] += self.saved_count
         return Snapshot(
-            total=len(self.jobs),
+            total=len(self.jobs) + self.saved_count,
             counts=counts,
-            spent=sum(r.charged_cost or 0.0 for r in self.jobs.values()),
+            spent=self.saved_spent + sum(r.charged_cost or 0.0 for r in self.jobs.values()),
             in_flight_limit=self.pacer.limit,
             started=self.started,
             now=self.clock(),
@@ -463,6 +494,7 @@ class Worker(Tracker, Reconciler):
     def _outcome(self) -> Outcome:
         spent, reserved = self.ledger.money(self.batch)
         counts = Counter(r.state for r in self.jobs.values())
+        counts[JobState.DONE] += self.saved_count
         error = self.abort or self._stop_error
         stopped = self.stop_new
         if self.abort and stopped is None:

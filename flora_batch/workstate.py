@@ -163,6 +163,14 @@ class WorkerState:
         #: Loaded jobs with saved outputs whose names ``_claim`` has not taken yet: taken at
         #: the first download, so resuming a batch that is all done renders no names.
         self.unclaimed: list[JobRecord] = []
+        #: Done jobs loaded light (``Worker._load_saved``): how many, their bills, their
+        #: runs (a reconcile must not adopt them), the keys whose names are not claimed
+        #: yet (read whole at the first download) and, once read, their labels.
+        self.saved_count = 0
+        self.saved_spent = 0.0
+        self.saved_runs: set[str] = set()
+        self.unclaimed_keys: set[JobKey] = set()
+        self.saved_sources: dict[JobKey, str] = {}
         #: Techniques whose earlier durations ``_load`` has read from the ledger.
         self.primed: set[str] = set()
         self.committed = 0.0

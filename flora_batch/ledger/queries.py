@@ -12,9 +12,9 @@ from typing import Any
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.sql import ColumnElement
 
-from ..types import JobKey, JobState
+from ..types import JobKey, JobState, SavedJob
 from .records import RESERVING_STATES, event_dict
-from .tables import events, meta
+from .tables import events, meta, outputs
 from .tables import jobs as jobs_table
 from .upload_store import UploadLedger
 
@@ -38,6 +38,31 @@ class LedgerQueries(UploadLedger):
         )
         with self._read() as conn:
             return [float(t) for t in conn.execute(query).scalars()]
+
+    def saved_jobs(self, batch: str) -> list[SavedJob]:
+        """The ``done`` jobs of ``batch`` with their run, bill and files, in key order."""
+        j, o = jobs_table.c, outputs.c
+        query = (
+            select(j.key, j.run_id, j.charged_cost, o.output_id, o.path, o.size, o.sha256)
+            .select_from(jobs_table.outerjoin(outputs, o.job_key == j.key))
+            .where(j.batch == batch, j.state == JobState.DONE.value)
+            .order_by(j.key, o.output_id)
+        )
+        found: list[SavedJob] = []
+        with self._read() as conn:
+            rows = conn.execute(query)
+            files: list[tuple[str | None, int | None, str | None]] = []
+            last: tuple[str, str | None, float | None] | None = None
+            for key, run_id, charged, output_id, path, size, sha in rows:
+                if last is None or key != last[0]:
+                    if last is not None:
+                        found.append(SavedJob(JobKey(last[0]), last[1], last[2], tuple(files)))
+                    last, files = (key, run_id, charged), []
+                if output_id is not None:  # None: a job done without any output
+                    files.append((path, size, sha))
+            if last is not None:
+                found.append(SavedJob(JobKey(last[0]), last[1], last[2], tuple(files)))
+        return found
 
     def counts(self, batch: str | None = None) -> dict[JobState, int]:
         """How many jobs are in each state (every state present, zeros included)."""

@@ -355,3 +355,28 @@ async def test_a_create_leaves_only_once_its_submitting_is_committed(tmp_path: P
     assert result.outcome.counts[JobState.DONE] == n
     assert check.seen == ["submitting"] * n
     assert sorted(emu.charges_by_key().values()) == [1] * n
+
+
+async def test_a_resume_reads_done_jobs_light_and_refetches_only_a_lost_file(
+    tmp_path: Path,
+) -> None:
+    """A resumed batch of done jobs: their files are checked, only the job whose file is
+    gone is read whole and downloaded again (no new run); the counts still say all done."""
+    n = 6
+    emu = Emulator(EmulatorConfig(speed=200.0))
+    manifest = batch(tmp_path, n)
+    quick = settings(emu, n, min_poll=0.01, max_poll=0.3)
+    with retrying.set_testing():
+        await run_batch(load_manifest(manifest), quick, transport=SlowPolls(emu))
+        files = sorted((tmp_path / "results").rglob("*.png"))
+        assert len(files) == n
+        files[2].unlink()
+        seen: list[worker.Worker] = []
+        again = await run_batch(
+            load_manifest(manifest), quick, transport=SlowPolls(emu), on_worker=seen.append
+        )
+    (w,) = seen
+    assert len(w.jobs) == 1 and w.saved_count == n - 1  # only the one with a lost file whole
+    assert again.outcome.counts[JobState.DONE] == n
+    assert files[2].exists()
+    assert sorted(emu.charges_by_key().values()) == [1] * n
