@@ -61,6 +61,7 @@ class Downloads(WorkerState):
         rec = self.jobs[key]
         if out.type == "text":
             rel = self._claim(key, self._name(rec, out, index, None), out, None)
+            await self._committed()  # the job's run and outputs known before its file lands
             saved = self.results.write_text(out.url, rel)
             path, size, sha, ctype = saved.path, saved.size, saved.sha256, saved.content_type
         else:
@@ -88,6 +89,11 @@ class Downloads(WorkerState):
                     self.results.discard(tmp)
                     raise
                 name = self._claim(key, self._name(rec, out, index, got.content_type), out, tmp)
+                try:
+                    await self._committed()  # the job's run and outputs known before it lands
+                except BaseException:
+                    self.results.discard(tmp)
+                    raise
                 path = self.results.commit(tmp, name, synced=True)
                 size, sha, ctype = got.size, got.sha256, got.content_type
                 break

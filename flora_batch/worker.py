@@ -286,7 +286,8 @@ class Worker(Tracker, Reconciler):
                 return
             key = self.queue[0]
             rec = self.jobs[key]
-            if not self._inputs_ready(key, now):
+            inputs = self._ready_inputs(key, now)
+            if inputs is None:
                 continue
             quote = self._quote(rec)
             if rec.state is JobState.PLANNED and self._over_budget(quote):
@@ -296,7 +297,7 @@ class Worker(Tracker, Reconciler):
             if rec.state is JobState.PLANNED:
                 self.committed += quote
             self.slots.add(key)
-            self._spawn(self._submit(key, wait=self.pacer.took()))
+            self._spawn(self._submit(key, inputs, wait=self.pacer.took()))
 
     def _top_up(self, now: float) -> None:
         """Cluster mode: claim more jobs from the shared ledger while there is room."""
@@ -310,22 +311,23 @@ class Worker(Tracker, Reconciler):
         if claimed:
             self._load(claimed)
 
-    def _inputs_ready(self, key: JobKey, now: float) -> bool:
-        """Whether the first queued job's input files are uploaded; if not, it waits unpaid.
+    def _ready_inputs(self, key: JobKey, now: float) -> tuple[RunInput, ...] | None:
+        """What the first queued job's create will send, once its input files are uploaded;
+        None while they are not (the job waits, unpaid) or cannot be.
 
         Waiting for uploads is not an outage: the upload stage bounds its own waits.
         """
         try:
-            ready = self._inputs(self.jobs[key]) is not None
+            inputs = self._inputs(self.jobs[key])
         except UploadError as exc:
             self.queue.popleft()
             self.stuck[key] = str(exc)
-            return False
-        if not ready:
+            return None
+        if inputs is None:
             self.queue.popleft()
             self.last_success = max(self.last_success, now)
             self._schedule(key, now + _INPUT_WAIT, "submit")
-        return ready
+        return inputs
 
     def _inputs(self, rec: JobRecord) -> tuple[RunInput, ...] | None:
         """What the create sends: the job's inputs, placeholders resolved to asset URLs."""
@@ -336,8 +338,9 @@ class Worker(Tracker, Reconciler):
 
     # -- submit ------------------------------------------------------------------------
 
-    async def _submit(self, key: JobKey, wait: float = 0.0) -> None:
-        """Create the job's run: key committed first, repeated only with the same key."""
+    async def _submit(self, key: JobKey, inputs: tuple[RunInput, ...], wait: float = 0.0) -> None:
+        """Create the job's run with ``inputs`` (``_ready_inputs``'): key committed first,
+        repeated only with the same key."""
         if wait > 0:  # a slot reserved by the cluster-wide pacing
             await asyncio.sleep(wait)
         rec = self.jobs[key]
@@ -351,7 +354,6 @@ class Worker(Tracker, Reconciler):
             self._release(key)
             await self._reconcile(key)
             return
-        inputs = self._inputs(rec) or rec.inputs  # _start_submits saw them resolved
         if rec.state is JobState.PLANNED:
             rec = self._update(self.ledger.mark_submitting(key, now=self.clock(), grouped=True))
             await self._committed()  # on disk before the create may leave
@@ -369,21 +371,6 @@ class Worker(Tracker, Reconciler):
             self._created(key, run, sent_at)
             return
         self._park(key, "the create request kept failing; it will be retried with the same key")
-
-    async def _committed(self) -> None:
-        """Wait until the ledger's open group of commits is durable (at once if none is)."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        def settle(error: FloraError | None) -> None:
-            if done.done():
-                return
-            if error is None:
-                done.set_result(None)
-            else:
-                done.set_exception(error)
-
-        self.ledger.on_commit(settle)
-        await done
 
     @staticmethod
     def _may_have_left(exc: FloraError) -> bool:

@@ -200,6 +200,26 @@ class WorkerState:
         self._finished.append(task)
         self._wake.set()
 
+    async def _committed(self) -> None:
+        """Wait until the ledger's open group of commits is durable (at once if none is).
+
+        Before an action that the ledger must know of if the process dies right after
+        it: a paid create (its ``submitting``), a file put under its final name (its
+        job's run and ``downloading``), so a resume finds what that action belongs to.
+        """
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def settle(error: FloraError | None) -> None:
+            if done.done():
+                return
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+
+        self.ledger.on_commit(settle)
+        await done
+
     def _quote(self, rec: JobRecord) -> float:
         if rec.quoted_cost is not None:
             return rec.quoted_cost

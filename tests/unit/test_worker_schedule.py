@@ -380,3 +380,37 @@ async def test_a_resume_reads_done_jobs_light_and_refetches_only_a_lost_file(
     assert again.outcome.counts[JobState.DONE] == n
     assert files[2].exists()
     assert sorted(emu.charges_by_key().values()) == [1] * n
+
+
+async def test_a_file_lands_only_once_its_job_s_run_is_committed(tmp_path: Path) -> None:
+    """A file put under its final name must belong to a run the ledger has on disk: at each
+    rename, another connection sees the job ``downloading`` with its run id (so a crash
+    right after leaves no file that a resume cannot account for)."""
+    n = 30
+    emu = Emulator(EmulatorConfig(speed=200.0))
+    manifest = batch(tmp_path, n)
+    ledger_path = manifest.parent / "sched.ledger.db"
+    seen: list[tuple[str, bool]] = []
+
+    def watch(w: worker.Worker) -> None:
+        commit = w.results.commit
+
+        def checked(tmp: Path, relative: str, *, synced: bool = False) -> Path | str:
+            with sqlite3.connect(ledger_path) as other:
+                state, run_id = other.execute(
+                    "SELECT state, run_id FROM jobs WHERE row_id = ?", (relative.split("-")[0],)
+                ).fetchone()
+            seen.append((state, run_id is not None))
+            return commit(tmp, relative, synced=synced)
+
+        w.results.commit = checked  # type: ignore[method-assign]
+
+    with retrying.set_testing():
+        result = await run_batch(
+            load_manifest(manifest),
+            settings(emu, n, min_poll=0.01, max_poll=0.3),
+            transport=SlowPolls(emu),
+            on_worker=watch,
+        )
+    assert result.outcome.counts[JobState.DONE] == n
+    assert seen == [("downloading", True)] * n
