@@ -253,20 +253,27 @@ class FloraClient:
         url: str,
         headers: dict[str, str],
         content: bytes | None = None,
+        timeout: float | None = None,
         **multipart: Any,
     ) -> Reply:
         """Send one request, the direct lane when there is one; the caller holds the gate
         and ``aclose``s the reply.
 
-        ``headers`` are all that is sent (User-Agent included); ``multipart`` (httpx's
-        ``data``/``files``) always goes through httpx, which builds the body.
+        ``headers`` are all that is sent (User-Agent included); ``timeout`` replaces the
+        client's for this request; ``multipart`` (httpx's ``data``/``files``) always goes
+        through httpx, which builds the body.
         """
+        limits = None if timeout is None else httpx.Timeout(timeout, connect=min(timeout, 10.0))
         if self._direct is not None and self._direct_timeout is not None and not multipart:
+            chosen = self._direct_timeout
+            if limits is not None:
+                chosen = self._direct.client_timeout(limits.as_dict())
             return await self._direct.request(
-                method, url, headers=headers, content=content, timeout=self._direct_timeout
+                method, url, headers=headers, content=content, timeout=chosen
             )
+        extra: dict[str, Any] = {} if limits is None else {"timeout": limits}
         request = self._http.build_request(
-            method, url, headers=headers, content=content, **multipart
+            method, url, headers=headers, content=content, **extra, **multipart
         )
         return await self._http.send(request, stream=True)
 
@@ -281,6 +288,7 @@ class FloraClient:
         json_body: Any = None,
         params: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
+        timeout: float | None = None,
         **multipart: Any,
     ) -> tuple[Any, str | None, int]:
         """Send one request; return ``(json, request_id, status)`` or raise a FloraError.
@@ -288,6 +296,7 @@ class FloraClient:
         Args:
             json_body: sent as compact UTF-8 JSON (as httpx's ``json=`` would).
             params: the query string.
+            timeout: seconds for this request instead of the client's.
             multipart: httpx's ``data``/``files`` for a multipart body.
         """
         url = path if path.startswith("http") else f"{self.base_url}{path}"
@@ -302,7 +311,7 @@ class FloraClient:
             sent = {**sent, "Content-Type": "application/json"}
         async with self._gate:
             with map_http_errors(creating=creating):
-                response = await self._send(method, url, sent, content, **multipart)
+                response = await self._send(method, url, sent, content, timeout, **multipart)
                 try:
                     body = await self._read_capped(response)
                 finally:
@@ -379,12 +388,18 @@ class FloraClient:
         )
         return wire.parse_run(data, request_id)
 
-    async def get_run(self, slug: str, run_id: str, poll_url: str | None = None) -> RunInfo:
-        """Poll a run: its ``poll_url`` when it points at our base URL, else the nested route."""
+    async def get_run(
+        self, slug: str, run_id: str, poll_url: str | None = None, *, timeout: float | None = None
+    ) -> RunInfo:
+        """Poll a run: its ``poll_url`` when it points at our base URL, else the nested route.
+
+        ``timeout``: seconds for this request instead of the client's (the worker's polls
+        use a shorter one: a poll that hangs must give its slot back).
+        """
         path = f"/techniques/{slug}/runs/{run_id}"
         if poll_url and self._same_origin(poll_url):
             path = poll_url
-        data, request_id, _ = await self._request("GET", path)
+        data, request_id, _ = await self._request("GET", path, timeout=timeout)
         return wire.parse_run(data, request_id)
 
     def _same_origin(self, url: str) -> bool:

@@ -28,6 +28,10 @@ from .wire import classify_run_failure
 log = logging.getLogger("flora_batch.worker")
 
 _CHARGE_REREADS = 3
+#: Seconds a poll may take before it counts as a failure (retried after its backoff): a
+#: poll holds one of the worker's few poll slots while it waits, so it must not hang for
+#: the client's whole timeout.  A GET of a run answers in well under a second.
+POLL_TIMEOUT = 20.0
 
 
 class Tracker(Downloads):
@@ -45,7 +49,9 @@ class Tracker(Downloads):
         rec = self.jobs[key]
         assert rec.run_id is not None
         try:
-            run = await self.client.get_run(rec.technique, rec.run_id)
+            run = await self.client.get_run(
+                rec.technique, rec.run_id, timeout=min(self.settings.timeout, POLL_TIMEOUT)
+            )
         except FloraError as exc:
             self._poll_failed(key, exc)
             return

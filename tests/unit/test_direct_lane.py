@@ -19,7 +19,7 @@ import pytest
 from test_transport import read_request, response, serve
 
 from flora_batch.client import FloraClient
-from flora_batch.errors import AmbiguousCreate, RateLimited
+from flora_batch.errors import AmbiguousCreate, RateLimited, TransportError
 from flora_batch.transport import AiohttpTransport
 from flora_batch.types import RunInput
 
@@ -122,3 +122,21 @@ async def test_malformed_json_after_a_create_is_ambiguous() -> None:
     async with serve(server) as url, FloraClient(f"{url}/api/v1", "sk") as client:
         with pytest.raises(AmbiguousCreate):
             await client.create_run("wireframe", INPUTS, "key-1")
+
+
+@pytest.mark.parametrize("stack", ["aiohttp", "httpx"])
+async def test_a_poll_s_own_timeout_wins(stack: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``get_run(timeout=...)`` gives up after its own timeout, not the client's 60 s,
+    on either lane; a hung poll is a retryable transport error."""
+    monkeypatch.setenv("FLORA_BATCH_HTTP", stack)
+    stall = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await stall.wait()  # never answers
+
+    async with serve(handler) as url, FloraClient(f"{url}/api/v1", "sk", timeout=60) as client:
+        with pytest.raises(TransportError) as info:
+            await asyncio.wait_for(client.get_run("wireframe", "run_1", timeout=0.3), 10)
+    assert info.value.retryable
+    stall.set()

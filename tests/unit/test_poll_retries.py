@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from flora_batch import retrying
+from flora_batch import retrying, tracking
 from flora_batch.config import Settings
 from flora_batch.errors import (
     AuthError,
@@ -49,10 +49,14 @@ class Script:
     def __init__(self) -> None:
         self.answers: list[FloraError | RunInfo] = []
         self.calls = 0
+        self.timeouts: list[float | None] = []
 
-    async def get_run(self, technique: str, run_id: str) -> RunInfo:
+    async def get_run(
+        self, technique: str, run_id: str, *, timeout: float | None = None
+    ) -> RunInfo:
         """The next scripted answer (a pending run once the script is done)."""
         self.calls += 1
+        self.timeouts.append(timeout)
         answer = self.answers.pop(0) if self.answers else RunInfo(run_id, "pending")
         if isinstance(answer, FloraError):
             raise answer
@@ -211,3 +215,12 @@ async def test_failed_polls_are_not_answers(clock: Clock, script: Script) -> Non
         clock.now += 10.0
         await poll(w)
     assert w.last_success == before
+
+
+async def test_a_poll_waits_no_longer_than_the_poll_timeout(clock: Clock, script: Script) -> None:
+    """A poll holds a poll slot while it waits: it asks for the short poll timeout, not the
+    client's (a hung poll fails, gives its slot back and is retried after its backoff)."""
+    w = make_worker(clock, script)
+    await poll(w)
+    assert script.timeouts == [min(SETTINGS.timeout, tracking.POLL_TIMEOUT)]
+    assert tracking.POLL_TIMEOUT < SETTINGS.timeout
