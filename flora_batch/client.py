@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import hashlib
 import json
 import os
@@ -263,7 +264,7 @@ class FloraClient:
         client's for this request; ``multipart`` (httpx's ``data``/``files``) always goes
         through httpx, which builds the body.
         """
-        limits = None if timeout is None else httpx.Timeout(timeout, connect=min(timeout, 10.0))
+        limits = None if timeout is None else self._limits(timeout)
         if self._direct is not None and self._direct_timeout is not None and not multipart:
             chosen = self._direct_timeout
             if limits is not None:
@@ -276,6 +277,12 @@ class FloraClient:
             method, url, headers=headers, content=content, **extra, **multipart
         )
         return await self._http.send(request, stream=True)
+
+    @staticmethod
+    @functools.lru_cache(maxsize=8)
+    def _limits(timeout: float) -> httpx.Timeout:
+        """httpx's timeouts for one request's own ``timeout`` (a poll's: one value, cached)."""
+        return httpx.Timeout(timeout, connect=min(timeout, 10.0))
 
     # -- JSON requests ------------------------------------------------------------
 
