@@ -7,6 +7,11 @@ also writes the new revision, so a migration applies entirely or not at all.
 
 A ledger stamped with a revision that this code does not know was written by a newer
 flora-batch: :class:`~flora_batch.errors.LedgerTooNew`, before anything is changed.
+
+Alembic is imported only when a ledger is not at ``HEAD`` (new, older or newer): opening
+a ledger that is already at head reads its stamp with one query, and every command
+(``status`` included) starts ~0.1 s sooner.  ``HEAD`` must name the newest script
+(``tests/ledger/test_ledger_migrations.py`` checks it).
 """
 
 from __future__ import annotations
@@ -15,18 +20,20 @@ import hashlib
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
 from sqlalchemy import Connection, inspect, text
 
 import flora_batch
 
 from ..errors import LedgerError, LedgerTooNew
 from .tables import VERSION_TABLE, metadata
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+#: The newest revision in ``migrations/versions`` (what ``head_revision`` reads there).
+HEAD = "0003_uploads"
 
 #: Serialises concurrent migrations of one PostgreSQL database (pg_advisory_xact_lock).
 _PG_MIGRATION_LOCK = int.from_bytes(
@@ -43,6 +50,8 @@ def migrations_dir() -> Path:
 
 def alembic_config(connection: Connection | None = None) -> Config:
     """An Alembic ``Config`` for our scripts, bound to ``connection`` when given."""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
     cfg.attributes["connection"] = connection
@@ -52,6 +61,8 @@ def alembic_config(connection: Connection | None = None) -> Config:
 @cache
 def known_revisions() -> frozenset[str]:
     """Every revision id this code ships."""
+    from alembic.script import ScriptDirectory
+
     scripts = ScriptDirectory.from_config(alembic_config())
     return frozenset(s.revision for s in scripts.walk_revisions())
 
@@ -59,6 +70,8 @@ def known_revisions() -> frozenset[str]:
 @cache
 def head_revision() -> str:
     """The newest revision this code ships."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     if head is None:
         raise LedgerError(f"no migrations found in {migrations_dir()}")
@@ -67,6 +80,8 @@ def head_revision() -> str:
 
 def check_revisions(revisions: Iterable[str], where: str) -> None:
     """Raise LedgerTooNew if any stamped revision is unknown to this code."""
+    if set(revisions) <= {HEAD}:  # the common case, without loading the scripts
+        return
     unknown = sorted(set(revisions) - known_revisions())
     if unknown:
         raise LedgerTooNew(
@@ -96,6 +111,8 @@ def check_is_ledger(
 
 def current_revisions(connection: Connection) -> frozenset[str]:
     """The revisions stamped in the database (empty for a fresh one)."""
+    from alembic.runtime.migration import MigrationContext
+
     ctx = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
     return frozenset(ctx.get_current_heads())
 
@@ -109,6 +126,11 @@ def upgrade(connection: Connection, where: str, *, strict: bool) -> None:
     """
     if connection.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+    if _at_head(connection):
+        return
+    from alembic import command
+    from alembic.util import CommandError
+
     revisions = current_revisions(connection)
     check_revisions(revisions, where)
     check_is_ledger(inspect(connection).get_table_names(), revisions, where, strict=strict)
@@ -120,8 +142,18 @@ def upgrade(connection: Connection, where: str, *, strict: bool) -> None:
         raise LedgerTooNew(f"{where}: {exc}") from exc
 
 
+def _at_head(connection: Connection) -> bool:
+    """Whether the database is stamped with ``HEAD`` alone: two queries, no Alembic."""
+    if not inspect(connection).has_table(VERSION_TABLE):
+        return False
+    stamped = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars()
+    return set(stamped) == {HEAD}
+
+
 def require_head(connection: Connection, where: str) -> None:
     """For ``migrate=False``: the database must already be at head."""
+    if _at_head(connection):
+        return
     revisions = current_revisions(connection)
     check_revisions(revisions, where)
     if revisions != {head_revision()}:

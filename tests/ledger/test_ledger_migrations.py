@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -201,3 +203,22 @@ def test_migrations_folder_is_found() -> None:
     assert (folder / "env.py").is_file()
     assert (folder / "versions" / "0001_initial.py").is_file()
     assert migrate.head_revision() == "0003_uploads"
+
+
+def test_head_names_the_newest_script() -> None:
+    """``migrate.HEAD`` (the fast path's stamp check) is the scripts' head: a new migration
+    must move it, or every ledger would be opened through Alembic again."""
+    assert migrate.HEAD == migrate.head_revision()
+
+
+def test_opening_a_ledger_at_head_does_not_load_alembic(tmp_path: Path) -> None:
+    """A fresh interpreter opening a migrated ledger never imports Alembic."""
+    path = tmp_path / "x.ledger"
+    Ledger.open(path).close()
+    code = (
+        "import sys\nfrom flora_batch.ledger import Ledger\n"
+        f"Ledger.open({str(path)!r}).close()\n"
+        "print('alembic' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
