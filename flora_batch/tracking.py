@@ -38,14 +38,22 @@ class Tracker(Downloads):
     """The worker's poll step and what follows a run's end (mixed into ``Worker``)."""
 
     async def _poll(self, key: JobKey) -> None:
-        """One poll (``_start_due`` counted it in ``self.polling``)."""
+        """One poll (``_start_due`` counted it in ``self.polling``); a completed run's
+        download follows in the same task, once the poll slot is given back."""
         try:
-            await self._poll_once(key)
+            download = await self._poll_once(key)
         finally:
             self.polling -= 1
+            self._wake.set()  # a poll slot is free: due polls may start
+        if download:
+            await self._download(key)
 
-    async def _poll_once(self, key: JobKey) -> None:
-        """Ask FLORA once how the run is doing; its answer decides the next step."""
+    async def _poll_once(self, key: JobKey) -> bool:
+        """Ask FLORA once how the run is doing; its answer decides the next step.
+
+        Returns:
+            True when the run completed and its outputs are to be downloaded now.
+        """
         rec = self.jobs[key]
         assert rec.run_id is not None
         try:
@@ -54,10 +62,10 @@ class Tracker(Downloads):
             )
         except FloraError as exc:
             self._poll_failed(key, exc)
-            return
+            return False
         self.poll_streaks.pop(key, None)
         self.last_success = self.clock()
-        self._after_poll(key, run)
+        return self._after_poll(key, run)
 
     def _poll_failed(self, key: JobKey, exc: FloraError) -> None:
         """A poll failed: stop the batch, leave the run, or poll it again after its backoff."""
@@ -80,15 +88,17 @@ class Tracker(Downloads):
             return
         self._schedule(key, now + wait, "poll")
 
-    def _after_poll(self, key: JobKey, run: RunInfo) -> None:
-        """Act on a run's status: schedule the next poll, download, or record the failure."""
+    def _after_poll(self, key: JobKey, run: RunInfo) -> bool:
+        """Act on a run's status: schedule the next poll, record the failure, or say that
+        its outputs are to be downloaded now (True: the caller starts the download)."""
         self.stuck.pop(key, None)
         if run.status == "completed":
-            self._completed(key, run)
-        elif run.status == "failed":
+            return self._completed(key, run)
+        if run.status == "failed":
             self._run_failed(key, run)
         elif not self._unknown_too_long(key, run):
             self._schedule(key, self.clock() + self._next_poll_delay(key, run), "poll")
+        return False
 
     def _unknown_too_long(self, key: JobKey, run: RunInfo) -> bool:
         """CONTRACT.md §4: an unknown status is not terminal, but the wait for it is bounded.
@@ -122,21 +132,22 @@ class Tracker(Downloads):
             run, rec, typical, self.settings, self.clock(), self.learned.offset
         )
 
-    def _completed(self, key: JobKey, run: RunInfo) -> None:
+    def _completed(self, key: JobKey, run: RunInfo) -> bool:
+        """Record a completed run's outputs (``downloading``); True: download them now."""
         rec = self.jobs[key]
         self.learned.learn_run(rec.technique, run)
         if not run.outputs:
             self._run_failed(
                 key, run, code="no_outputs", message="FLORA said completed but gave no outputs"
             )
-            return
+            return False
         self._settle_charge(rec, run.charged_cost)
         self._update(
             self.ledger.mark_downloading(
                 key, run.outputs, now=self.clock(), charged_cost=run.charged_cost
             )
         )
-        self._spawn(self._download(key))
+        return True
 
     def _run_failed(
         self, key: JobKey, run: RunInfo, *, code: str | None = None, message: str | None = None

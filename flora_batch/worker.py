@@ -396,7 +396,8 @@ class Worker(Tracker, Reconciler):
             self.ledger.mark_running(key, run.run_id, now=self.clock(), request_id=run.request_id)
         )
         log.debug("submitted %s as %s", rec.source or key, run.run_id)
-        self._after_poll(key, run)
+        if self._after_poll(key, run):  # done at once: the create's answer had the outputs
+            self._spawn(self._download(key))
 
     async def _create_failed(
         self, key: JobKey, exc: FloraError, attempt: int, maybe_sent: bool
