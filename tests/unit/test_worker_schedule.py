@@ -20,7 +20,7 @@ from flora_batch.config import Settings
 from flora_batch.emulator import Emulator, EmulatorConfig
 from flora_batch.ledger import Ledger
 from flora_batch.manifest import load_manifest
-from flora_batch.pipeline import run_batch
+from flora_batch.pipeline import plan_batch, run_batch
 from flora_batch.types import JobState
 
 BASE_URL = "http://127.0.0.1/api/v1"
@@ -414,3 +414,26 @@ async def test_a_file_lands_only_once_its_job_s_run_is_committed(tmp_path: Path)
         )
     assert result.outcome.counts[JobState.DONE] == n
     assert seen == [("downloading", True)] * n
+
+
+async def test_a_reconcile_never_adopts_the_run_of_a_job_loaded_light(tmp_path: Path) -> None:
+    """A done job is loaded without its record, but its run is still known: a job whose
+    create may have left before that run was made must not take it as its own."""
+    emu = Emulator(EmulatorConfig(speed=200.0))
+    quick = settings(emu, 2, min_poll=0.01, max_poll=0.3)
+    sent_before = time.time() - 1.0
+    with retrying.set_testing():
+        first = batch(tmp_path, 1)  # row S000 only: done, with its run
+        await run_batch(load_manifest(first), quick, transport=SlowPolls(emu))
+        both = batch(tmp_path, 2)  # the same batch, one row more (S001)
+        prepared, _ = await plan_batch(load_manifest(both), quick, transport=SlowPolls(emu))
+        ((key, spec),) = prepared.new_jobs()
+        with Ledger.open(str(both.parent / "sched.ledger.db")) as ledger:
+            ledger.record_planned([(key, spec)], quoted_cost={"studio-shot": 0.06}, now=1.0)
+            ledger.mark_submitting(key, now=sent_before)  # its create "may have left"
+            ledger.mark_needs_reconcile(key, now=sent_before, reason="409 duplicate")
+        result = await run_batch(load_manifest(both), quick, transport=SlowPolls(emu))
+    assert result.outcome.counts[JobState.DONE] == 1
+    with Ledger.open(str(both.parent / "sched.ledger.db")) as ledger:
+        rec = ledger.get(key)
+    assert (rec.state, rec.run_id) == (JobState.UNRESOLVED, None)
