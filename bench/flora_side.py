@@ -7,6 +7,7 @@ polling scenario.  The poll policy is the one flora-batch ships (``flora_batch.p
 
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -138,12 +139,16 @@ def run_flora(
         shipped = default_transport(32) or make_transport("httpcore")
         inner = RecordingTransport(inner or shipped, log)  # type: ignore[arg-type]
 
+    t0 = os.times()
     cpu0, wall0 = time.process_time(), time.perf_counter()
     result: BatchResult = asyncio.run(run_batch(m, settings, transport=inner))
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    t1 = os.times()
     counts = {str(k): v for k, v in result.outcome.counts.items() if v}
     return {
         "cpu": cpu,
+        "user": t1.user - t0.user,
+        "sys": t1.system - t0.system,
         "wall": wall,
         "counts": counts,
         "stopped": result.outcome.stopped,

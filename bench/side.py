@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -67,11 +68,15 @@ def _loop_side(spec: dict[str, Any]) -> dict[str, Any]:
         coro = loops.aiohttp_loop(cfg)
     else:
         coro = loops.httpx_loop(cfg, _client_kw(spec.get("stack", "default")))
+    t0 = os.times()
     cpu0, wall0 = time.process_time(), time.perf_counter()
     trace = asyncio.run(coro)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    t1 = os.times()
     return {
         "cpu": cpu,
+        "user": t1.user - t0.user,
+        "sys": t1.system - t0.system,
         "wall": wall,
         "done": trace.done,
         "failed": trace.failed,

@@ -76,6 +76,7 @@ class Reply(Protocol):
     def is_success(self) -> bool: ...
     @property
     def is_redirect(self) -> bool: ...
+    async def aread(self) -> bytes: ...
     def aiter_bytes(self) -> AsyncIterator[bytes]: ...
     async def aclose(self) -> None: ...
 
@@ -334,6 +335,10 @@ class FloraClient:
 
     @staticmethod
     async def _read_capped(response: Reply) -> bytes:
+        """The body, refused past MAX_JSON_BYTES; read at once when its length says it fits."""
+        length = _declared(response.headers)
+        if length is not None and length <= MAX_JSON_BYTES:
+            return await response.aread()
         chunks: list[bytes] = []
         total = 0
         async for chunk in response.aiter_bytes():
@@ -555,13 +560,14 @@ class FloraClient:
     async def _stream_to(
         resp: Reply, dest: Path, max_bytes: int, output_type: str | None, fsync: bool = False
     ) -> Downloaded:
-        expected = resp.headers.get("content-length")
+        declared = _declared(resp.headers)
         ctype = resp.headers.get("content-type")
-        encoded = resp.headers.get("content-encoding", "identity") != "identity"
-        declared = int(expected) if expected and expected.isdigit() and not encoded else None
         if declared is not None and declared > max_bytes:
             raise ResponseRefused(f"output is {declared:,} bytes, over the {max_bytes:,}-byte cap")
         _check_media(output_type, ctype, None)
+        if declared is not None and declared <= SMALL_BODY:
+            return _write_whole(await resp.aread(), dest, declared, output_type, ctype, fsync)
+        expected = resp.headers.get("content-length")
         digest = hashlib.sha256()
         size, head = 0, b""
         try:
@@ -589,6 +595,44 @@ class FloraClient:
             raise TransportError(f"download truncated: got {size} of {expected} bytes")
         _check_media(output_type, ctype, head)
         return Downloaded(size, digest.hexdigest(), ctype)
+
+
+#: A body of at most this many bytes (declared by Content-Length) is read whole, then
+#: written with one call: a stream costs an async generator and a loop turn per chunk.
+SMALL_BODY = 1 << 20
+
+
+def _declared(headers: Mapping[str, str]) -> int | None:
+    """The body's length as Content-Length declares it, if it does (of the bytes that
+    will be kept: an encoded body's is unknown until it is decoded)."""
+    length = headers.get("content-length")
+    if not length or not length.isdigit():
+        return None
+    if headers.get("content-encoding", "identity") != "identity":
+        return None
+    return int(length)
+
+
+def _write_whole(
+    data: bytes, dest: Path, declared: int, output_type: str | None, ctype: str | None, fsync: bool
+) -> Downloaded:
+    """``_stream_to`` for a small body read whole: checked, written, synced."""
+    if len(data) != declared:
+        raise TransportError(f"download truncated: got {len(data)} of {declared} bytes")
+    _check_media(output_type, ctype, data[:HEAD_BYTES])
+    try:
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise ResultsError(f"cannot write {dest}: {exc.strerror or exc}") from exc
+    return Downloaded(len(data), hashlib.sha256(data).hexdigest(), ctype)
 
 
 def _direct_lane(transport: httpx.AsyncBaseTransport | None) -> AiohttpTransport | None:

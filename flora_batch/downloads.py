@@ -12,9 +12,10 @@ import logging
 from pathlib import Path
 
 from . import retrying
+from .client import Downloaded
 from .errors import ApiError, FloraError, NotFound, ResponseRefused, ResultsError
 from .naming import ext_for, render_output_name
-from .types import JobKey, JobRecord, JobState, OutputRecord, RunOutput
+from .types import JobKey, JobRecord, JobState, OutputRecord, RunInfo
 from .workstate import WorkerState
 
 log = logging.getLogger("flora_batch.worker")
@@ -29,8 +30,12 @@ class Downloads(WorkerState):
         """Fetch every output not yet on disk; a job is done only when all are verified."""
         self.download_rounds[key] += 1
         try:
-            # The ledger's order (by output id, in its collation), as ``_claim_saved`` sees it:
-            # ``{index}`` in a name must be the same whichever way the job was read.
+            run = self.completed_runs.get(key)
+            if run is not None:
+                await self._download_only(key, run)
+            # The ledger's order (by output id, in its collation), as ``_claim_saved`` sees
+            # it: ``{index}`` in a name must be the same whichever way the job was read.
+            # (After ``_download_only``: only an output that a refreshed run added.)
             for index, out in enumerate(self.jobs[key].outputs):
                 if not out.sha256:
                     await self._download_one(key, index, out)
@@ -57,62 +62,110 @@ class Downloads(WorkerState):
             return
         self._schedule(key, self.clock() + self.settings.min_poll, "download")
 
+    async def _download_only(self, key: JobKey, run: RunInfo) -> None:
+        """The one output of a run that just completed (``Tracker._completed``): fetched,
+        then the run's end, its output and the file recorded in one commit (``finish_run``).
+
+        The outputs are recorded first (``downloading``) when the fetch fails, so the
+        usual rounds take over, or when its URL had expired and was refreshed.
+        """
+        out = run.outputs[0]
+        try:
+            path, saved = await self._fetch(
+                key, 0, OutputRecord(out.output_id, out.type, out.url), refresh=True
+            )
+        except Exception:
+            if self.completed_runs.pop(key, None) is not None:
+                self._record_outputs(key, run)
+            raise
+        if self.completed_runs.pop(key, None) is None:  # recorded meanwhile: a fresh URL
+            self._save(key, out.output_id, path, saved)
+            return
+        self._update(
+            self.ledger.finish_run(
+                key,
+                out,
+                path=path,
+                size=saved.size,
+                sha256=saved.sha256,
+                content_type=saved.content_type,
+                now=self.clock(),
+                charged_cost=run.charged_cost,
+            )
+        )
+
     async def _download_one(self, key: JobKey, index: int, out: OutputRecord) -> None:
-        rec = self.jobs[key]
-        if out.type == "text":
-            rel = self._claim(key, self._name(rec, out, index, None), out, None)
-            await self._committed()  # the job's run and outputs known before its file lands
-            saved = self.results.write_text(out.url, rel)
-            path, size, sha, ctype = saved.path, saved.size, saved.sha256, saved.content_type
-        else:
-            url = out.url
-            for refresh in range(3):
-                tmp = self.results.temp_path()
-                try:
-                    got = await retrying.call(
-                        lambda u=url, t=tmp: self.client.download(  # type: ignore[misc]
-                            u,
-                            t,
-                            max_bytes=self.settings.max_download_bytes,
-                            output_type=out.type,
-                            fsync=True,
-                        ),
-                        what=f"download {out.output_id} of {rec.run_id}",
-                    )
-                except ApiError as exc:
-                    self.results.discard(tmp)
-                    if exc.status not in (403, 404, 410) or refresh == 2:
-                        raise
-                    url = await self._fresh_url(key, out.output_id)
-                    continue
-                except BaseException:
-                    self.results.discard(tmp)
-                    raise
-                name = self._claim(key, self._name(rec, out, index, got.content_type), out, tmp)
-                try:
-                    await self._committed()  # the job's run and outputs known before it lands
-                except BaseException:
-                    self.results.discard(tmp)
-                    raise
-                path = self.results.commit(tmp, name, synced=True)
-                size, sha, ctype = got.size, got.sha256, got.content_type
-                break
-        # One commit records the file and, after the job's last output, makes it done.
+        """One output of a job in ``downloading``: fetched, then saved in the ledger."""
+        path, saved = await self._fetch(key, index, out, refresh=True)
+        self._save(key, out.output_id, path, saved)
+
+    def _save(self, key: JobKey, output_id: str, path: str, saved: Downloaded) -> None:
+        """One commit records the file and, after the job's last output, makes it done."""
         self._update(
             self.ledger.save_output(
                 key,
-                out.output_id,
-                path=str(path),
-                size=size,
-                sha256=sha,
-                content_type=ctype,
+                output_id,
+                path=path,
+                size=saved.size,
+                sha256=saved.sha256,
+                content_type=saved.content_type,
                 now=self.clock(),
             )
         )
 
-    def _fresh_urls(self, key: JobKey, fresh: tuple[RunOutput, ...]) -> None:
-        """Store fresh URLs; the job as it now is (rare: only when URLs expired)."""
-        self._update(self.ledger.refresh_output_urls(key, fresh))
+    async def _fetch(
+        self, key: JobKey, index: int, out: OutputRecord, *, refresh: bool
+    ) -> tuple[str, Downloaded]:
+        """Put an output's file under its final name: where it went, and what it holds.
+
+        ``refresh``: an expired URL (403/404/410) is replaced by a fresh one from the run
+        (``_fresh_url``), up to twice.
+        """
+        rec = self.jobs[key]
+        if out.type == "text":
+            rel = self._claim(key, self._name(rec, out, index, None), out, None)
+            await self._committed()  # the job's run known on disk before its file lands
+            text = self.results.write_text(out.url, rel)
+            return str(text.path), Downloaded(text.size, text.sha256, text.content_type)
+        url, refreshed = out.url, 0
+        while True:
+            tmp = self.results.temp_path()
+            try:
+                got = await retrying.call(
+                    lambda u=url, t=tmp: self.client.download(  # type: ignore[misc]
+                        u,
+                        t,
+                        max_bytes=self.settings.max_download_bytes,
+                        output_type=out.type,
+                        fsync=True,
+                    ),
+                    what=f"download {out.output_id} of {rec.run_id}",
+                )
+            except ApiError as exc:
+                self.results.discard(tmp)
+                if not refresh or exc.status not in (403, 404, 410) or refreshed == 2:
+                    raise
+                refreshed += 1
+                url = await self._fresh_url(key, out.output_id)
+                continue
+            except BaseException:
+                self.results.discard(tmp)
+                raise
+            name = self._claim(key, self._name(rec, out, index, got.content_type), out, tmp)
+            try:
+                await self._committed()  # the job's run known on disk before its file lands
+            except BaseException:
+                self.results.discard(tmp)
+                raise
+            return str(self.results.commit(tmp, name, synced=True)), got
+
+    def _fresh_urls(self, key: JobKey, run: RunInfo) -> None:
+        """Store a run's fresh URLs (rare: only when URLs expired); outputs not recorded
+        yet (``_download_only``) are recorded with them (``downloading``)."""
+        if self.completed_runs.pop(key, None) is not None:
+            self._record_outputs(key, run)
+        else:
+            self._update(self.ledger.refresh_output_urls(key, run.outputs))
 
     def _claim(self, key: JobKey, name: str, out: OutputRecord, tmp: Path | None) -> str:
         """``name``, unless another job's output has it (ignoring case): then refuse.
@@ -153,7 +206,7 @@ class Downloads(WorkerState):
         run = await retrying.call(
             lambda: self.client.get_run(rec.technique, rec.run_id or ""), what="refresh URLs"
         )
-        self._fresh_urls(key, run.outputs)
+        self._fresh_urls(key, run)
         fresh = next((o.url for o in run.outputs if o.output_id == output_id), None)
         if fresh is None:
             raise NotFound(f"run {rec.run_id} no longer lists output {output_id}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import secrets
 import stat
@@ -49,8 +50,11 @@ class Results:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._resolved: Path | None = None  # the root, resolved once (``target``)
-        self._folders: set[Path] = set()  # folders made by ``commit`` in this run
+        self._resolved: str | None = None  # the root, resolved once (``target``)
+        self._folders: set[str] = set()  # folders made by ``commit`` in this run
+        # Temporary names: this object's random prefix and a counter (one random draw).
+        self._tmp_prefix = f"{self.root / TMP_DIR}{os.sep}{secrets.token_hex(6)}-"
+        self._tmp_count = itertools.count()
 
     def prepare(self) -> None:
         """Create the folder (and its temp area) or say clearly why it cannot be used."""
@@ -88,25 +92,25 @@ class Results:
             ResultsError: the name is absolute, has ``.``/``..`` parts, points into
                 ``.flora-tmp``, or a folder on its way is a symlink.
         """
-        root = self._resolved or self.root.resolve()
+        root = self._resolved or str(self.root.resolve())
         self._resolved = root
         parts = PurePosixPath(relative).parts
         if not parts or parts[0] in ("/", TMP_DIR) or any(p in (".", "..") for p in parts):
             raise ResultsError(f"output name {relative!r} would write outside {self.root}")
-        folder = root
+        folder = root  # strings, not Paths: this runs for every file
         for part in parts[:-1]:
-            folder = folder / part
-            if folder.is_symlink():
+            folder = f"{folder}{os.sep}{part}"
+            if os.path.islink(folder):
                 raise ResultsError(
                     f"output name {relative!r} would write through the symlink {folder} "
                     f"(to {os.readlink(folder)}): flora-batch never writes through links "
                     "in the results folder; remove it and run again"
                 )
-        return root.joinpath(*parts)
+        return Path(f"{folder}{os.sep}{parts[-1]}")
 
     def temp_path(self) -> Path:
         """A fresh temporary file name inside the results folder."""
-        return self.root / TMP_DIR / f"{secrets.token_hex(8)}.part"
+        return Path(f"{self._tmp_prefix}{next(self._tmp_count)}.part")
 
     def commit(self, tmp: Path, relative: str, *, synced: bool = False) -> Path:
         """fsync ``tmp`` (unless ``synced``: its writer did) and rename it to its final
@@ -132,16 +136,16 @@ class Results:
         (rename(2) does not follow it).  A folder removed while the batch runs is made
         again: the rename fails, and is tried once more after the ``mkdir``.
         """
-        folder = final.parent
+        folder = os.path.dirname(final)
         if folder not in self._folders:
-            folder.mkdir(parents=True, exist_ok=True)
+            os.makedirs(folder, exist_ok=True)
             self._folders.add(folder)
         try:
             os.replace(tmp, final)
         except FileNotFoundError:
             if not tmp.exists():
                 raise
-            folder.mkdir(parents=True, exist_ok=True)
+            os.makedirs(folder, exist_ok=True)
             os.replace(tmp, final)
 
     def write_text(self, text: str, relative: str) -> SavedFile:

@@ -1,8 +1,8 @@
 """Following a run after its create: poll it, act on its status, settle its bill.
 
 The worker polls each run when ``polling.next_poll_delay`` says it should be near its
-end; a ``completed`` answer moves the job to ``downloading`` (its outputs recorded
-first), a ``failed`` one records the failure, anything else schedules the next poll.
+end; a ``completed`` answer starts the download of its outputs, a ``failed`` one
+records the failure, anything else schedules the next poll.
 An unknown status is not terminal, but the wait for it is bounded.  Charges may arrive
 after the end (CONTRACT.md §4): they are read again, briefly.
 
@@ -133,7 +133,13 @@ class Tracker(Downloads):
         )
 
     def _completed(self, key: JobKey, run: RunInfo) -> bool:
-        """Record a completed run's outputs (``downloading``); True: download them now."""
+        """A run completed: True, download its outputs now.
+
+        Several outputs are recorded first (``downloading``).  A single one is recorded
+        together with its file by ``finish_run`` (``Downloads._download_only``): one
+        commit less per job, and the ledger still has the run, so a crash before that
+        commit only means polling the run again.
+        """
         rec = self.jobs[key]
         self.learned.learn_run(rec.technique, run)
         if not run.outputs:
@@ -142,11 +148,10 @@ class Tracker(Downloads):
             )
             return False
         self._settle_charge(rec, run.charged_cost)
-        self._update(
-            self.ledger.mark_downloading(
-                key, run.outputs, now=self.clock(), charged_cost=run.charged_cost
-            )
-        )
+        if len(run.outputs) == 1:
+            self.completed_runs[key] = run
+        else:
+            self._record_outputs(key, run)
         return True
 
     def _run_failed(

@@ -104,8 +104,8 @@ class Reply:
     """A response head from the direct lane, with its body to read (``aiter_bytes``).
 
     The part of ``httpx.Response`` that FloraClient reads, without building one: the
-    status, case-insensitive headers, ``is_success``/``is_redirect`` and the body's
-    chunks.  A body with a Content-Encoding is decoded by httpx (``_decoded``).
+    status, case-insensitive headers, ``is_success``/``is_redirect`` and the body, whole
+    (``aread``) or in chunks.  A body with a Content-Encoding is decoded by httpx (``_decoded``).
     """
 
     __slots__ = ("_body", "headers", "status_code")
@@ -122,6 +122,18 @@ class Reply:
     @property
     def is_redirect(self) -> bool:
         return self.status_code in _REDIRECTS and "location" in self.headers
+
+    async def aread(self) -> bytes:
+        """The whole (decoded) body: for a small one, one read instead of a stream."""
+        if self._body.encoded:
+            return b"".join([chunk async for chunk in self._decoded()])
+        try:
+            return await self._body._response.read()
+        except Exception as exc:
+            mapped = map_error(exc, reading_body=True)
+            if mapped is None:
+                raise
+            raise mapped from exc
 
     def aiter_bytes(self) -> AsyncIterator[bytes]:
         """The body's (decoded) bytes, as the socket delivers them."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 import socket
 from urllib.parse import urlsplit
 
@@ -47,6 +48,9 @@ def is_local(host: str | None) -> bool:
         return False
 
 
+_ORIGIN_END = re.compile(r"[/?#]")
+
+
 def check_fetch_url(url: str, *, local_ok: bool = True, previous: str | None = None) -> None:
     """Refuse output URLs that are not HTTPS (plain HTTP only from loopback).
 
@@ -56,6 +60,22 @@ def check_fetch_url(url: str, *, local_ok: bool = True, previous: str | None = N
             cannot reach into the user's own network (the API is not on loopback).
         previous: the URL that redirected here; HTTPS never redirects down to HTTP.
     """
+    if previous is None and url.startswith(("https://", "http://")):
+        # Only the scheme and host decide, and a batch's outputs come from a few hosts:
+        # the verdict on ``scheme://netloc`` (everything before the path) is remembered.
+        end = _ORIGIN_END.search(url, url.index("//") + 2)
+        _check_origin(url if end is None else url[: end.start()], local_ok)
+    else:
+        _check(url, local_ok, previous)
+
+
+@functools.lru_cache(maxsize=256)
+def _check_origin(origin: str, local_ok: bool) -> None:
+    """``_check`` of an origin; only a pass is remembered (a refusal raises again)."""
+    _check(origin, local_ok, None)
+
+
+def _check(url: str, local_ok: bool, previous: str | None) -> None:
     parts = urlsplit(url)
     host = parts.hostname
     secure = parts.scheme == "https" and bool(host)

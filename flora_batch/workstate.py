@@ -26,7 +26,7 @@ from .errors import FloraError
 from .ledger import Ledger
 from .polling import Learned
 from .results import ResultStore
-from .types import JobKey, JobRecord, JobState, RunInput, Technique
+from .types import JobKey, JobRecord, JobState, RunInfo, RunInput, Technique
 
 Clock = Callable[[], float]
 ProgressHook = Callable[["Snapshot"], None]
@@ -159,6 +159,9 @@ class WorkerState:
         self.unknown_since: dict[JobKey, float] = {}
         #: The runs whose last polls failed, with their failures (gone at an answer).
         self.poll_streaks: dict[JobKey, retrying.Streak] = {}
+        #: Completed runs with one output, being fetched: the ledger learns of the run's
+        #: end with the file (``finish_run``), or, if that fails, first (``_record_outputs``).
+        self.completed_runs: dict[JobKey, RunInfo] = {}
         self.names: dict[str, JobKey] = {}  # output names taken, casefolded (``_claim``)
         #: Loaded jobs with saved outputs whose names ``_claim`` has not taken yet: taken at
         #: the first download, so resuming a batch that is all done renders no names.
@@ -228,6 +231,14 @@ class WorkerState:
 
     def _release(self, key: JobKey) -> None:
         self.slots.discard(key)
+
+    def _record_outputs(self, key: JobKey, run: RunInfo) -> None:
+        """``downloading``: the completed run's outputs and bill, before their files."""
+        self._update(
+            self.ledger.mark_downloading(
+                key, run.outputs, now=self.clock(), charged_cost=run.charged_cost
+            )
+        )
 
     def _update(self, rec: JobRecord) -> JobRecord:
         self.jobs[rec.key] = rec

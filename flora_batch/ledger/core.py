@@ -32,7 +32,7 @@ from ..types import JobRecord, OutputRecord
 from . import lock, outputs_sql
 from . import tx as sql
 from .moves import Move
-from .records import RECORD_COLUMNS, conflict_message, dumps, job_record, record_of
+from .records import RECORD_COLUMNS, conflict_message, dumps, job_record
 from .session import Session
 
 #: Where a transition's RETURNING row says whether the job has outputs (``tx.py``).
@@ -93,9 +93,13 @@ class LedgerCore(Session):
 
     # -- the guarded transition --------------------------------------------------------
 
-    def _row(self, tx: sql.Tx, key: str, action: str) -> dict[str, Any]:
-        """The job's row, locked for this transaction; LedgerConflict if there is none."""
-        row = tx.one(sql.LOCK_JOB, {"k": key})
+    def _row(self, tx: sql.Tx, key: str, action: str, *, head: bool = False) -> dict[str, Any]:
+        """The job's row, locked for this transaction; LedgerConflict if there is none.
+
+        ``head``: only ``tx.HEAD_COLUMNS`` (enough for ``_fence``, ``_check`` and the
+        transitions that follow a create).
+        """
+        row = tx.one(sql.LOCK_HEAD if head else sql.LOCK_JOB, {"k": key})
         if row is None:
             raise LedgerConflict(conflict_message(key, action, None, ()), key=key)
         self._fence(row, key, action)
@@ -215,11 +219,6 @@ class LedgerCore(Session):
         if outputs is None:
             outputs = outputs_sql.records(tx, row[0]) if row[HAS_OUTPUTS] else ()
         return job_record(row, outputs)
-
-    @staticmethod
-    def _record_of(tx: sql.Tx, row: Mapping[str, Any]) -> JobRecord:
-        """A whole ``jobs`` row (``_row``'s) as a JobRecord, its outputs read."""
-        return record_of(row, outputs_sql.records(tx, row["key"]))
 
     def _get(self, tx: sql.Tx, key: str) -> JobRecord:
         """The job as a JobRecord with its outputs (one statement); LedgerConflict if none."""

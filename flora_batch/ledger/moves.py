@@ -41,6 +41,9 @@ MARK_UNRESOLVED = Move(
 RESUBMIT_UNRESOLVED = Move("resubmit_unresolved", (S.UNRESOLVED,), S.PLANNED, no_run=True)
 MARK_DOWNLOADING = Move("mark_downloading", (S.RUNNING,), S.DOWNLOADING)
 MARK_DONE = Move("mark_done", (S.DOWNLOADING,), S.DONE)
+#: ``mark_downloading`` and the one ``save_output`` of a run with a single output, whose
+#: file is already in place, in one step (the worker's usual path: one commit, not two).
+FINISH_RUN = Move("finish_run", (S.RUNNING,), S.DONE)
 REOPEN_DOWNLOAD = Move("reopen_download", (S.DONE,), S.DOWNLOADING)
 MARK_FAILED = Move(
     "mark_failed", (S.SUBMITTING, S.RUNNING, S.DOWNLOADING, S.NEEDS_RECONCILE), S.FAILED
@@ -60,6 +63,7 @@ ALL = (
     RESUBMIT_UNRESOLVED,
     MARK_DOWNLOADING,
     MARK_DONE,
+    FINISH_RUN,
     REOPEN_DOWNLOAD,
     MARK_FAILED,
     RETRY_FAILED,

@@ -16,6 +16,7 @@ nothing changes.  The legal moves (``moves.py``)::
     resubmit_unresolved   unresolved -> planned          (new attempt, new key)
     mark_downloading      running -> downloading
     mark_done             downloading -> done            (every output saved)
+    finish_run            running -> done                (a run's one output, saved)
     save_output           a file saved; after the last one, mark_done's move too
     reopen_download       done -> downloading
     mark_failed           submitting | running | downloading | needs_reconcile -> failed
@@ -35,7 +36,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from ..errors import LedgerConflict
-from ..types import JobKey, JobRecord, JobSpec, JobState, RunOutput
+from ..types import JobKey, JobRecord, JobSpec, JobState, OutputRecord, RunOutput
 from . import bulk, connect, outputs_sql
 from . import migrate as schema
 from . import moves as mv
@@ -189,7 +190,7 @@ class Ledger(LedgerQueries):
         """
         move = mv.MARK_SUBMITTING
         with self._tx(key, durable=True, grouped=grouped) as tx:
-            row = self._row(tx, key, move.action)
+            row = self._row(tx, key, move.action, head=True)
             self._check(row, move)
             first = row["submitted_at"] is None
             values = {"submitted_at": now} if first else {}
@@ -220,9 +221,9 @@ class Ledger(LedgerQueries):
         """
         move = mv.MARK_RUNNING
         with self._tx(key) as tx:
-            row = self._row(tx, key, move.action)
+            row = self._row(tx, key, move.action, head=True)
             if row["state"] == JobState.RUNNING and row["run_id"] == run_id:
-                return self._record_of(tx, row)  # the same news twice: nothing to do
+                return self._get(tx, key)  # the same news twice: nothing to do
             if row["run_id"] not in (None, run_id):
                 raise LedgerConflict(
                     f"job {key}: cannot mark_running with run {run_id}: "
@@ -253,7 +254,7 @@ class Ledger(LedgerQueries):
         """``submitting -> needs_reconcile``: a run may exist for the key, its id unknown."""
         move = mv.MARK_NEEDS_RECONCILE
         with self._tx(key) as tx:
-            row = self._row(tx, key, move.action)
+            row = self._row(tx, key, move.action, head=True)
             self._check(row, move)
             values = {**_NO_ERROR, "error_message": reason, **request_ids(row, request_id)}
             detail = {"reason": reason, "request_id": request_id}
@@ -324,6 +325,41 @@ class Ledger(LedgerQueries):
                 return record_of(row, saved)
             new = self._guarded(tx, key, mv.MARK_DONE, now, {"completed_at": now}, {})
             return self._record(tx, new, saved)
+
+    def finish_run(
+        self,
+        key: JobKey,
+        output: RunOutput,
+        *,
+        path: str,
+        size: int,
+        sha256: str,
+        content_type: str | None = None,
+        now: float,
+        charged_cost: float | None = None,
+    ) -> JobRecord:
+        """``running -> done``: a run with one output, whose file is in place and verified.
+
+        ``mark_downloading`` and ``save_output`` in one transaction (one event): the
+        worker's usual path, when the one output of a completed run is saved at the first
+        try.  Anything less (several outputs, a failed download) takes the two steps.
+
+        Raises:
+            LedgerConflict: the job is not running, or already has outputs.
+        """
+        with self._tx(key) as tx:
+            values = {"completed_at": now, **charge(charged_cost)}
+            detail = {"outputs": [output.output_id]}
+            new = self._guarded(tx, key, mv.FINISH_RUN, now, values, detail)
+            if new[HAS_OUTPUTS]:  # raising undoes the UPDATE and its event
+                raise LedgerConflict(f"job {key}: cannot finish_run: it has outputs", key=key)
+            saved = OutputRecord(
+                output.output_id, output.type, output.url, path, size, sha256, content_type
+            )
+            params = {"k": key, "o": output.output_id, "type": output.type, "url": output.url}
+            file = {"path": path, "size": size, "sha256": sha256, "content_type": content_type}
+            tx.run(sql.INSERT_SAVED_OUTPUT, {**params, **file, "saved_at": now})
+            return self._record(tx, new, [saved])
 
     def clear_output_file(self, key: JobKey, output_id: str) -> None:
         """Forget an output's file (it vanished), so it is downloaded again."""

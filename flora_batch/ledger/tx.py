@@ -163,6 +163,14 @@ def _const(value: str) -> ColumnElement[str]:
 #: The job's row, locked for the transaction (PostgreSQL; SQLite's BEGIN IMMEDIATE has
 #: already locked the database).
 LOCK_JOB = Stmt(lambda: select(jobs).where(jobs.c.key == _K).with_for_update())
+#: The few columns the worker's own transitions read first (``LOCK_JOB``'s lock, a
+#: third of its cost: a whole row is ~30 columns to convert).
+HEAD_COLUMNS = (
+    "key", "state", "run_id", "worker_id", "submitted_at", "idempotency_key", "request_ids"
+)  # fmt: skip
+LOCK_HEAD = Stmt(
+    lambda: select(*[jobs.c[n] for n in HEAD_COLUMNS]).where(jobs.c.key == _K).with_for_update()
+)
 #: Whether the job ``:k`` has outputs: after the RECORD_COLUMNS of a transition's
 #: RETURNING, so that a job without any (until ``downloading``) skips reading them.
 _HAS_OUTPUTS = exists().where(outputs.c.job_key == _K).label("has_outputs")
@@ -208,6 +216,20 @@ OUTPUTS = Stmt(
 INSERT_OUTPUT = Stmt(
     lambda: insert(outputs).values(
         job_key=_K, output_id=bindparam("o"), type=bindparam("type"), url=bindparam("url")
+    )
+)
+#: An output with its saved file (``finish_run``).
+INSERT_SAVED_OUTPUT = Stmt(
+    lambda: insert(outputs).values(
+        job_key=_K,
+        output_id=bindparam("o"),
+        type=bindparam("type"),
+        url=bindparam("url"),
+        path=bindparam("path"),
+        size=bindparam("size"),
+        sha256=bindparam("sha256"),
+        content_type=bindparam("content_type"),
+        saved_at=bindparam("saved_at"),
     )
 )
 SET_URL = Stmt(

@@ -391,7 +391,10 @@ async def test_truncated_download_is_retried_and_never_kept(tmp_path: Path):
 
 
 async def test_expired_output_url_is_refreshed_by_polling_again(tmp_path: Path):
-    """Killed before the download, back after the URL expired: a fresh URL, no new run."""
+    """Killed before the download, back after the URL expired: a fresh URL, no new run.
+
+    The run's one output was not recorded yet (it would have been with its file, by
+    ``finish_run``): the job is still running, so the resume polls the run again."""
     clock = TravelClock()
     emu = emulator(media_ttl=30, clock=clock)
     manifest = write_batch(tmp_path / "b", 1)
@@ -399,7 +402,7 @@ async def test_expired_output_url_is_refreshed_by_polling_again(tmp_path: Path):
     config = fast_settings(emu)
     await run_crashing(manifest, config, transport, ("media", 1, "before"), clock=clock)
     assert transport.seen[-1].startswith("GET /_media/"), transport.seen
-    assert states(manifest) == [JobState.DOWNLOADING]
+    assert states(manifest) == [JobState.RUNNING]
     polls = emu.request_counts[POLL]
     clock.travel(60)
     await run_once(manifest, config, transport, clock=clock)

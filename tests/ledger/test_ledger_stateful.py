@@ -32,7 +32,7 @@ RESERVING = {S.SUBMITTING, S.RUNNING, S.NEEDS_RECONCILE, S.UNRESOLVED, S.DOWNLOA
 TRANSITIONS = [
     "mark_submitting", "release_unsent", "mark_running", "mark_needs_reconcile",
     "mark_unresolved", "resubmit_unresolved", "mark_downloading", "mark_done",
-    "reopen_download", "mark_failed", "retry_failed",
+    "finish_run", "reopen_download", "mark_failed", "retry_failed",
 ]  # fmt: skip
 JOBS = st.integers(min_value=0, max_value=2)
 COSTS = st.one_of(st.none(), st.sampled_from([0.0, 0.1, 0.75]))
@@ -62,6 +62,7 @@ class JobModel:
             "resubmit_unresolved": {S.UNRESOLVED},
             "mark_downloading": {S.RUNNING},
             "mark_done": {S.DOWNLOADING},
+            "finish_run": {S.RUNNING},
             "reopen_download": {S.DONE},
             "mark_failed": {S.SUBMITTING, S.RUNNING, S.DOWNLOADING, S.NEEDS_RECONCILE},
             "retry_failed": {S.FAILED},
@@ -78,18 +79,21 @@ class JobModel:
             "mark_submitting": S.SUBMITTING, "release_unsent": S.PLANNED,
             "mark_running": S.RUNNING, "mark_needs_reconcile": S.NEEDS_RECONCILE,
             "mark_unresolved": S.UNRESOLVED, "resubmit_unresolved": S.PLANNED,
-            "mark_downloading": S.DOWNLOADING, "mark_done": S.DONE,
+            "mark_downloading": S.DOWNLOADING, "mark_done": S.DONE, "finish_run": S.DONE,
             "reopen_download": S.DOWNLOADING, "mark_failed": S.FAILED,
             "retry_failed": S.PLANNED,
         }[action]  # fmt: skip
         if action == "mark_running" and self.state == S.RUNNING:
             return  # the same run reported twice: nothing changes
-        if action in ("mark_running", "mark_downloading", "mark_failed") and cost is not None:
+        billed = ("mark_running", "mark_downloading", "finish_run", "mark_failed")
+        if action in billed and cost is not None:
             self.charged = cost
         if action == "mark_running":
             self.run_id = run
         elif action == "mark_downloading":
             self.saved = {o.output_id: self.saved.get(o.output_id, False) for o in OUTPUTS}
+        elif action == "finish_run":  # a run with one output, its file saved
+            self.saved = {OUTPUTS[0].output_id: True}
         elif action in ("retry_failed", "resubmit_unresolved"):
             self.charged_before += self.charged or 0.0
             self.charged, self.run_id, self.saved = None, None, {}
@@ -105,6 +109,10 @@ def call(
         ledger.mark_running(key, run, now=now, charged_cost=cost)
     elif action == "mark_downloading":
         ledger.mark_downloading(key, OUTPUTS, now=now, charged_cost=cost)
+    elif action == "finish_run":
+        ledger.finish_run(
+            key, OUTPUTS[0], path="p", size=1, sha256="00", now=now, charged_cost=cost
+        )
     elif action == "mark_failed":
         ledger.mark_failed(
             key, code="provider_error", message="m", category="retryable", now=now,

@@ -10,7 +10,7 @@ from ledger_support import OUTPUTS, QUOTES, JobFactory, Opener
 
 from flora_batch.errors import LedgerConflict, LedgerError
 from flora_batch.ledger import Ledger
-from flora_batch.types import JobKey, JobRecord, JobState, RunOutput
+from flora_batch.types import JobKey, JobRecord, JobState, OutputRecord, RunOutput
 
 S = JobState
 NOW = 500.0
@@ -26,6 +26,7 @@ LEGAL: dict[str, tuple[set[JobState], JobState]] = {
     "resubmit_unresolved": ({S.UNRESOLVED}, S.PLANNED),
     "mark_downloading": ({S.RUNNING}, S.DOWNLOADING),
     "mark_done": ({S.DOWNLOADING}, S.DONE),
+    "finish_run": ({S.RUNNING}, S.DONE),
     "reopen_download": ({S.DONE}, S.DOWNLOADING),
     "mark_failed": ({S.SUBMITTING, S.RUNNING, S.DOWNLOADING, S.NEEDS_RECONCILE}, S.FAILED),
     "retry_failed": ({S.FAILED}, S.PLANNED),
@@ -40,6 +41,9 @@ ACTIONS: dict[str, Callable[[Ledger, JobKey], JobRecord]] = {
     "resubmit_unresolved": lambda led, k: led.resubmit_unresolved(k, now=NOW),
     "mark_downloading": lambda led, k: led.mark_downloading(k, OUTPUTS, now=NOW),
     "mark_done": lambda led, k: led.mark_done(k, now=NOW),
+    "finish_run": lambda led, k: led.finish_run(
+        k, OUTPUTS[0], path="out/1.png", size=3, sha256="cd" * 32, now=NOW
+    ),
     "reopen_download": lambda led, k: led.reopen_download(k, now=NOW),
     "mark_failed": lambda led, k: led.mark_failed(
         k, code="provider_error", message="boom", category="retryable", now=NOW
@@ -345,6 +349,36 @@ def test_save_output_checks_job_and_output(ledger: Ledger, job_in: JobIn) -> Non
     assert_unchanged(ledger, key, lambda: saved(ledger, key, "output_9"))
     done = job_in(S.DONE)
     assert_unchanged(ledger, done, lambda: saved(ledger, done, "output_1"))
+
+
+def test_finish_run_records_the_end_the_output_and_its_file_at_once(
+    ledger: Ledger, job_in: JobIn
+) -> None:
+    """finish_run: a running job's one output and file, its bill, done; one event."""
+    key = job_in(S.RUNNING)
+    log = ledger.events(key)
+    rec = ledger.finish_run(
+        key, OUTPUTS[0], path="a/b.png", size=123, sha256="ef" * 32,
+        content_type="image/png", now=NOW, charged_cost=0.3,
+    )  # fmt: skip
+    assert rec == ledger.get(key)
+    assert (rec.state, rec.completed_at, rec.charged_cost) == (S.DONE, NOW, 0.3)
+    assert rec.outputs == (
+        OutputRecord("output_1", "imageUrl", OUTPUTS[0].url, "a/b.png", 123, "ef" * 32,
+                     "image/png"),
+    )  # fmt: skip
+    [event] = ledger.events(key)[len(log) :]
+    assert (event["from_state"], event["to_state"]) == ("running", "done")
+    assert event["detail"] == {"action": "finish_run", "outputs": ["output_1"]}
+    assert ledger.durations("tech-a") == [NOW - 100.0]  # submitted at 100 by job_in
+
+
+def test_finish_run_without_a_bill_keeps_the_job_s(ledger: Ledger, job_in: JobIn) -> None:
+    """An unknown bill changes nothing: the one mark_running recorded stays."""
+    key = job_in(S.SUBMITTING)
+    ledger.mark_running(key, "run_1", now=NOW, charged_cost=0.2)
+    rec = ledger.finish_run(key, OUTPUTS[0], path="p", size=1, sha256="00", now=NOW)
+    assert rec.charged_cost == 0.2
 
 
 def test_refresh_output_urls_keeps_saved_files(ledger: Ledger, job_in: JobIn) -> None:

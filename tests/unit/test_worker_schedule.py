@@ -6,116 +6,21 @@ runs created by a first batch can be finished by the time a second batch resumes
 
 from __future__ import annotations
 
-import asyncio
-import csv
 import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
 
 import httpx
+import pytest
+from worker_support import BreakMedia, Clock, SlowPolls, batch, settings, states
 
 from flora_batch import retrying, worker
-from flora_batch.config import Settings
 from flora_batch.emulator import Emulator, EmulatorConfig
 from flora_batch.ledger import Ledger
 from flora_batch.manifest import load_manifest
 from flora_batch.pipeline import plan_batch, run_batch
 from flora_batch.types import JobState
-
-BASE_URL = "http://127.0.0.1/api/v1"
-
-
-class Clock:
-    """Real time plus an offset that the test moves forward (shared with the emulator)."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-
-class SlowPolls(httpx.AsyncBaseTransport):
-    """The emulator in-process; each poll takes ``delay`` s and polls in the air are counted."""
-
-    def __init__(self, emu: Emulator, delay: float = 0.0) -> None:
-        self.inner = httpx.ASGITransport(app=emu.app)
-        self.delay = delay
-        self.polling = 0
-        self.most = 0
-        self.polls = 0
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        """Forward; around a poll, count it in the air for ``delay`` seconds."""
-        parts = request.url.path.split("/")
-        if request.method != "GET" or len(parts) < 2 or parts[-2] != "runs":
-            return await self.inner.handle_async_request(request)
-        self.polls += 1
-        self.polling += 1
-        self.most = max(self.most, self.polling)
-        try:
-            await asyncio.sleep(self.delay)
-            return await self.inner.handle_async_request(request)
-        finally:
-            self.polling -= 1
-
-
-class BreakMedia(httpx.AsyncBaseTransport):
-    """The emulator in-process; media whose path has ``broken`` in it answer 500 ``times``
-    times; every media request's path is logged."""
-
-    def __init__(self, emu: Emulator, broken: str, times: int) -> None:
-        self.inner = httpx.ASGITransport(app=emu.app)
-        self.broken = broken
-        self.times = times
-        self.media: list[str] = []
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        """Forward, or answer 500 for the broken output while ``times`` lasts."""
-        path = request.url.path
-        if path.startswith("/_media/"):
-            self.media.append(path)
-            if self.broken in path and self.times > 0:
-                self.times -= 1
-                return httpx.Response(500, json={"error": {"code": "internal_error"}})
-        return await self.inner.handle_async_request(request)
-
-
-def batch(folder: Path, n: int, technique: str = "studio-shot") -> Path:
-    """A manifest of ``n`` jobs (studio-shot by default) over allowlisted image URLs."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "rows.csv", "w", newline="") as fh:
-        out = csv.writer(fh)
-        out.writerow(["sku", "image_url"])
-        out.writerows([f"S{i:03d}", f"https://media.flora.ai/demo/mug-{i}.jpg"] for i in range(n))
-    manifest = folder / "m.yaml"
-    manifest.write_text(
-        f"name: sched\ntechnique: {technique}\nrows: rows.csv\nid: sku\n"
-        'inputs:\n  product: "{image_url}"\n'
-        'output:\n  dir: results\n  name: "{sku}-{output_id}{ext}"\n'
-    )
-    return manifest
-
-
-def settings(emu: Emulator, n: int, **kw: object) -> Settings:
-    """Quick in-process settings: short polls, no create pacing, everything in flight."""
-    base: dict[str, object] = {
-        "base_url": BASE_URL,
-        "api_key": emu.config.api_key,
-        "min_poll": 0.05,
-        "max_poll": 0.5,
-        "submit_rate": 0.0,
-        "concurrency": n,
-        "progress": False,
-    }
-    return Settings(**{**base, **kw})  # type: ignore[arg-type]
-
-
-def states(manifest: Path) -> list[JobState]:
-    """Each job's state in the ledger beside the manifest."""
-    with Ledger.open(str(manifest.parent / "sched.ledger.db")) as ledger:
-        return [j.state for j in ledger.jobs()]
 
 
 async def test_resumed_runs_are_polled_a_few_at_a_time_and_paid_once(tmp_path: Path) -> None:
@@ -382,10 +287,16 @@ async def test_a_resume_reads_done_jobs_light_and_refetches_only_a_lost_file(
     assert sorted(emu.charges_by_key().values()) == [1] * n
 
 
-async def test_a_file_lands_only_once_its_job_s_run_is_committed(tmp_path: Path) -> None:
+async def test_a_file_lands_only_once_its_job_s_run_is_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A file put under its final name must belong to a run the ledger has on disk: at each
-    rename, another connection sees the job ``downloading`` with its run id (so a crash
-    right after leaves no file that a resume cannot account for)."""
+    rename, another connection sees the job with its run id (so a crash right after leaves
+    no file that a resume cannot account for: it polls that run and fetches it again).
+    Each run has one output, so the job is still ``running``: ``finish_run`` records the
+    run's end and the file in one commit, after the rename.  Groups stay open 0.3 s, so
+    a run completes and its file is fetched while its ``running`` is still in the group."""
+    monkeypatch.setattr(worker, "_COMMIT_WINDOW", 0.3)
     n = 30
     emu = Emulator(EmulatorConfig(speed=200.0))
     manifest = batch(tmp_path, n)
@@ -413,7 +324,7 @@ async def test_a_file_lands_only_once_its_job_s_run_is_committed(tmp_path: Path)
             on_worker=watch,
         )
     assert result.outcome.counts[JobState.DONE] == n
-    assert seen == [("downloading", True)] * n
+    assert seen == [("running", True)] * n
 
 
 async def test_a_reconcile_never_adopts_the_run_of_a_job_loaded_light(tmp_path: Path) -> None:

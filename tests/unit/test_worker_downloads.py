@@ -1,0 +1,126 @@
+"""How a completed run's outputs reach the ledger, with the real emulator in-process.
+
+A run with one output (the usual case) is recorded ``running -> done`` together with its
+file, in one commit (``Ledger.finish_run``).  When that first fetch fails, or its URL has
+expired, the outputs are recorded first (``downloading``) and the usual rounds go on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from worker_support import BreakMedia, SlowPolls, batch, settings
+
+from flora_batch import retrying
+from flora_batch.emulator import Emulator, EmulatorConfig
+from flora_batch.ledger import Ledger
+from flora_batch.manifest import load_manifest
+from flora_batch.pipeline import run_batch
+from flora_batch.types import JobState
+
+
+def moves(manifest: Path) -> list[list[tuple[str, str]]]:
+    """Each job's state changes after planning (``from -> to``, action), oldest first."""
+    with Ledger.open(str(manifest.parent / "sched.ledger.db")) as ledger:
+        log: list[dict[str, Any]] = ledger.events()
+        keys = [j.key for j in ledger.jobs()]
+        done = [j for j in ledger.jobs() if j.state is JobState.DONE]
+        assert all(o.sha256 and o.path for j in done for o in j.outputs)
+    return [
+        [
+            (f"{e['from_state']}->{e['to_state']}", e["detail"]["action"])
+            for e in log
+            if e["job_key"] == k and e["from_state"]
+        ]
+        for k in keys
+    ]
+
+
+FIRST_FETCH = [("planned->submitting", "mark_submitting"), ("submitting->running", "mark_running")]
+ONE_STEP = [*FIRST_FETCH, ("running->done", "finish_run")]
+TWO_STEPS = [
+    *FIRST_FETCH,
+    ("running->downloading", "mark_downloading"),
+    ("downloading->done", "mark_done"),
+]
+
+
+async def test_a_run_with_one_output_is_done_with_its_file_in_one_commit(tmp_path: Path) -> None:
+    """One output: ``running -> done`` at once (``finish_run``); several: ``downloading``
+    first, each file saved as it lands."""
+    emu = Emulator(EmulatorConfig(speed=1000.0))
+    one = batch(tmp_path / "one", 3)
+    four = batch(tmp_path / "four", 1, technique="turn-any-product-into-4-ad-visuals")
+    with retrying.set_testing():
+        for manifest, n in ((one, 3), (four, 1)):
+            result = await run_batch(
+                load_manifest(manifest), settings(emu, n, min_poll=0.01), transport=SlowPolls(emu)
+            )
+            assert result.outcome.counts[JobState.DONE] == n
+    assert moves(one) == [ONE_STEP] * 3
+    [four_moves] = moves(four)
+    assert four_moves[:3] == TWO_STEPS[:3]
+    assert four_moves[-1] == ("downloading->done", "mark_done")
+    assert sorted(emu.charges_by_key().values()) == [1] * 4
+
+
+async def test_an_expired_url_at_the_first_fetch_is_refreshed_then_recorded(
+    tmp_path: Path,
+) -> None:
+    """The run's one URL answers 410: the run is polled again for a fresh one, and the
+    outputs are recorded with it before the file (no new run)."""
+    emu = Emulator(EmulatorConfig(speed=1000.0))
+    manifest = batch(tmp_path, 1)
+    transport = BreakMedia(emu, broken="/_media/", times=1, status=410)
+    with retrying.set_testing():
+        result = await run_batch(
+            load_manifest(manifest), settings(emu, 1, min_poll=0.01), transport=transport
+        )
+    assert result.outcome.counts[JobState.DONE] == 1
+    assert len(transport.media) == 2  # the expired URL, then the fresh one
+    [job_moves] = moves(manifest)
+    assert job_moves[:3] == TWO_STEPS[:3]
+    assert job_moves[-1] == ("downloading->done", "mark_done")
+    assert emu.charges_by_key() and set(emu.charges_by_key().values()) == {1}
+
+
+async def test_a_first_fetch_that_fails_records_the_outputs_for_the_next_round(
+    tmp_path: Path,
+) -> None:
+    """The one output fails a whole round (every retry): the job is ``downloading`` with
+    its outputs, and the next round fetches and saves the file."""
+    emu = Emulator(EmulatorConfig(speed=1000.0))
+    manifest = batch(tmp_path, 1)
+    tries = retrying.DEFAULT_POLICY.attempts
+    transport = BreakMedia(emu, broken="/_media/", times=tries)
+    with retrying.set_testing():
+        result = await run_batch(
+            load_manifest(manifest), settings(emu, 1, min_poll=0.01), transport=transport
+        )
+    assert result.outcome.counts[JobState.DONE] == 1
+    assert len(transport.media) == tries + 1
+    [job_moves] = moves(manifest)
+    assert job_moves == TWO_STEPS
+    assert list(emu.charges_by_key().values()) == [1]
+
+
+async def test_an_expired_url_of_a_recorded_output_is_refreshed_in_the_ledger(
+    tmp_path: Path,
+) -> None:
+    """Four outputs (recorded before their files): the third's URL answers 410 once; the
+    run is polled again and the fresh URLs replace the old ones, saved files kept."""
+    emu = Emulator(EmulatorConfig(speed=1000.0))
+    manifest = batch(tmp_path, 1, technique="turn-any-product-into-4-ad-visuals")
+    transport = BreakMedia(emu, broken="/output_3", times=1, status=410)
+    with retrying.set_testing():
+        result = await run_batch(
+            load_manifest(manifest), settings(emu, 1, min_poll=0.01), transport=transport
+        )
+    assert result.outcome.counts[JobState.DONE] == 1
+    fetched = [p.rsplit("/", 1)[-1].split(".")[0] for p in transport.media]
+    assert fetched == ["output_1", "output_2", "output_3", "output_3", "output_4"]
+    with Ledger.open(str(manifest.parent / "sched.ledger.db")) as ledger:
+        [job] = ledger.jobs()
+    assert [o.sha256 is not None for o in job.outputs] == [True] * 4
+    assert list(emu.charges_by_key().values()) == [1]
