@@ -29,7 +29,7 @@ WAIT = 2.0
 
 @dataclass
 class Sizes:
-    rounds: int = 3
+    rounds: int = 5
     jobs: int = 200  # per side per round
     concurrency: int = 100
     stack_jobs: int = 200  # per stack variant per round
