@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from dataclasses import replace
@@ -60,6 +61,22 @@ def test_key_material_is_exactly_the_documented_fields() -> None:
 def test_canonical_json() -> None:
     """Sorted keys, no spaces, non-ASCII kept as is."""
     assert canonical_json({"b": 1, "a": ["é", None]}) == '{"a":["é",null],"b":1}'
+
+
+JSON_TREES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300)
+@given(tree=st.dictionaries(st.text(), JSON_TREES, max_size=5))
+def test_canonical_json_is_json_dumps_spelling(tree: dict[str, object]) -> None:
+    """The prebuilt C encoder spells every tree as ``json.dumps`` with the same options:
+    keys hashed today must be the keys hashed by earlier versions."""
+    expected = json.dumps(tree, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert canonical_json(tree) == expected
 
 
 @settings(max_examples=200)
