@@ -2,12 +2,12 @@
 
 ``python -m bench.ledger_micro [N]`` records N planned jobs (one ``record_planned``), then
 pushes each through what the worker does per job: ``mark_submitting``, ``mark_running``,
-``mark_downloading`` (one output), the saved file and ``done``, plus one ``get``.  It prints
-the process CPU (``time.process_time``: user + system, so fsync's kernel work counts, its
-wait does not) and the wall time, per job.  With ``--combined`` the run has one output, so
-one ``save_output`` saves it and finishes the job (the worker's single transaction);
-without, the run has two outputs and each has its ``save_output`` (the second one finishes
-the job).  Compare runs made on the same machine at the same time only.
+``mark_downloading`` (two outputs), one ``get``, and each file's ``save_output`` (the second
+one finishes the job).  With ``--combined`` the run has one output, so ``finish_run`` records
+the run's end and the file at once (the worker's usual path: three transactions per job).
+It prints the process CPU (``time.process_time``: user + system, so fsync's kernel work
+counts, its wait does not) and the wall time, per job.  Compare runs made on the same
+machine at the same time only.
 """
 
 from __future__ import annotations
@@ -50,10 +50,16 @@ def _one_job(
     """The ledger calls the worker makes for one job (create, one poll, one download)."""
     ledger.mark_submitting(key, now=now, grouped=grouped)
     ledger.mark_running(key, f"run_{key[-8:]}", now=now, request_id="req_1")
-    outputs = _OUTPUTS[:1] if combined else _OUTPUTS
-    ledger.mark_downloading(key, outputs, now=now, charged_cost=0.25)
+    if combined:  # one output: the run's end and its file in one commit
+        path, sha = f"out/{key[-8:]}-output_1.png", "ab" * 32
+        ledger.finish_run(
+            key, _OUTPUTS[0], path=path, size=4096, sha256=sha, content_type="image/png",
+            now=now, charged_cost=0.25,
+        )  # fmt: skip
+        return
+    ledger.mark_downloading(key, _OUTPUTS, now=now, charged_cost=0.25)
     ledger.get(key)
-    for out in outputs:
+    for out in _OUTPUTS:
         path, sha = f"out/{key[-8:]}-{out.output_id}.png", "ab" * 32
         ledger.save_output(
             key, out.output_id, path=path, size=4096, sha256=sha, content_type="image/png", now=now
@@ -101,7 +107,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     got = measure(args.n, combined=args.combined, grouped=args.grouped)
-    mode = "one output, one save_output" if args.combined else "two outputs, two save_output"
+    mode = "one output, finish_run" if args.combined else "two outputs, two save_output"
     print(f"ledger micro-benchmark: {args.n} jobs on SQLite, last step {mode}")
     print(f"  record_planned CPU/job   {got['plan_cpu']:.3f} ms")
     print(f"  transitions    CPU/job   {got['cpu']:.3f} ms")
