@@ -71,9 +71,7 @@ class Downloads(WorkerState):
         """
         out = run.outputs[0]
         try:
-            path, saved = await self._fetch(
-                key, 0, OutputRecord(out.output_id, out.type, out.url), refresh=True
-            )
+            path, saved = await self._fetch(key, 0, OutputRecord(out.output_id, out.type, out.url))
         except Exception:
             if self.completed_runs.pop(key, None) is not None:
                 self._record_outputs(key, run)
@@ -96,7 +94,7 @@ class Downloads(WorkerState):
 
     async def _download_one(self, key: JobKey, index: int, out: OutputRecord) -> None:
         """One output of a job in ``downloading``: fetched, then saved in the ledger."""
-        path, saved = await self._fetch(key, index, out, refresh=True)
+        path, saved = await self._fetch(key, index, out)
         self._save(key, out.output_id, path, saved)
 
     def _save(self, key: JobKey, output_id: str, path: str, saved: Downloaded) -> None:
@@ -113,12 +111,10 @@ class Downloads(WorkerState):
             )
         )
 
-    async def _fetch(
-        self, key: JobKey, index: int, out: OutputRecord, *, refresh: bool
-    ) -> tuple[str, Downloaded]:
+    async def _fetch(self, key: JobKey, index: int, out: OutputRecord) -> tuple[str, Downloaded]:
         """Put an output's file under its final name: where it went, and what it holds.
 
-        ``refresh``: an expired URL (403/404/410) is replaced by a fresh one from the run
+        An expired URL (403/404/410) is replaced by a fresh one from the run
         (``_fresh_url``), up to twice.
         """
         rec = self.jobs[key]
@@ -143,7 +139,7 @@ class Downloads(WorkerState):
                 )
             except ApiError as exc:
                 self.results.discard(tmp)
-                if not refresh or exc.status not in (403, 404, 410) or refreshed == 2:
+                if exc.status not in (403, 404, 410) or refreshed == 2:
                     raise
                 refreshed += 1
                 url = await self._fresh_url(key, out.output_id)
