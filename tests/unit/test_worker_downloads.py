@@ -7,12 +7,14 @@ expired, the outputs are recorded first (``downloading``) and the usual rounds g
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 from pathlib import Path
 from typing import Any
 
-from worker_support import BreakMedia, SlowPolls, batch, settings
+from worker_support import BreakMedia, SlowPolls, batch, settings, states
 
-from flora_batch import retrying
+from flora_batch import retrying, worker
 from flora_batch.emulator import Emulator, EmulatorConfig
 from flora_batch.ledger import Ledger
 from flora_batch.manifest import load_manifest
@@ -123,4 +125,42 @@ async def test_an_expired_url_of_a_recorded_output_is_refreshed_in_the_ledger(
     with Ledger.open(str(manifest.parent / "sched.ledger.db")) as ledger:
         [job] = ledger.jobs()
     assert [o.sha256 is not None for o in job.outputs] == [True] * 4
+    assert list(emu.charges_by_key().values()) == [1]
+
+
+async def test_a_file_whose_commit_was_lost_is_fetched_again_under_its_name(
+    tmp_path: Path,
+) -> None:
+    """Stopped between a file's rename and the commit that records it: the job is still
+    ``running`` with its run, so the next run polls that run and fetches the file again
+    under the same name (replacing it): one charge, nothing else in the results folder."""
+    emu = Emulator(EmulatorConfig(speed=1000.0))
+    manifest = batch(tmp_path, 1)
+    landed: list[Path] = []
+
+    def stop_after_rename(w: worker.Worker) -> None:
+        commit = w.results.commit
+
+        def renamed_then_gone(tmp: Path, relative: str, *, synced: bool = False) -> Path | str:
+            landed.append(Path(commit(tmp, relative, synced=synced)))
+            raise asyncio.CancelledError  # as if killed before ``finish_run``'s commit
+
+        w.results.commit = renamed_then_gone  # type: ignore[method-assign]
+
+    quick = settings(emu, 1, min_poll=0.01)
+    with retrying.set_testing():
+        await run_batch(
+            load_manifest(manifest), quick, transport=SlowPolls(emu), on_worker=stop_after_rename
+        )
+        assert states(manifest) == [JobState.RUNNING]
+        assert [p.is_file() for p in landed] == [True]
+        result = await run_batch(load_manifest(manifest), quick, transport=SlowPolls(emu))
+    assert result.outcome.counts[JobState.DONE] == 1
+    with Ledger.open(str(manifest.parent / "sched.ledger.db")) as ledger:
+        [job] = ledger.jobs()
+    [out] = job.outputs
+    assert Path(out.path or "") == landed[0]
+    assert hashlib.sha256(landed[0].read_bytes()).hexdigest() == out.sha256
+    files = [p for p in (manifest.parent / "results").rglob("*") if p.is_file()]
+    assert files == [landed[0]]
     assert list(emu.charges_by_key().values()) == [1]
