@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from .types import JobKey, JobSpec
@@ -44,36 +44,30 @@ KEY_PREFIX = "fk1:"
 _DIGEST_SIZE = 16
 
 
-#: ``json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``, built
-#: once: ``dumps`` with options builds a new encoder per call (a third of keying a job).
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+def compact_json(*, sort_keys: bool) -> Callable[[Any], str]:
+    """``json.dumps(value, sort_keys=..., separators=(",", ":"), ensure_ascii=False)`` as
+    a function whose encoder is made once: ``dumps`` with options (and ``encode``) make a
+    new one at every call, a fifth of keying a job and a third of writing an event.
 
-
-def _c_canonical() -> Callable[[Any, int], Sequence[str]] | None:
-    """``_CANONICAL``'s C encoder, made once (``encode`` makes one per call: a fifth of
-    keying a job, which a resumed 100,000-row batch does for every row).
-
-    Without the circular-reference check, which changes no output (key material is a
-    tree of dicts, lists, strings and numbers), only the time it takes.
+    Its C encoder is made without the circular-reference check, which changes no output
+    (keys and ledger values are trees of dicts, lists, strings and numbers), only the
+    time it takes.
     """
+    encoder = json.JSONEncoder(sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False)
     make = getattr(json.encoder, "c_make_encoder", None)
     basestring = getattr(json.encoder, "c_encode_basestring", None)
     if make is None or basestring is None:
-        return None
-    e = _CANONICAL
-    return make(  # type: ignore[no-any-return]
-        None, e.default, basestring, None, ":", ",", True, False, True
-    )
+        return encoder.encode
+    c_encode = make(None, encoder.default, basestring, None, ":", ",", sort_keys, False, True)
+    return lambda value: "".join(c_encode(value, 0))
 
 
-_C_CANONICAL = _c_canonical()
+_CANONICAL = compact_json(sort_keys=True)
 
 
 def canonical_json(obj: Any) -> str:
     """One spelling per value: the text that gets hashed, so it must never vary."""
-    if _C_CANONICAL is None or not isinstance(obj, dict):
-        return _CANONICAL.encode(obj)
-    return "".join(_C_CANONICAL(obj, 0))
+    return _CANONICAL(obj)
 
 
 def normalise(value: str) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import RowMapping
 
 from ..errors import LedgerError
+from ..keys import compact_json
 from ..types import JobKey, JobRecord, JobSpec, JobState, OutputRecord, RunInput
 
 #: A row by column name: SQLAlchemy's, or a dict from ``tx.Tx``.
@@ -34,34 +35,9 @@ RESERVING_STATES = frozenset(
 )
 
 
-# Keys keep their order (a row's cells stay in column order); one encoder, built once.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-
-
-def _c_encoder() -> Callable[[Any, int], Sequence[str]] | None:
-    """``_ENCODER``'s C encoder, made once: ``encode`` makes a new one at every call.
-
-    Without a circular-reference check (the ledger's values are trees), which changes
-    nothing for them but a third of ``dumps``' time (an event's detail, at every change).
-    """
-    make = getattr(json.encoder, "c_make_encoder", None)
-    basestring = getattr(json.encoder, "c_encode_basestring", None)
-    if make is None or basestring is None:
-        return None
-    e = _ENCODER
-    return make(  # type: ignore[no-any-return]
-        None, e.default, basestring, None, ":", ",", False, False, True
-    )
-
-
-_C_ENCODE = _c_encoder()
-
-
-def dumps(value: Any) -> str:
-    """Compact JSON text, as stored in the ledger's JSON columns."""
-    if _C_ENCODE is None:
-        return _ENCODER.encode(value)
-    return "".join(_C_ENCODE(value, 0))
+#: Compact JSON text, as stored in the ledger's JSON columns; keys keep their order (a
+#: row's cells stay in column order).
+dumps = compact_json(sort_keys=False)
 
 
 def planned_row(

@@ -13,7 +13,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from worker_support import BreakMedia, Clock, SlowPolls, batch, settings, states
+from worker_support import (
+    BreakMedia,
+    Clock,
+    SlowPolls,
+    batch,
+    created_then_stopped,
+    settings,
+    states,
+)
 
 from flora_batch import retrying, worker
 from flora_batch.emulator import Emulator, EmulatorConfig
@@ -31,12 +39,7 @@ async def test_resumed_runs_are_polled_a_few_at_a_time_and_paid_once(tmp_path: P
     emu = Emulator(EmulatorConfig(speed=1.0, clock=clock))
     manifest = batch(tmp_path, n)
     with retrying.set_testing():
-        first = await run_batch(
-            load_manifest(manifest),
-            settings(emu, n, max_runtime=0.5, min_poll=5.0, max_poll=5.0),
-            transport=SlowPolls(emu),
-            clock=clock,
-        )
+        first = await created_then_stopped(manifest, emu, n, clock)
         assert first.outcome.stopped == "runtime"
         assert JobState.RUNNING in states(manifest)
         clock.offset += 3600  # every run has ended by the resume
@@ -175,12 +178,7 @@ async def test_runs_answering_5xx_do_not_hold_the_poll_slots(tmp_path: Path) -> 
     emu = Emulator(EmulatorConfig(speed=1.0, clock=clock))
     manifest = batch(tmp_path, n)
     with retrying.set_testing():
-        first = await run_batch(
-            load_manifest(manifest),
-            settings(emu, n, max_runtime=0.5, min_poll=5.0, max_poll=5.0),
-            transport=SlowPolls(emu),
-            clock=clock,
-        )
+        first = await created_then_stopped(manifest, emu, n, clock)
         assert first.outcome.counts[JobState.RUNNING] == n
         clock.offset += 3600  # every run has ended by the resume
         sick_polls = SickPolls(emu, sick)

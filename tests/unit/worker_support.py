@@ -12,6 +12,8 @@ import httpx
 from flora_batch.config import Settings
 from flora_batch.emulator import Emulator
 from flora_batch.ledger import Ledger
+from flora_batch.manifest import load_manifest
+from flora_batch.pipeline import BatchResult, run_batch
 from flora_batch.types import JobState
 
 BASE_URL = "http://127.0.0.1/api/v1"
@@ -109,3 +111,14 @@ def states(manifest: Path) -> list[JobState]:
     """Each job's state in the ledger beside the manifest."""
     with Ledger.open(str(manifest.parent / "sched.ledger.db")) as ledger:
         return [j.state for j in ledger.jobs()]
+
+
+async def created_then_stopped(manifest: Path, emu: Emulator, n: int, clock: Clock) -> BatchResult:
+    """A first batch that creates its ``n`` runs and stops (``max_runtime``) before any
+    of them is polled: every job is left ``running`` for a resume to find."""
+    return await run_batch(
+        load_manifest(manifest),
+        settings(emu, n, max_runtime=0.5, min_poll=5.0, max_poll=5.0),
+        transport=SlowPolls(emu),
+        clock=clock,
+    )
