@@ -1,7 +1,8 @@
 """Build a big ledger fast: ``python -m bench.build_ledger '<json spec>'`` (not measured).
 
-The jobs are keyed exactly as ``flora-batch run`` keys them (the manifest, the rows and
-the technique schemas from the emulator, then ``Ledger.record_planned``).  One job is
+The jobs are keyed and recorded exactly as ``flora-batch run`` does it (``pipeline.prepare``
+against the emulator's schemas, which also leaves the plan memo, then
+``Ledger.record_planned``; ``"no_memo": true`` leaves none).  One job is
 then walked through the real transitions (``mark_submitting`` ... ``mark_done``);
 driving 100,000 jobs that way would take ~5 transactions x 100,000 = minutes, so the
 others are moved to the same state by one SQL transaction that sets the same columns,
@@ -25,26 +26,31 @@ from pathlib import Path
 from typing import Any
 
 from flora_batch.client import FloraClient
-from flora_batch.keys import job_key
+from flora_batch.config import Settings
+from flora_batch.jobs import build_keyed_jobs
 from flora_batch.ledger import Ledger
-from flora_batch.manifest import build_jobs, load_manifest
-from flora_batch.pipeline import fetch_techniques
+from flora_batch.manifest import load_manifest
+from flora_batch.pipeline import prepare
 from flora_batch.rows import load_rows
-from flora_batch.types import JobKey, RunOutput
+from flora_batch.types import JobKey, JobSpec, RunOutput
 
 TINY = b"flora-bench-out\n"
 
 
-async def _plan(spec: dict[str, Any]) -> tuple[Any, list[tuple[JobKey, Any]], dict[str, float]]:
-    """``pipeline.prepare`` up to the keys (no plan is needed here)."""
+async def _plan(spec: dict[str, Any], ledger: Ledger) -> list[tuple[JobKey, JobSpec]]:
+    """``pipeline.prepare`` as ``run`` calls it (it leaves the plan memo), then the jobs
+    recorded; the batch's every job is returned with its spec (for the bulk update)."""
     m = load_manifest(Path(spec["manifest"]))
+    settings = Settings(base_url=spec["base_url"], api_key="sk_test_emulator")
     async with FloraClient(spec["base_url"], "sk_test_emulator") as client:
-        techniques = await fetch_techniques(client, m)
+        prepared = await prepare(m, client, ledger, settings, remember=not spec.get("no_memo"))
+    assert not prepared.skipped, prepared.skipped[:3]
+    costs = {slug: t.run_cost for slug, t in prepared.techniques.items()}
+    ledger.record_planned(prepared.new_jobs(), quoted_cost=costs, now=time.time())
     columns, rows = load_rows(m.rows, m.path)
-    specs, problems = build_jobs(m, columns, rows, techniques)
-    assert not problems, problems[:3]
-    costs = {slug: t.run_cost for slug, t in techniques.items()}
-    return m, [(job_key(s), s) for s in specs], costs
+    keyed, _ = build_keyed_jobs(m, columns, rows, prepared.techniques)
+    assert [k for k, _ in keyed] == list(prepared.keys)
+    return keyed
 
 
 def _reference(
@@ -139,11 +145,10 @@ def main() -> None:
     arg = sys.argv[1]
     spec = json.loads(Path(arg[1:]).read_text() if arg.startswith("@") else arg)
     t0 = time.perf_counter()
-    _m, keyed, costs = asyncio.run(_plan(spec))
     db = Path(spec["ledger"])
     ledger = Ledger.open(str(db))
+    keyed = asyncio.run(_plan(spec, ledger))
     now = time.time()
-    ledger.record_planned(keyed, quoted_cost=costs, now=now)
     if spec.get("dump_jobs"):  # for the emulator's preload: [slug, inputs, key] per job
         rows = [
             [j.technique, [{"id": i.id, "type": i.type, "value": i.value} for i in j.inputs], k]

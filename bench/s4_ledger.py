@@ -2,8 +2,11 @@
 
 a) ``flora-batch plan`` and ``flora-batch run`` (real CLI subprocesses, peak RSS from
    ``wait4``) on a 100,000-row manifest whose jobs are all done, each with one tiny
-   output file on disk.  The baseline is the same command on a 1-row manifest (start-up:
-   imports, the ledger's migration check, one schema request).
+   output file on disk, its ledger written as ``run`` writes it (with the plan memo,
+   ``flora_batch/memo.py``).  The baseline is the same command on a 1-row manifest
+   (start-up: imports, the ledger's migration check, one schema request).  Then both
+   commands once more without the memo (as the first resume after an upgrade), which
+   informs.
 b) 10,000 runs in flight at once: a ledger of 10,000 ``running`` jobs whose runs the
    emulator holds (preloaded, 300 s each, at real speed), resumed by ``run_batch`` with
    concurrency 10,000 for ``max_runtime`` seconds.  Peak RSS, and the scheduler's CPU
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import sys
 import tempfile
 import time
@@ -80,11 +84,49 @@ def _all_done(work: Path, sizes: Sizes) -> tuple[list[Row], dict[str, Any]]:
                         "cpu": got.rusage_cpu,
                         "rc": got.data["returncode"],
                     }
+            # The same resume once more without the plan memo (as after an upgrade of
+            # flora-batch): every row rendered and keyed again.
+            ledger = str(big.parent / "ledger.db")
+            _forget_memos(big.parent / "ledger.db")
+            for cmd in ("plan", "run"):
+                args = [cmd, str(big), "--ledger", ledger, "--results", str(files / "big")]
+                got = _cli(["-q", *args] if cmd == "run" else args, emu, sizes.cli_give_up)
+                out[f"{cmd}-cold"] = {
+                    "wall": got.wall,
+                    "rss": got.maxrss_mb,
+                    "cpu": got.rusage_cpu,
+                    "rc": got.data["returncode"],
+                }
             creates = emu.state()["request_counts"].get("POST /api/v1/techniques/{slug}/runs", 0)
     finally:
         shutil.rmtree(files, ignore_errors=True)
     raw.update(out, creates=creates)
-    return [r for cmd in ("plan", "run") for r in _rows(cmd, out, creates, sizes)], raw
+    rows = [r for cmd in ("plan", "run") for r in _rows(cmd, out, creates, sizes)]
+    return rows + [_cold_row(cmd, out, sizes) for cmd in ("plan", "run")], raw
+
+
+def _forget_memos(db: Path) -> None:
+    """Delete the ledger's plan memos (``memo.py``), as a new flora-batch version would
+    ignore them."""
+    con = sqlite3.connect(db)
+    with con:
+        con.execute("DELETE FROM meta WHERE name LIKE 'plan-memo:%'")
+    con.close()
+
+
+def _cold_row(cmd: str, out: dict[str, Any], sizes: Sizes) -> Row:
+    """The resume without a plan memo: informs (the target is for a batch ``run`` left)."""
+    c, b = out[f"{cmd}-cold"], out[f"{cmd}-big"]
+    wall = "killed" if c["rc"] == -9 else f"{c['wall']:.1f} s, {c['rss']:.0f} MB"
+    return Row(
+        "4",
+        f"`{cmd}` on {sizes.rows:,} done jobs, no plan memo (first after an upgrade)",
+        wall + ("" if c["rc"] in (0, -9) else f" (exit {c['rc']})"),
+        f"{b['wall']:.1f} s (with the memo)",
+        "",
+        "informs",
+        None,
+    )
 
 
 def _rows(cmd: str, out: dict[str, Any], creates: int, sizes: Sizes) -> list[Row]:

@@ -445,7 +445,7 @@ def plan(
     spent, reserved = committed(ledger_url, m.name)
     data = {
         "batch": m.name,
-        "jobs": len(p.jobs),
+        "jobs": len(p.keys),
         "new": len(p.new),
         "done": len(p.done),
         "in_flight": len(p.in_flight),

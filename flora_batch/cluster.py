@@ -112,7 +112,7 @@ async def submit_batch(
     _prepare_results(location, storage_options)
     with Ledger.open(url) as ledger:
         async with FloraClient(settings.base_url, settings.api_key, transport=transport) as client:
-            prepared = await prepare(manifest, client, ledger, settings)
+            prepared = await prepare(manifest, client, ledger, settings, remember=True)
         if prepared.uploads:
             raise UsageError(
                 "this batch has local input files: workers cannot upload them yet; "

@@ -168,7 +168,7 @@ def _show_submitted(done: Submitted, *, as_json: bool) -> None:
     prep = done.prepared
     data = {
         "batch": prep.manifest.name,
-        "jobs": len(prep.keyed),
+        "jobs": len(prep.keys),
         "new": done.new,
         "reopened": done.retried,
         "states": {s.value: n for s, n in done.counts.items() if n},

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import httpx
 
-from . import retrying
+from . import memo, retrying
 from .client import FloraClient
 from .config import Settings, check_workspace_id
 from .errors import AuthError, FloraError, InsufficientCredits, ManifestError, ManifestProblems
 from .jobs import build_keyed_jobs, check_manifest
 from .ledger import Ledger
 from .manifest import Manifest
-from .plan import Plan, plan_keyed
+from .plan import Plan, plan_keyed, plan_known
 from .results import Results
 from .rows import load_rows
 from .sources import MediaInputs, UploadSource, UploadSummary, needed_sources, summarise
@@ -38,7 +38,11 @@ Clock = Callable[[], float]
 
 @dataclass(repr=False)
 class Prepared:
-    """A validated batch: its schemas, its jobs and what the ledger already knows of them.
+    """A validated batch: its schemas, its plan against the ledger and its new jobs.
+
+    ``plan.keys`` names every job of the batch; only the new ones keep their ``JobSpec``
+    (``new_jobs``): on a resumed batch of 100,000, none.  ``memo`` says the keys came
+    from the plan memo (``memo.py``) rather than from rendering the rows again.
 
     Its repr is one line: ``asyncio.run`` formats the repr of the task that returned it
     (when it restores the SIGINT handler), and a generated repr of 100,000 job specs
@@ -47,25 +51,30 @@ class Prepared:
 
     manifest: Manifest
     techniques: dict[str, Technique]
-    keyed: list[tuple[JobKey, JobSpec]]
     skipped: list[ManifestError]
     plan: Plan
+    fresh: list[tuple[JobKey, JobSpec]] = field(default_factory=list)
     uploads: dict[str, UploadSource] = field(default_factory=dict)  # by upload key
     upload_summary: UploadSummary | None = None
     workspace_id: str | None = None
+    memo: bool = False
+
+    @property
+    def keys(self) -> tuple[JobKey, ...]:
+        """Every job of the batch, in row order."""
+        return self.plan.keys
 
     def new_jobs(self) -> list[tuple[JobKey, JobSpec]]:
-        """The jobs the plan found new: on a resumed batch, none of its 100,000 need a lookup.
+        """The jobs the plan found new, with their specs, in row order.
 
         ``record_planned`` still checks every key it is given inside its own transaction,
         so a job another process recorded since the plan is left alone; a job the plan saw
         in the ledger stays there (jobs are never deleted).
         """
-        new = set(self.plan.new)
-        return [(k, s) for k, s in self.keyed if k in new] if new else []
+        return self.fresh
 
     def __repr__(self) -> str:
-        return f"<Prepared {self.manifest.name!r}: {len(self.keyed)} jobs>"
+        return f"<Prepared {self.manifest.name!r}: {len(self.keys)} jobs>"
 
 
 @dataclass(repr=False)
@@ -133,23 +142,62 @@ async def fetch_techniques(client: FloraClient, manifest: Manifest) -> dict[str,
 
 
 async def prepare(
-    manifest: Manifest, client: FloraClient, ledger: Ledger | None, settings: Settings
+    manifest: Manifest,
+    client: FloraClient,
+    ledger: Ledger | None,
+    settings: Settings,
+    *,
+    remember: bool = False,
 ) -> Prepared:
-    """Validate every row against the live schemas and plan against the ledger."""
+    """Validate every row against the live schemas and plan against the ledger.
+
+    With ``remember`` (the commands that write the ledger), a batch planned the long
+    way leaves its keys in the ledger's plan memo for the next resume (``memo.py``).
+    """
     techniques = await fetch_techniques(client, manifest)
     with _no_gc():
-        return _prepared(manifest, techniques, ledger, settings)
+        remembered = _from_memo(manifest, techniques, ledger, settings)
+        if remembered is not None:
+            return remembered
+        return _prepared(manifest, techniques, ledger, settings, remember=remember)
+
+
+def _from_memo(
+    manifest: Manifest, techniques: dict[str, Technique], ledger: Ledger | None, settings: Settings
+) -> Prepared | None:
+    """The batch planned from its memo, or None: no memo, another digest, or a key the
+    ledger does not hold (then something is new, and the long way records it)."""
+    if ledger is None:
+        return None
+    workspace = workspace_location(manifest, settings)
+    digest = memo.batch_digest(manifest, techniques, uploads=workspace is not None)
+    keys = memo.decode(ledger.get_meta(memo.memo_name(manifest.name)), digest) if digest else None
+    if not keys:
+        return None
+    known = ledger.known_slots(manifest.name)
+    if any(key not in known for key in keys):
+        return None
+    plan = plan_known(manifest.name, keys, known, techniques, retry_failed=settings.retry_failed)
+    return Prepared(manifest, techniques, [], plan, workspace_id=workspace, memo=True)
 
 
 def _prepared(
-    manifest: Manifest, techniques: dict[str, Technique], ledger: Ledger | None, settings: Settings
+    manifest: Manifest,
+    techniques: dict[str, Technique],
+    ledger: Ledger | None,
+    settings: Settings,
+    *,
+    remember: bool,
 ) -> Prepared:
     """``prepare`` once the schemas are known: rows, jobs, plan (no await, no request)."""
+    workspace = workspace_location(manifest, settings)
+    digest = None
+    if remember and ledger is not None:  # read before the rows: see _remember
+        digest = memo.batch_digest(manifest, techniques, uploads=workspace is not None)
     columns, rows = load_rows(manifest.rows, manifest.path)
     fatal = check_manifest(manifest, columns, techniques)
     if fatal:  # problems of the manifest itself stop the batch even with --skip-invalid
         raise ManifestProblems(fatal)
-    workspace = workspace_location(manifest, settings)
     media = MediaInputs(FileProbe(manifest.path.parent), uploads=workspace is not None)
     keyed, problems = build_keyed_jobs(manifest, columns, rows, techniques, media=media)
     del rows  # the specs share the rows' cells; the list itself is no longer needed
@@ -160,9 +208,30 @@ def _prepared(
     plan = plan_keyed(keyed, known, techniques, retry_failed=settings.retry_failed)
     del known  # 100,000 entries: free them before the worker loads the batch
     uploads = needed_sources((s.inputs for _, s in keyed), media.sources)
+    if ledger is not None and digest and not problems and not media.sources:
+        _remember(ledger, manifest, techniques, digest, plan.keys, workspace)
+    new = set(plan.new)
+    fresh = [(k, s) for k, s in keyed if k in new] if new else []
+    del keyed  # only the new jobs' specs are needed from here on
     held = ledger.uploads(uploads) if ledger is not None and uploads else {}
     summary = summarise(uploads, held, workspace) if uploads else None
-    return Prepared(manifest, techniques, keyed, problems, plan, uploads, summary, workspace)
+    return Prepared(
+        manifest, techniques, problems, plan, fresh, uploads, summary, workspace_id=workspace
+    )
+
+
+def _remember(
+    ledger: Ledger,
+    manifest: Manifest,
+    techniques: dict[str, Technique],
+    digest: str,
+    keys: tuple[JobKey, ...],
+    workspace: str | None,
+) -> None:
+    """Store the batch's keys under ``digest``, if the rows file did not change meanwhile
+    (the keys must be those of the bytes the digest read)."""
+    if memo.batch_digest(manifest, techniques, uploads=workspace is not None) == digest:
+        ledger.set_meta(memo.memo_name(manifest.name), memo.encode(digest, keys))
 
 
 @contextmanager
@@ -225,7 +294,7 @@ async def run_batch(
         async with FloraClient(
             settings.base_url, settings.api_key, transport=transport, timeout=settings.timeout
         ) as client:
-            prepared = await prepare(manifest, client, ledger, settings)
+            prepared = await prepare(manifest, client, ledger, settings, remember=True)
             results = Results(results_location(manifest, settings))
             results.prepare()
             ledger.record_planned(
@@ -366,7 +435,7 @@ _NOT_DONE = frozenset(JobState) - {JobState.DONE}
 
 def _saved_of(ledger: Ledger, prepared: Prepared) -> list[SavedJob]:
     """This manifest's done jobs, light: a resume of 100,000 only checks their files."""
-    wanted = {k for k, _ in prepared.keyed}
+    wanted = set(prepared.keys)
     return [s for s in ledger.saved_jobs(prepared.manifest.name) if s.key in wanted]
 
 
@@ -374,6 +443,6 @@ def _jobs_of(
     ledger: Ledger, prepared: Prepared, states: frozenset[JobState] | set[JobState] | None = None
 ) -> list[JobRecord]:
     """This manifest's jobs (in ``states``) in input order; jobs of removed rows are left alone."""
-    wanted = {k for k, _ in prepared.keyed}
+    wanted = set(prepared.keys)
     found = ledger.jobs(batch=prepared.manifest.name, states=states)
     return [r for r in found if r.key in wanted]

@@ -43,10 +43,12 @@ class Plan:
     ``cost_by_technique`` and ``total_cost`` estimate what running the plan would
     charge: ``run_cost`` for each new job, each job planned but never sent, and, with
     ``retry_failed``, each failed job.  They are in each technique's ``cost_unit``.
+
+    ``keys`` holds every key the rows produce, in row order.
     """
 
     batch: str
-    jobs: tuple[tuple[JobKey, JobSpec], ...]
+    keys: tuple[JobKey, ...]
     new: tuple[JobKey, ...]
     done: tuple[JobKey, ...]
     in_flight: tuple[JobKey, ...]
@@ -97,8 +99,45 @@ def plan_keyed(
     """
     jobs = list(jobs)
     _check_keyed(jobs)
-    groups = _classify(jobs, known)
-    changed, retired = _changes(jobs, known, groups["new"])
+    batch = jobs[0][1].batch if jobs else ""
+    keys = [key for key, _ in jobs]
+    return _plan(batch, keys, known, dict(jobs), techniques, retry_failed)
+
+
+def plan_known(
+    batch: str,
+    keys: Sequence[JobKey],
+    known: Mapping[JobKey, Known],
+    techniques: Mapping[str, Technique],
+    *,
+    retry_failed: bool = False,
+) -> Plan:
+    """``plan_keyed`` for a batch whose every key the ledger already holds (``memo.py``).
+
+    Nothing is new, so no ``JobSpec`` is needed: each job's technique is the ledger's.
+    The plan is the one ``plan_keyed`` makes of the same jobs.
+
+    Raises:
+        ValueError: a key repeats, or the ledger does not know one.
+    """
+    if len(set(keys)) != len(keys):
+        raise ValueError("two jobs have the same key")
+    if any(key not in known for key in keys):
+        raise ValueError("a key the ledger does not know: plan it with plan_keyed")
+    return _plan(batch if keys else "", list(keys), known, {}, techniques, retry_failed)
+
+
+def _plan(
+    batch: str,
+    keys: list[JobKey],
+    known: Mapping[JobKey, Known],
+    specs: Mapping[JobKey, JobSpec],
+    techniques: Mapping[str, Technique],
+    retry_failed: bool,
+) -> Plan:
+    """Classify, pair the changes, cost: ``specs`` is needed only for the new keys."""
+    groups = _classify(keys, known)
+    changed, retired = _changes(keys, known, [specs[k] for k in groups["new"]], groups["new"])
     billable = [
         *groups["new"],
         *(k for k in groups["in_flight"] if known[k][0] == JobState.PLANNED),
@@ -106,10 +145,11 @@ def plan_keyed(
     if retry_failed:
         billable += groups["failed"]
     billed = set(billable)
-    costs = _costs([spec for key, spec in jobs if key in billed], techniques)
+    slugs = [specs[k].technique if k in specs else known[k][1] for k in keys if k in billed]
+    costs = _costs(slugs, techniques)
     return Plan(
-        batch=jobs[0][1].batch if jobs else "",
-        jobs=tuple(jobs),
+        batch=batch,
+        keys=tuple(keys),
         new=tuple(groups["new"]),
         done=tuple(groups["done"]),
         in_flight=tuple(groups["in_flight"]),
@@ -141,13 +181,11 @@ def _group(state: JobState | None) -> str:
     return {JobState.DONE: "done", JobState.FAILED: "failed"}.get(state, "unresolved")
 
 
-def _classify(
-    jobs: list[tuple[JobKey, JobSpec]], known: Mapping[JobKey, Known]
-) -> dict[str, list[JobKey]]:
+def _classify(keys: list[JobKey], known: Mapping[JobKey, Known]) -> dict[str, list[JobKey]]:
     groups: dict[str, list[JobKey]] = {
         g: [] for g in ("new", "done", "in_flight", "failed", "unresolved")
     }
-    for key, _ in jobs:
+    for key in keys:
         entry = known.get(key)
         groups[_group(entry[0] if entry else None)].append(key)
     return groups
@@ -159,15 +197,16 @@ def _slot(technique: str, row_id: str | None, row_index: int) -> tuple[str, str]
 
 
 def _changes(
-    jobs: list[tuple[JobKey, JobSpec]], known: Mapping[JobKey, Known], new: list[JobKey]
+    keys: list[JobKey], known: Mapping[JobKey, Known], specs: list[JobSpec], new: list[JobKey]
 ) -> tuple[tuple[tuple[JobKey, JobKey], ...], tuple[JobKey, ...]]:
-    """Pair ledger keys no row produces with the new key of the same row; the rest retire."""
-    produced = {key for key, _ in jobs}
+    """Pair ledger keys no row produces with the new key of the same row; the rest retire.
+
+    ``specs`` are the new keys' jobs, in the order of ``new``.
+    """
+    produced = set(keys)
     gone = sorted((k for k in known if k not in produced), key=lambda k: (known[k][3], k))
     new_by_slot: dict[tuple[str, str], list[JobKey]] = {}
-    specs = dict(jobs)
-    for key in new:
-        spec = specs[key]
+    for key, spec in zip(new, specs, strict=True):
         new_by_slot.setdefault(_slot(spec.technique, spec.row_id, spec.row_index), []).append(key)
     changed: list[tuple[JobKey, JobKey]] = []
     retired: list[JobKey] = []
@@ -180,9 +219,10 @@ def _changes(
     return tuple(changed), tuple(retired)
 
 
-def _costs(specs: Sequence[JobSpec], techniques: Mapping[str, Technique]) -> dict[str, float]:
+def _costs(slugs: Sequence[str], techniques: Mapping[str, Technique]) -> dict[str, float]:
+    """Each technique's billable jobs at its ``run_cost`` (``slugs``: one per job)."""
     totals: dict[str, list[float]] = {}
-    for spec in specs:
-        technique = techniques.get(spec.technique)
-        totals.setdefault(spec.technique, []).append(technique.run_cost if technique else 0.0)
+    for slug in slugs:
+        technique = techniques.get(slug)
+        totals.setdefault(slug, []).append(technique.run_cost if technique else 0.0)
     return {slug: round(math.fsum(costs), 6) for slug, costs in totals.items()}

@@ -221,8 +221,9 @@ async def test_expired_keys_never_adopt_another_jobs_run(tmp_path: Path):
     async with FloraClient(BASE_URL, emu.config.api_key, transport=transport) as client:
         with Ledger.open(ledger_path(manifest)) as ledger:
             prepared = await prepare(m, client, ledger, config)
-            ledger.record_planned(prepared.keyed, quoted_cost={"studio-shot": 0.06}, now=clock())
-            first, second = (k for k, _ in prepared.keyed)
+            quotes = {"studio-shot": 0.06}
+            ledger.record_planned(prepared.new_jobs(), quoted_cost=quotes, now=clock())
+            first, second = prepared.keys
             ledger.mark_submitting(first, now=clock())  # its create never reached FLORA
             rec = ledger.mark_submitting(second, now=clock())
         await client.create_run(rec.technique, rec.inputs, rec.idempotency_key)

@@ -42,7 +42,7 @@ def test_every_state_lands_in_its_group() -> None:
     plan = make_plan(specs, ledger, CATALOG)
     keys = [job_key(s) for s in specs]
     assert plan.batch == "spring"
-    assert [k for k, _ in plan.jobs] == keys
+    assert list(plan.keys) == keys
     assert plan.new == (keys[0],)
     assert plan.done == (keys[1],)
     assert plan.in_flight == tuple(keys[2:7])
@@ -117,7 +117,7 @@ def test_other_technique_is_not_a_change() -> None:
 def test_empty_plan() -> None:
     """No rows and an empty ledger give an empty plan."""
     plan = make_plan([], {}, CATALOG)
-    assert (plan.batch, plan.jobs, plan.new, plan.total_cost) == ("", (), (), 0)
+    assert (plan.batch, plan.keys, plan.new, plan.total_cost) == ("", (), (), 0)
 
 
 def test_duplicate_keys_and_mixed_batches_are_bugs() -> None:
@@ -148,5 +148,5 @@ def test_reordering_rows_changes_nothing_but_order(
     assert a.cost_by_technique == b.cost_by_technique
     assert a.total_cost == b.total_cost
     every = [*a.new, *a.done, *a.in_flight, *a.failed, *a.unresolved]
-    assert sorted(every) == sorted(k for k, _ in a.jobs)
+    assert sorted(every) == sorted(a.keys)
     assert {old for old, _ in a.changed} | set(a.retired) == {job_key(gone)}

@@ -11,7 +11,7 @@ from inproc_uploads import TravelClock, WebTransport, run_crashing, run_once, se
 from PIL import Image
 from upload_helpers import big_png, image, manifest, write_rows
 
-from flora_batch import retrying
+from flora_batch import memo, retrying
 from flora_batch.emulator import Emulator, EmulatorConfig
 from flora_batch.ledger import Ledger
 from flora_batch.types import JobState, UploadState
@@ -218,3 +218,23 @@ async def test_uploads_on_a_postgresql_ledger(tmp_path: Path):
         result = await run_once(path, config, transport)
     assert result.outcome.counts[JobState.DONE] == 4
     check_once(emu, 3, 4)
+
+
+async def test_a_batch_of_local_files_keeps_no_plan_memo_and_sees_an_edited_file(
+    tmp_path: Path,
+):
+    """The plan memo does not read input files, so a batch with any is never planned from
+    one: a file changed in place makes new jobs for the rows that use it."""
+    emu = Emulator(EmulatorConfig(speed=2000))
+    path = three_files(tmp_path)
+    first = await run_once(path, settings(emu), WebTransport(emu))
+    again = await run_once(path, settings(emu), WebTransport(emu))
+    assert not first.prepared.memo and not again.prepared.memo
+    assert again.prepared.plan.new == ()
+    with Ledger.open(str(tmp_path / "pics.ledger.db")) as ledger:
+        assert ledger.get_meta(memo.memo_name("pics")) is None
+    image(tmp_path / "a.png", seed=9)
+    edited = await run_once(path, settings(emu), WebTransport(emu))
+    assert len(edited.prepared.plan.new) == 2  # the two rows of a.png
+    assert edited.outcome.counts[JobState.DONE] == 4
+    assert sorted(emu.charges_by_key().values()) == [1] * 6
