@@ -29,8 +29,10 @@ def walk(
     ctx = click.Context(command, info_name=name, parent=parent, **settings)
     yield ctx.command_path, ctx
     if isinstance(command, click.Group):
-        for sub_name in sorted(command.commands):
-            yield from walk(command.commands[sub_name], sub_name, ctx)
+        for sub_name in sorted(command.list_commands(ctx)):  # lazy ones too (cli._Commands)
+            sub = command.get_command(ctx, sub_name)
+            if sub is not None:
+                yield from walk(sub, sub_name, ctx)
 
 
 def render(root: click.Command | None = None) -> str:

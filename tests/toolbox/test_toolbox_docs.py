@@ -6,6 +6,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,21 @@ def test_help_runs_for_the_toolbox_commands(run_cli, tmp_path: Path):
     for name in ("init", "status", "report", "techniques"):
         res = run_cli(name, "--help", env=env(tmp_path))
         assert res.code == 0 and "Example" in res.out, res.text
+
+
+def test_only_the_emulator_command_loads_the_emulator(run_cli, tmp_path: Path):
+    """`flora-batch emulator` is listed and works; the other commands start without it."""
+    res = run_cli("emulator", "--help", env=env(tmp_path))
+    assert res.code == 0 and "--speed" in res.out, res.text
+    assert "emulator" in run_cli("--help", env=env(tmp_path)).out
+    probe = (
+        "import sys; from flora_batch.cli import cli; "
+        "print(sorted(m for m in sys.modules if m.startswith('flora_batch.emulator')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
 
 
 def test_log_format_json_and_verbosity(emulator, run_cli, tmp_path: Path):
