@@ -119,6 +119,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=None)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--save", type=Path, default=None, help="keep py-spy's raw output here")
+    parser.add_argument(
+        "--cold", action="store_true", help="plan/run: a ledger without the plan memo"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="flora-profile-"))
     raw = work / "spy.txt"
@@ -149,6 +152,7 @@ def main() -> None:
                     "state": "done",
                     "ledger": str(work / "l.db"),
                     "results": str(work / "results"),
+                    "no_memo": args.cold,
                 }
                 run_measured([json.dumps(spec)], module="bench.build_ledger")
                 env = {

@@ -9,7 +9,9 @@ after the end (CONTRACT.md §4): they are read again, briefly.
 A poll is one request.  On a retryable error (5xx, 429, transport) it gives its slot
 back (the worker has ``_POLLS_AT_ONCE`` of them for every run) and the run waits its
 backoff in the poll heap, counted in a ``retrying.Streak``: 24 runs answering 5xx must
-not stall the polls of thousands of others.  When the policy is spent the run is
+not stall the polls of thousands of others.  A 429 is the workspace's limit, not the
+run's: it also halves the in-flight limit and pauses creates and polls alike
+(``Pacer.rate_limited``), as a 429 on a create does.  When the policy is spent the run is
 reported stuck and polled again ``max_poll`` later; FLORA answering nothing at all
 for ``outage_limit`` seconds still stops the batch (``last_success``).
 """
@@ -21,7 +23,7 @@ import logging
 
 from . import polling, retrying
 from .downloads import Downloads
-from .errors import AuthError, FloraError, NotFound
+from .errors import AuthError, FloraError, NotFound, RateLimited
 from .types import JobKey, JobRecord, RunInfo
 from .wire import classify_run_failure
 
@@ -78,6 +80,8 @@ class Tracker(Downloads):
             self.stuck[key] = f"FLORA no longer knows run {run_id} ({exc}); was the key changed?"
             self._release(key)
             return
+        if isinstance(exc, RateLimited):  # FLORA's limit is the workspace's: all slow down
+            self.pacer.rate_limited(exc.retry_after)
         now = self.clock()
         streak = self.poll_streaks.setdefault(key, retrying.Streak())
         wait = streak.failed(exc, what=f"poll {run_id}", now=now, at_least=self.settings.min_poll)

@@ -154,7 +154,7 @@ class Worker(Tracker, Reconciler):
     def _sleep_for(self, now: float) -> float:
         wake = [self.due[0][0]] if self.due else []
         if self.polls_due and self.polling < _POLLS_AT_ONCE:  # else a poll's end wakes us
-            wake.append(self.polls_due[0][0])
+            wake.append(max(self.polls_due[0][0], self.pacer.paused_until))
         if self.queue and self.stop_new is None and len(self.slots) < self.pacer.limit:
             wake.append(self.pacer.ready_at())
         return max(0.01, min([*wake, now + 0.5]) - now)
@@ -266,8 +266,15 @@ class Worker(Tracker, Reconciler):
         self._spawn(self._download(rec.key))
 
     def _start_due(self, now: float) -> None:
-        """Start what is due: polls up to ``_POLLS_AT_ONCE`` in the air, everything else."""
-        while self.polls_due and self.polls_due[0][0] <= now and self.polling < _POLLS_AT_ONCE:
+        """Start what is due: polls up to ``_POLLS_AT_ONCE`` in the air (none while a 429
+        pauses the pool), everything else."""
+        paused = now < self.pacer.paused_until
+        while (
+            not paused
+            and self.polls_due
+            and self.polls_due[0][0] <= now
+            and self.polling < _POLLS_AT_ONCE
+        ):
             key = heapq.heappop(self.polls_due)[2]
             self.polling += 1
             self._spawn(self._poll(key))

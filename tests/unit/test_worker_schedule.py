@@ -346,3 +346,56 @@ async def test_a_reconcile_never_adopts_the_run_of_a_job_loaded_light(tmp_path: 
     with Ledger.open(str(both.parent / "sched.ledger.db")) as ledger:
         rec = ledger.get(key)
     assert (rec.state, rec.run_id) == (JobState.UNRESOLVED, None)
+
+
+class LimitedOnce(httpx.AsyncBaseTransport):
+    """The emulator in-process; the first poll answers 429 with ``retry-after``; every
+    API request (``"429"`` for that one) is logged with its ``time.monotonic()``."""
+
+    def __init__(self, emu: Emulator, retry_after: float) -> None:
+        self.inner = httpx.ASGITransport(app=emu.app)
+        self.retry_after = retry_after
+        self.api: list[tuple[str, float]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Forward, except the first poll."""
+        path = request.url.path
+        if path.startswith("/_media/"):
+            return await self.inner.handle_async_request(request)
+        parts = path.split("/")
+        poll = request.method == "GET" and len(parts) > 2 and parts[-2] == "runs"
+        if poll and not any(kind == "429" for kind, _ in self.api):
+            self.api.append(("429", time.monotonic()))
+            body = {"error": {"code": "rate_limited", "message": "Rate limit exceeded."}}
+            return httpx.Response(429, json=body, headers={"retry-after": str(self.retry_after)})
+        self.api.append(("poll" if poll else request.method, time.monotonic()))
+        return await self.inner.handle_async_request(request)
+
+
+async def test_a_429_on_a_poll_pauses_every_poll_and_halves_the_pool(tmp_path: Path) -> None:
+    """FLORA's rate limit is the workspace's: after a poll's 429 with ``retry-after: 1``,
+    no request goes out for that second (the other runs' polls wait too), the in-flight
+    limit is halved as after a create's 429, and the batch still ends paid once."""
+    n = 8
+    clock = Clock()
+    emu = Emulator(EmulatorConfig(speed=1.0, clock=clock))
+    manifest = batch(tmp_path, n)
+    seen: list[worker.Worker] = []
+    with retrying.set_testing():
+        await created_then_stopped(manifest, emu, n, clock)
+        clock.offset += 3600  # every run has ended by the resume
+        limited = LimitedOnce(emu, retry_after=1.0)
+        await run_batch(
+            load_manifest(manifest),
+            settings(emu, n, min_poll=0.05, max_poll=0.5),
+            transport=limited,
+            clock=clock,
+            on_worker=seen.append,
+        )
+    kinds = [kind for kind, _ in limited.api]
+    hit = kinds.index("429")
+    after = [at for _, at in limited.api[hit + 1 :]]
+    assert after and min(after) - limited.api[hit][1] >= 0.95, limited.api
+    assert seen[0].pacer.limit == n // 2
+    assert states(manifest) == [JobState.DONE] * n
+    assert sorted(emu.charges_by_key().values()) == [1] * n
