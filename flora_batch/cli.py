@@ -27,8 +27,8 @@ from . import errors as E
 from .client import http_stack
 from .config import Settings, check_api_key, check_workspace_id
 from .pipeline import BatchResult, plan_batch, run_batch
-from .progress import Progress, duration, money
-from .types import JobState
+from .progress import Progress, duration
+from .types import JobState, cost_unit, money
 from .wire import DEFAULT_BASE_URL
 
 log = logging.getLogger("flora_batch")
@@ -374,7 +374,7 @@ def _summarise(result: BatchResult, *, demo: bool) -> None:
     out = result.outcome
     c = out.counts
     prep = result.prepared
-    unit = next(iter(prep.techniques.values())).cost_unit if prep.techniques else "usd"
+    unit = cost_unit(prep.techniques)
     total = sum(c.values())
     click.echo(
         f"\n{prep.manifest.name}: {c[JobState.DONE]} of {total} jobs done"
@@ -462,7 +462,7 @@ def plan(
             click.echo(json.dumps({"batch": m.name, "problems": problems}, indent=2))
             sys.exit(exc.exit_code)
     p = prepared.plan
-    unit = next(iter(prepared.techniques.values())).cost_unit if prepared.techniques else "usd"
+    unit = cost_unit(prepared.techniques)
     spent, reserved = committed(ledger_url, m.name)
     data = {
         "batch": m.name,

@@ -53,7 +53,7 @@ from .object_results import ObjectResults, is_object_url, open_results
 from .pipeline import Prepared, ledger_location, prepare, results_location
 from .pipeline import _reopen as reopen_jobs
 from .results import Results
-from .types import IOSlot, JobRecord, JobState, Technique
+from .types import IOSlot, JobRecord, JobState, Technique, cost_unit
 from .worker import Outcome, Pacer, Worker
 
 log = logging.getLogger("flora_batch.cluster")
@@ -113,6 +113,7 @@ async def submit_batch(
     with Ledger.open(url) as ledger:
         async with FloraClient(settings.base_url, settings.api_key, transport=transport) as client:
             prepared = await prepare(manifest, client, ledger, settings, remember=True)
+        ledger.set_cost_unit(manifest.name, cost_unit(prepared.techniques))
         if prepared.uploads:
             raise UsageError(
                 "this batch has local input files: workers cannot upload them yet; "

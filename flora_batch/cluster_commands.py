@@ -28,7 +28,7 @@ from .cluster import (
     submit_batch,
 )
 from .config import DEFAULT_MAX_POLL, DEFAULT_MIN_POLL, DEFAULT_SUBMIT_RATE, Settings
-from .progress import money
+from .types import cost_unit, money
 from .wire import DEFAULT_BASE_URL
 
 S3_ENDPOINT_ENV = "FLORA_BATCH_S3_ENDPOINT"
@@ -184,7 +184,7 @@ def _show_submitted(done: Submitted, *, as_json: bool) -> None:
 
         click.echo(json.dumps(data, indent=2))
         return
-    unit = next(iter(prep.techniques.values())).cost_unit if prep.techniques else "usd"
+    unit = cost_unit(prep.techniques)
     states = ", ".join(f"{n} {s.value}" for s, n in done.counts.items() if n)
     click.echo(f"{data['batch']}: {data['jobs']} jobs, {done.new} new ({states})")
     click.echo(f"  estimated cost {money(prep.plan.total_cost, unit)}")

@@ -24,8 +24,8 @@ from . import errors as E
 from . import scaffold, userconfig
 from . import status as st
 from .config import Settings, check_api_key
-from .progress import money
 from .techniques import list_lines, list_techniques, show_lines, technique_dict
+from .types import money
 from .wire import DEFAULT_BASE_URL
 
 if TYPE_CHECKING:  # the client and the ledger are imported when a command needs them
@@ -461,6 +461,7 @@ def report(
     with _open_ledger(url) as led:
         records = led.jobs(batch=batch)
         uploads = led.uploads()
+        unit = led.cost_unit({r.batch for r in records})
     if m is not None:
         from .pipeline import results_location
         from .rows import load_rows
@@ -478,6 +479,7 @@ def report(
         title=batch or "flora-batch",
         generated=time.time(),
         uploads=uploads,
+        unit=unit,
     )
     if not ctx.obj.get("quiet"):
         summary = rp.summary(lines)

@@ -29,7 +29,7 @@ from .plan import Plan, plan_keyed, plan_known
 from .results import Results
 from .rows import load_rows
 from .sources import MediaInputs, UploadSource, UploadSummary, needed_sources, summarise
-from .types import JobKey, JobRecord, JobSpec, JobState, SavedJob, Technique
+from .types import JobKey, JobRecord, JobSpec, JobState, SavedJob, Technique, cost_unit
 from .uploads import FileProbe, Uploader, UploadReport
 from .worker import Outcome, ProgressHook, Snapshot, Worker
 
@@ -295,6 +295,7 @@ async def run_batch(
             settings.base_url, settings.api_key, transport=transport, timeout=settings.timeout
         ) as client:
             prepared = await prepare(manifest, client, ledger, settings, remember=True)
+            ledger.set_cost_unit(manifest.name, cost_unit(prepared.techniques))
             results = Results(results_location(manifest, settings))
             results.prepare()
             ledger.record_planned(

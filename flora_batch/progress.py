@@ -10,13 +10,8 @@ import sys
 import time
 from typing import TextIO
 
-from .types import JobState
+from .types import JobState, money
 from .worker import Snapshot
-
-
-def money(value: float, unit: str = "usd") -> str:
-    """``$1.23`` for USD, ``123 credits`` for the older dialect's credits."""
-    return f"${value:,.2f}" if unit == "usd" else f"{value:,.0f} credits"
 
 
 def duration(seconds: float | None) -> str:

@@ -322,8 +322,12 @@ def write_report(
     title: str,
     generated: float,
     uploads: Mapping[str, UploadRecord] | None = None,
+    unit: str = "usd",
 ) -> Written:
     """Write the results table (CSV, XLSX, JSONL), ``index.html`` and the asset sidecars.
+
+    ``unit`` is what the costs count (``usd`` or ``credits``): the contact sheet spells
+    them so; the tables hold plain numbers.
 
     With ``uploads`` (the ledger's), also ``uploads.csv``: the input files the jobs used
     and the FLORA assets they became.
@@ -343,6 +347,7 @@ def write_report(
         summary=summary(lines),
         texts=_read_texts(lines),
         generated=iso(generated) or "",
+        unit=unit,
     )
     files.append(_atomic(out_dir / "index.html", html.encode("utf-8")))
     up_header, up_body = upload_table(lines, uploads or {})

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from .types import OutputRecord
+from .types import OutputRecord, money
 
 if TYPE_CHECKING:
     from .report import Line
@@ -126,11 +126,11 @@ def _clip(text: str) -> str:
     return text if len(text) <= FIELD_CHARS else text[: FIELD_CHARS - 1] + "…"
 
 
-def _money(value: float | None) -> str:
-    return "" if value is None else f"${value:,.2f}"
+def _money(value: float | None, unit: str) -> str:
+    return "" if value is None else money(value, unit)
 
 
-def _job(line: Line) -> str:
+def _job(line: Line, unit: str) -> str:
     """One technique's line on a card: status, cost, run id, error."""
     rec = line.record
     parts = [
@@ -138,7 +138,7 @@ def _job(line: Line) -> str:
         f'<span class="badge {group_of(line.status)}">{esc(line.status)}</span>',
     ]
     if rec is not None:
-        parts += [esc(_money(rec.charged_cost)), f"<code>{esc(rec.run_id or '')}</code>"]
+        parts += [esc(_money(rec.charged_cost, unit)), f"<code>{esc(rec.run_id or '')}</code>"]
     error = ""
     if rec is not None and (rec.error_code or rec.error_message):
         error = f'<div class="error">{esc(rec.error_code)}: {esc(rec.error_message)}</div>'
@@ -153,8 +153,8 @@ def row_group(lines: Sequence[Line]) -> str:
     return "succeeded" if groups == {"succeeded"} else "other"
 
 
-def card(lines: Sequence[Line], out_dir: Path, texts: Mapping[str, str]) -> str:
-    """One input row (all its techniques) as a card."""
+def card(lines: Sequence[Line], out_dir: Path, texts: Mapping[str, str], unit: str) -> str:
+    """One input row (all its techniques) as a card; ``unit`` is what costs count."""
     first = lines[0]
     group = row_group(lines)
     media = (
@@ -173,8 +173,8 @@ def card(lines: Sequence[Line], out_dir: Path, texts: Mapping[str, str]) -> str:
         f'<article class="card {group}" data-group="{group}" data-status="{esc(statuses)}">'
         f'<div class="media">{media}</div><div class="body">'
         f"<h2>#{first.number} · {esc(name)}</h2>"
-        f'<p class="meta">{esc(_money(cost))} · {len(lines)} job(s)</p>'
-        f'<ul class="jobs">{"".join(_job(ln) for ln in lines)}</ul>{_fields(first.row)}'
+        f'<p class="meta">{esc(_money(cost, unit))} · {len(lines)} job(s)</p>'
+        f'<ul class="jobs">{"".join(_job(ln, unit) for ln in lines)}</ul>{_fields(first.row)}'
         "</div></article>"
     )
 
@@ -210,11 +210,12 @@ def contact_sheet(
     summary: Mapping[str, Any],
     texts: Mapping[str, str],
     generated: str,
+    unit: str = "usd",
 ) -> str:
-    """The whole self-contained HTML page."""
+    """The whole self-contained HTML page; ``unit`` is what its costs count (usd, credits)."""
     statuses = ", ".join(f"{n} {s}" for s, n in summary["statuses"].items()) or "no jobs"
     rows = by_row(lines)
-    cards = "\n".join(card(row, out_dir, texts) for row in rows)
+    cards = "\n".join(card(row, out_dir, texts, unit) for row in rows)
     return (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
@@ -222,7 +223,7 @@ def contact_sheet(
         '<link rel="icon" href="data:,">'
         f"<title>{esc(title)}: flora-batch report</title><style>{CSS}</style></head><body>"
         f"<header><h1>{esc(title)}</h1><p>{len(rows)} rows, {len(lines)} jobs: {esc(statuses)} · "
-        f"{esc(_money(summary['spent']))} spent · generated {esc(generated)} · "
+        f"{esc(_money(summary['spent'], unit))} spent · generated {esc(generated)} · "
         '<a href="results.csv">CSV</a> · <a href="results.xlsx">XLSX</a> · '
         '<a href="results.jsonl">JSONL</a></p></header>'
         f"{_nav(rows)}<main>\n{cards}\n</main><script>{SCRIPT}</script></body></html>\n"

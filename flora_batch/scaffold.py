@@ -15,8 +15,8 @@ import re
 
 from .manifest import send_type
 from .naming import placeholder_ok
-from .techniques import constraints, money
-from .types import IOSlot, Technique
+from .techniques import constraints
+from .types import IOSlot, Technique, money
 
 
 def batch_name(slug: str) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .sources import upload_keys
-from .types import JobRecord, JobState, UploadRecord
+from .types import JobRecord, JobState, UploadRecord, money
 
 if TYPE_CHECKING:
     from .ledger import Ledger
@@ -121,6 +121,7 @@ class Status:
     now: float
     uploads: Mapping[str, int] = field(default_factory=dict)  # input files by upload state
     workers: tuple[Holder, ...] = ()  # who holds which unfinished jobs (`flora-batch worker`)
+    unit: str = "usd"  # what ``spent`` and ``reserved`` count: usd, credits (Ledger.cost_unit)
 
     @property
     def total(self) -> int:
@@ -148,6 +149,7 @@ class Status:
             "finished": self.finished,
             "spent": round(self.spent, 6),
             "reserved": round(self.reserved, 6),
+            "cost_unit": self.unit,
             "per_minute": None if self.per_minute is None else round(self.per_minute, 3),
             "eta_seconds": None if self.eta is None else round(self.eta, 1),
             "oldest_in_flight": self.oldest.as_dict() if self.oldest else None,
@@ -250,8 +252,10 @@ def compute(
     money: tuple[float, float],
     now: float,
     uploads: Iterable[UploadRecord] = (),
+    unit: str = "usd",
 ) -> Status:
-    """The status of ``records`` (one batch, or every batch of a ledger)."""
+    """The status of ``records`` (one batch, or every batch of a ledger); ``unit`` is
+    what their money counts (``Ledger.cost_unit``)."""
     counts = dict.fromkeys(JobState, 0)
     for rec in records:
         counts[rec.state] += 1
@@ -275,6 +279,7 @@ def compute(
         now=now,
         uploads=upload_counts(records, uploads),
         workers=holders(records),
+        unit=unit,
     )
 
 
@@ -282,14 +287,11 @@ def gather(ledger: Ledger, batch: str | None, now: float) -> Status:
     """Read one batch (or every batch, ``batch=None``) from the ledger and compute its status."""
     records = ledger.jobs(batch=batch)
     uploads = ledger.uploads().values()
-    return compute(ledger.url, records, ledger.events(), ledger.money(batch), now, uploads)
+    unit = ledger.cost_unit({r.batch for r in records})
+    return compute(ledger.url, records, ledger.events(), ledger.money(batch), now, uploads, unit)
 
 
 # --- text ------------------------------------------------------------------------------
-
-
-def _money(value: float) -> str:
-    return f"${value:,.2f}"
 
 
 def _duration(seconds: float | None) -> str:
@@ -316,8 +318,12 @@ def lines(s: Status, *, max_rows: int = 10) -> list[str]:
     out = [
         f"{name}: {s.total} jobs" + (" (all finished)" if s.finished and s.total else ""),
         f"  states   {states or 'none'}",
-        f"  money    {_money(s.spent)} spent"
-        + (f", {_money(s.reserved)} reserved (runs not billed yet)" if s.reserved > 0.005 else ""),
+        f"  money    {money(s.spent, s.unit)} spent"
+        + (
+            f", {money(s.reserved, s.unit)} reserved (runs not billed yet)"
+            if s.reserved > 0.005
+            else ""
+        ),
     ]
     rate = "?" if s.per_minute is None else f"{s.per_minute:.1f} jobs/min"
     out.append(f"  pace     {rate} · ETA {_duration(s.eta)}")

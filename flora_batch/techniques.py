@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from .errors import NotFound
 from .manifest import send_type
-from .types import IOSlot, Technique
+from .types import IOSlot, Technique, money
 
 SEED_FILE = "data/techniques.json"
 #: The input media hosts FLORA accepts (CONTRACT.md §9; ``wire.DEFAULT_ALLOWED_HOSTS``).
@@ -26,11 +26,6 @@ ALLOWED_HOSTS_TEXT = (
     "https:// on media.flora.ai, storage.googleapis.com (Google Cloud Storage), "
     "Amazon S3 or ik.imagekit.io"
 )
-
-
-def money(value: float, unit: str = "usd") -> str:
-    """``$1.23`` for USD, ``123 credits`` for the older dialect (as ``progress.money``)."""
-    return f"${value:,.2f}" if unit == "usd" else f"{value:,.0f} credits"
 
 
 @dataclass(frozen=True, slots=True)

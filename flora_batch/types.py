@@ -6,6 +6,7 @@ and the worker can be tested one at a time.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NewType
@@ -80,6 +81,19 @@ class Technique:
     def input(self, slot_id: str) -> IOSlot | None:
         """The input slot with this id, if any."""
         return next((s for s in self.inputs if s.id == slot_id), None)
+
+
+def cost_unit(techniques: Mapping[str, Technique]) -> str:
+    """The unit a batch's money is counted in: its techniques' (one API, one dialect)."""
+    return next(iter(techniques.values())).cost_unit if techniques else "usd"
+
+
+def money(value: float, unit: str = "usd") -> str:
+    """``$1.23`` for USD, ``123 credits`` for the older dialect's credits; any other unit
+    (``mixed``: batches that disagree) is named after the number."""
+    if unit == "usd":
+        return f"${value:,.2f}"
+    return f"{value:,.0f} credits" if unit == "credits" else f"{value:,.2f} ({unit})"
 
 
 @dataclass(frozen=True, slots=True)

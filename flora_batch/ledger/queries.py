@@ -116,6 +116,22 @@ class LedgerQueries(UploadLedger):
             value: str | None = conn.execute(query).scalar_one_or_none()
             return value
 
+    def set_cost_unit(self, batch: str, unit: str) -> None:
+        """Remember what ``batch``'s money is counted in (its techniques' ``cost_unit``),
+        for the commands that read only the ledger (``status``, ``report``)."""
+        if self.get_meta(_UNIT + batch) != unit:
+            self.set_meta(_UNIT + batch, unit)
+
+    def cost_unit(self, batches: Iterable[str]) -> str:
+        """The unit of these batches' money: ``usd`` (also for ledgers older than this
+        record), ``credits``, or ``mixed`` when they disagree."""
+        units = {self.get_meta(_UNIT + batch) or "usd" for batch in batches}
+        return units.pop() if len(units) == 1 else ("mixed" if units else "usd")
+
+
+#: ``meta`` name prefix of a batch's cost unit (``set_cost_unit``).
+_UNIT = "cost-unit:"
+
 
 def _filter(batch: str | None, states: Iterable[JobState] | None) -> list[ColumnElement[bool]]:
     c = jobs_table.c

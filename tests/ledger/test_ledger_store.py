@@ -10,7 +10,7 @@ from ledger_support import OUTPUTS, QUOTES, JobFactory, Opener
 
 from flora_batch.errors import LedgerConflict, LedgerError
 from flora_batch.ledger import Ledger
-from flora_batch.types import JobKey, JobRecord, JobState, OutputRecord, RunOutput
+from flora_batch.types import JobKey, JobRecord, JobState, OutputRecord, RunOutput, money
 
 S = JobState
 NOW = 500.0
@@ -528,6 +528,16 @@ def test_meta_roundtrip(ledger: Ledger) -> None:
     ledger.set_meta("manifest", "/data/batch.yaml")
     ledger.set_meta("manifest", "/data/other.yaml")
     assert ledger.get_meta("manifest") == "/data/other.yaml"
+
+
+def test_a_batch_s_cost_unit_defaults_to_usd_and_mixed_batches_say_so(ledger: Ledger) -> None:
+    """Ledgers older than the record count USD; batches that disagree read ``mixed``."""
+    assert ledger.cost_unit(["a"]) == "usd" and ledger.cost_unit([]) == "usd"
+    ledger.set_cost_unit("a", "credits")
+    assert ledger.cost_unit(["a"]) == "credits"
+    assert ledger.cost_unit(["a", "b"]) == "mixed"
+    assert money(1234.5, "credits") == "1,234 credits" and money(2.5) == "$2.50"
+    assert money(2.5, "mixed") == "2.50 (mixed)"
 
 
 def test_events_of_all_jobs_in_order(ledger: Ledger, job_in: JobIn) -> None:

@@ -36,6 +36,22 @@ def test_status_of_a_half_done_batch(emulator, run_cli, tmp_path: Path):
     assert "2 done · 4 planned" in text.out and "$0.12 spent" in text.out
 
 
+def test_status_and_report_count_credits_for_a_credits_api(emulator, run_cli, tmp_path: Path):
+    """Against FLORA's older dialect (costs in credits) status and the contact sheet say
+    credits, as run's summary does, never dollars."""
+    server = emulator(dialect="camel")
+    manifest = write_batch(tmp_path / "b")
+    assert run_batch(run_cli, manifest, server).code == 0
+    data = as_json(run_cli("status", str(manifest), "--json", env=env(tmp_path)))
+    assert data["cost_unit"] == "credits" and data["spent"] > 1
+    text = run_cli("status", str(manifest), env=env(tmp_path))
+    assert f"{data['spent']:,.0f} credits spent" in text.out and "$" not in text.out
+    report = run_cli("report", str(manifest), env=env(tmp_path))
+    assert report.code == 0, report.text
+    html = (manifest.parent / "results" / "_report" / "index.html").read_text()
+    assert "credits spent" in html and "$" not in html.split("<body", 1)[1]
+
+
 def test_status_groups_failures_by_code_with_their_rows(emulator, run_cli, tmp_path: Path):
     """Every run failing: status lists each error code once, with the rows it hit."""
     server = emulator(faults=FaultPlan(run_failure=1.0, failure_codes=("provider_error",)))
