@@ -6,8 +6,9 @@ mistake never shows a traceback (``-v`` shows the causes, never the API key).
 
 Exit codes: 0 every job done · 1 finished with failed jobs · 2 bad manifest or usage
 (nothing spent) · 3 stopped by the API (auth, credits, outage) · 4 budget cap reached ·
-5 another run holds this ledger · 6 jobs need reconciling by you · 130 interrupted
-(run the same command again to continue).
+5 another run holds this ledger · 6 jobs need reconciling by you · 7 the results folder
+or the ledger cannot be written (disk full, permissions) · 130 interrupted (run the same
+command again to continue).
 """
 
 from __future__ import annotations
@@ -309,7 +310,8 @@ def run(
     \b
     Exit codes: 0 all done · 1 some jobs failed · 2 bad manifest/usage (nothing spent)
     3 stopped by FLORA (key, credits, outage) · 4 max_cost reached · 5 ledger busy
-    6 jobs need you to reconcile · 130 interrupted (run it again to continue)
+    6 jobs need you to reconcile · 7 results folder or ledger not writable (disk full?)
+    130 interrupted (run it again to continue)
     """
     m = _load_manifest(manifest, technique, inputs)
     quiet = ctx.obj.get("quiet", False)

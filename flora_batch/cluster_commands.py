@@ -269,7 +269,7 @@ def worker(
     \b
     Exit codes: 0 stopped cleanly (SIGTERM/SIGINT, idle with --exit-when-idle,
     --max-runtime) · 2 usage (e.g. a SQLite ledger) · 3 stopped by FLORA (key, credits,
-    outage) · 5 a `flora-batch run` holds the ledger
+    outage) · 5 a `flora-batch run` holds the ledger · 7 results or ledger not writable
     """
     from .cli import _settings
 

@@ -48,6 +48,7 @@ EXIT_STOPPED_BY_API = 3
 EXIT_BUDGET = 4
 EXIT_LEDGER_BUSY = 5
 EXIT_UNRESOLVED = 6
+EXIT_LOCAL = 7  # this machine: the results folder or the ledger cannot be used
 EXIT_INTERRUPTED = 130
 
 
@@ -123,6 +124,8 @@ class ManifestProblems(ManifestError):
 class LedgerError(FloraError):
     """The ledger database cannot be used."""
 
+    exit_code = EXIT_LOCAL
+
 
 class LedgerBusy(LedgerError):
     """Another flora-batch run holds this ledger; wait for it or stop it."""
@@ -132,6 +135,8 @@ class LedgerBusy(LedgerError):
 
 class LedgerConflict(LedgerError):
     """A ledger change did not apply: the job was not in the expected state."""
+
+    exit_code = EXIT_FAILED_JOBS  # a job's state, not this machine's disk
 
     def __init__(self, message: str | None = None, *, key: str = "") -> None:
         self.key = key
@@ -150,6 +155,8 @@ class LedgerTooNew(LedgerError):
 
 class ResultsError(FloraError):
     """The results folder cannot be written: check the path, permissions and free space."""
+
+    exit_code = EXIT_LOCAL
 
 
 class UploadError(FloraError):

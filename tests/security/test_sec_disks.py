@@ -28,6 +28,8 @@ from security_helpers import (
     write_batch,
 )
 
+from flora_batch.errors import EXIT_LOCAL
+
 
 @pytest.fixture
 def mount(tmp_path: Path) -> Iterator[Any]:
@@ -80,13 +82,13 @@ def batch(emulator: Any, tmp_path: Path) -> tuple[Any, Path, dict[str, str]]:
 
 
 def test_full_disk_stops_cleanly_and_the_next_run_only_downloads(batch: Any, mount: Any) -> None:
-    """Full disk: exit 1, ledger intact; once freed, the next run downloads and buys nothing."""
+    """Full disk: exit 7, ledger intact; once freed, the next run downloads and buys nothing."""
     server, manifest, env = batch
     results = manifest.parent / "results"
     mount(results, "size=256k")
     fill(results)
     first = run_cli("run", str(manifest), *FAST, env=env)
-    assert first.code == 1 and "No space left on device" in first.err, first.text
+    assert first.code == EXIT_LOCAL and "No space left on device" in first.err, first.text
     assert_no_traceback(first)
     ledger = manifest.parent / "b.ledger.db"
     assert integrity(ledger) == "ok" and "planned" not in job_states(ledger)
@@ -99,11 +101,11 @@ def test_full_disk_stops_cleanly_and_the_next_run_only_downloads(batch: Any, mou
 
 
 def test_read_only_results_folder_is_refused_before_buying(batch: Any, mount: Any) -> None:
-    """A read-only results folder: exit 1 with the reason, and nothing bought."""
+    """A read-only results folder: exit 7 with the reason, and nothing bought."""
     server, manifest, env = batch
     mount(manifest.parent / "results", "size=64k,ro")
     res = run_cli("run", str(manifest), *FAST, env=env)
-    assert res.code == 1 and "Read-only file system" in res.err, res.text
+    assert res.code == EXIT_LOCAL and "Read-only file system" in res.err, res.text
     assert_no_traceback(res)
     assert creates(server) == 0
 
@@ -115,7 +117,7 @@ def test_results_folder_that_cannot_exist_is_refused(batch: Any) -> None:
     res = run_cli(
         "run", str(manifest), *FAST, "--results", str(manifest.parent / "afile" / "r"), env=env
     )
-    assert res.code == 1 and "cannot create the results folder" in res.err, res.text
+    assert res.code == EXIT_LOCAL and "cannot create the results folder" in res.err, res.text
     assert_no_traceback(res)
     assert creates(server) == 0
 
@@ -149,7 +151,7 @@ def test_damaged_ledger_is_refused_and_left_untouched(batch: Any, damage: str) -
         _damage(ledger, damage)
     before, bought = ledger.read_bytes(), creates(server)
     res = run_cli("-vv", "run", str(manifest), *FAST, env=env)
-    expected = {"newer": 2}.get(damage, 1)
+    expected = {"newer": 2}.get(damage, EXIT_LOCAL)
     assert res.code == expected, res.text
     assert_no_traceback(res)
     assert {
@@ -186,7 +188,7 @@ def test_ledger_that_cannot_be_locked_is_a_clear_error(
     else:
         os.symlink(victim, lock)
     res = run_cli("run", str(manifest), *FAST, env=env)
-    assert res.code == 1 and "cannot lock" in res.err, res.text
+    assert res.code == EXIT_LOCAL and "cannot lock" in res.err, res.text
     assert_no_traceback(res)
     assert victim.read_text() == "do not truncate me" and creates(server) == 0
     os.unlink(lock) if obstacle == "symlink" else lock.rmdir()
@@ -196,7 +198,7 @@ def test_ledger_that_cannot_be_locked_is_a_clear_error(
 def test_ledger_on_a_read_only_disk_is_a_clear_error(
     emulator: Any, tmp_path: Path, mount: Any
 ) -> None:
-    """A ledger whose folder became read-only: exit 1 with SQLite's reason, the file intact."""
+    """A ledger whose folder became read-only: exit 7 with SQLite's reason, the file intact."""
     server = emulator()
     manifest = write_batch(tmp_path / "b", products(2), extra="ledger: db/b.db\n")
     env = cli_env(server, home=tmp_path)
@@ -206,6 +208,6 @@ def test_ledger_on_a_read_only_disk_is_a_clear_error(
     before = (db / "b.db").read_bytes()
     subprocess.run(["mount", "-o", "remount,ro", str(db)], check=True)
     res = run_cli("run", str(manifest), *FAST, env=env)
-    assert res.code == 1 and "ledger" in res.err, res.text
+    assert res.code == EXIT_LOCAL and "ledger" in res.err, res.text
     assert_no_traceback(res)
     assert (db / "b.db").read_bytes() == before and creates(server) == 2

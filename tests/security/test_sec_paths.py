@@ -25,7 +25,7 @@ from security_helpers import (
     write_batch,
 )
 
-from flora_batch.errors import ResultsError
+from flora_batch.errors import EXIT_LOCAL, ResultsError
 from flora_batch.naming import render_output_name
 from flora_batch.results import TMP_DIR, Results
 
@@ -171,7 +171,7 @@ def test_hostile_cells_and_planted_links_end_to_end(emulator: Any, tmp_path: Pat
     assert "output file 'CASE/" in plan.err and "clashes with" in plan.err, plan.err
 
     first = run_cli("run", str(manifest), *FAST, "--skip-invalid", env=env)
-    assert first.code == 1, first.text
+    assert first.code == EXIT_LOCAL, first.text  # the planted link is in the way
     assert_no_traceback(first)
     assert "never writes through links in the results folder" in first.err, first.text
     assert list(outside.iterdir()) == [] and list((results / "old").iterdir()) == [

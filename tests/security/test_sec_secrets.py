@@ -97,7 +97,7 @@ def test_key_never_leaks_from_a_failing_batch(emulator: Any, tmp_path: Path, fai
     )
     if failure == "ledger_broken":
         (tmp_path / "b" / "b.ledger.db").write_bytes(b"SQLite format 3\x00" + b"\xff" * 4096)
-    expected = {"runs_fail": 1, "key_refused": 3, "ledger_broken": 1}[failure]
+    expected = {"runs_fail": 1, "key_refused": 3, "ledger_broken": 7}[failure]
     env = {**cli_env(server, home=tmp_path), "FLORA_API_KEY": CANARY}
     code, out, err, snapshots = run_watched(["-vv", "run", str(manifest), *FAST], env, tmp_path)
     assert code == expected, out + err
