@@ -6,7 +6,8 @@ a) ``flora-batch plan`` and ``flora-batch run`` (real CLI subprocesses, peak RSS
    ``flora_batch/memo.py``).  The baseline is the same command on a 1-row manifest
    (start-up: imports, the ledger's migration check, one schema request).  Then both
    commands once more without the memo (as the first resume after an upgrade), which
-   informs.
+   informs.  Last, the nightly case: 20 of the rows replaced by new ones, and ``run``
+   buys and downloads those beside the 99,980 done ones (peak RSS).
 b) 10,000 runs in flight at once: a ledger of 10,000 ``running`` jobs whose runs the
    emulator holds (preloaded, 300 s each, at real speed), resumed by ``run_batch`` with
    concurrency 10,000 for ``max_runtime`` seconds.  Peak RSS, and the scheduler's CPU
@@ -27,8 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .common import _env, emulator, run_cmd, run_measured, write_manifest
+from .common import IMAGE_HOST, _env, emulator, run_cmd, run_measured, write_manifest
 from .report import Row
+
+#: New rows in the appended resume (``_appended``).
+NEW_ROWS = 20
 
 
 @dataclass
@@ -98,11 +102,49 @@ def _all_done(work: Path, sizes: Sizes) -> tuple[list[Row], dict[str, Any]]:
                     "rc": got.data["returncode"],
                 }
             creates = emu.state()["request_counts"].get("POST /api/v1/techniques/{slug}/runs", 0)
+        out["appended"] = _appended(big, files / "big", sizes)
     finally:
         shutil.rmtree(files, ignore_errors=True)
     raw.update(out, creates=creates)
     rows = [r for cmd in ("plan", "run") for r in _rows(cmd, out, creates, sizes)]
-    return rows + [_cold_row(cmd, out, sizes) for cmd in ("plan", "run")], raw
+    cold = [_cold_row(cmd, out, sizes) for cmd in ("plan", "run")]
+    return [*rows, *cold, _appended_row(out)], raw
+
+
+def _appended(manifest: Path, results: Path, sizes: Sizes) -> dict[str, Any]:
+    """The nightly case: the first ``NEW_ROWS`` rows replaced by new ones (the file stays
+    at 100,000 rows), then ``run`` against a fast emulator: the new jobs are bought and
+    downloaded beside all the done ones, whose file names must be claimed first."""
+    csv_file = manifest.parent / f"{manifest.stem}.csv"
+    lines = csv_file.read_text().splitlines()
+    new = [f"new{i:06d},{IMAGE_HOST}/new-{i:06d}.jpg" for i in range(NEW_ROWS)]
+    csv_file.write_text("\n".join([lines[0], *lines[NEW_ROWS + 1 :], *new]) + "\n")
+    with emulator(1000.0) as fast:
+        ledger = str(manifest.parent / "ledger.db")
+        args = ["-q", "run", str(manifest), "--ledger", ledger, "--results", str(results)]
+        got = _cli(args, fast, sizes.cli_give_up * 3)
+        creates = fast.state()["request_counts"].get("POST /api/v1/techniques/{slug}/runs", 0)
+    return {
+        "wall": got.wall,
+        "rss": got.maxrss_mb,
+        "rc": got.data["returncode"],
+        "creates": creates,
+    }
+
+
+def _appended_row(out: dict[str, Any]) -> Row:
+    a = out["appended"]
+    ok = a["rc"] == 0 and a["creates"] == NEW_ROWS
+    note = "" if ok else f" (exit {a['rc']}, {a['creates']} creates)"
+    return Row(
+        "4",
+        f"`run` on 100,000 rows, {NEW_ROWS} of them new (a nightly append): peak RSS",
+        f"{a['rss']:.0f} MB (wall {a['wall']:.1f} s: 4 runs at a time, polls ≥ 2 s apart)",
+        "—",
+        f"{a['rss']:.0f} MB{note}",
+        "≤ 500 MB",
+        a["rss"] <= 500 and ok,
+    )
 
 
 def _forget_memos(db: Path) -> None:

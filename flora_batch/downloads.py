@@ -33,8 +33,8 @@ class Downloads(WorkerState):
             run = self.completed_runs.get(key)
             if run is not None:
                 await self._download_only(key, run)
-            # The ledger's order (by output id, in its collation), as ``_claim_saved`` sees
-            # it: ``{index}`` in a name must be the same whichever way the job was read.
+            # The ledger's order (by output id, in its collation): ``{index}`` in a name
+            # must be the same whichever way the job was read.
             # (After ``_download_only``: only an output that a refreshed run added.)
             for index, out in enumerate(self.jobs[key].outputs):
                 if not out.sha256:
@@ -168,33 +168,41 @@ class Downloads(WorkerState):
 
         Plan time checks names made with the technique's slot ids; the output ids of a
         run come from FLORA, so a clash they cause is caught here and nothing is
-        overwritten.  Names of outputs saved before this run are claimed first.
+        overwritten.  The files saved before this run are claimed first, under the names
+        the ledger recorded for them (not rendered again: ``output.name`` may have changed
+        since, and the file on disk is what must not be overwritten).
         """
-        if self.unclaimed_keys:  # done jobs loaded light: read them whole, once
-            wanted, self.unclaimed_keys = self.unclaimed_keys, set()
-            done = self.ledger.jobs(batch=self.batch, states=(JobState.DONE,))
-            self.unclaimed.extend(r for r in done if r.key in wanted)
+        if self.unclaimed_saved:  # done jobs loaded light: their recorded paths suffice
+            saved, self.unclaimed_saved = self.unclaimed_saved, []
+            for job in saved:
+                self._claim_files(job.key, [path for path, _, sha in job.files if sha])
         while self.unclaimed:
-            self._claim_saved(self.unclaimed.pop())
+            rec = self.unclaimed.pop()
+            self._claim_files(rec.key, [o.path for o in rec.outputs if o.sha256])
         owner = self.names.setdefault(name.casefold(), key)
         if owner == key:
             return name
         if tmp is not None:
             self.results.discard(tmp)
-        other = self.jobs[owner].source if owner in self.jobs else None
-        other = other or self.saved_sources.get(owner) or owner
+        other = self.jobs[owner].source if owner in self.jobs else self._source_of(owner)
         raise ResponseRefused(
             f"output {out.output_id!r} would be saved as {name!r}, which is {other}'s file "
             "already: not overwritten (make output.name unique per row)"
         )
 
-    def _claim_saved(self, rec: JobRecord) -> None:
-        if rec.key not in self.jobs:
-            self.saved_sources[rec.key] = rec.source
-        for index, out in enumerate(rec.outputs):
-            if out.sha256:
-                name = self._name(rec, out, index, out.content_type)
-                self.names.setdefault(name.casefold(), rec.key)
+    def _claim_files(self, key: JobKey, paths: list[str | None]) -> None:
+        """Take the names of a job's saved files (those in this results location)."""
+        for path in paths:
+            name = self.results.name_of(path) if path else None
+            if name is not None:
+                self.names.setdefault(name.casefold(), key)
+
+    def _source_of(self, key: JobKey) -> str:
+        """Where a job not loaded whole comes from (its row), for a message."""
+        try:
+            return self.ledger.get(key).source or key
+        except FloraError:
+            return key
 
     async def _fresh_url(self, key: JobKey, output_id: str) -> str:
         """Output URLs expire: poll the run again for fresh ones."""

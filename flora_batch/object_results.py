@@ -131,6 +131,11 @@ class ObjectResults:
             raise ResultsError(f"output name {relative!r} would write outside {self.root}")
         return f"{self.root}/{rel}"
 
+    def name_of(self, path: str) -> str | None:
+        """The output name of an object ``commit`` put here (None: it lies elsewhere)."""
+        prefix = self.root + "/"
+        return path[len(prefix) :] if path.startswith(prefix) else None
+
     def temp_path(self) -> Path:
         """A fresh local temporary file (a download is hashed here before its PUT)."""
         return self._tmp / f"{secrets.token_hex(8)}.part"

@@ -108,6 +108,13 @@ class Results:
                 )
         return Path(f"{folder}{os.sep}{parts[-1]}")
 
+    def name_of(self, path: str) -> str | None:
+        """The output name of a file ``commit`` put here (None: it lies elsewhere)."""
+        root = self._resolved or str(self.root.resolve())
+        self._resolved = root
+        prefix = root + os.sep
+        return path[len(prefix) :].replace(os.sep, "/") if path.startswith(prefix) else None
+
     def temp_path(self) -> Path:
         """A fresh temporary file name inside the results folder."""
         return Path(f"{self._tmp_prefix}{next(self._tmp_count)}.part")
@@ -205,3 +212,7 @@ class ResultStore(Protocol):
 
     def verify(self, path: str | None, size: int | None, sha256: str | None, *, deep: bool) -> bool:
         """Whether a recorded output is still there as recorded."""
+
+    def name_of(self, path: str) -> str | None:
+        """The output name a recorded ``path`` has here (what ``target`` was given), or
+        None when it lies outside this location."""

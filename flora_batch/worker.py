@@ -226,7 +226,7 @@ class Worker(Tracker, Reconciler):
             if job.run_id:
                 self.saved_runs.add(job.run_id)
             if job.files:
-                self.unclaimed_keys.add(job.key)
+                self.unclaimed_saved.append(job)
         if whole:
             self._load(whole)
 

@@ -26,7 +26,7 @@ from .errors import FloraError
 from .ledger import Ledger
 from .polling import Learned
 from .results import ResultStore
-from .types import JobKey, JobRecord, JobState, RunInfo, RunInput, Technique
+from .types import JobKey, JobRecord, JobState, RunInfo, RunInput, SavedJob, Technique
 
 Clock = Callable[[], float]
 ProgressHook = Callable[["Snapshot"], None]
@@ -164,16 +164,15 @@ class WorkerState:
         self.completed_runs: dict[JobKey, RunInfo] = {}
         self.names: dict[str, JobKey] = {}  # output names taken, casefolded (``_claim``)
         #: Loaded jobs with saved outputs whose names ``_claim`` has not taken yet: taken at
-        #: the first download, so resuming a batch that is all done renders no names.
+        #: the first download, so resuming a batch that is all done claims no names.
         self.unclaimed: list[JobRecord] = []
         #: Done jobs loaded light (``Worker._load_saved``): how many, their bills, their
-        #: runs (a reconcile must not adopt them), the keys whose names are not claimed
-        #: yet (read whole at the first download) and, once read, their labels.
+        #: runs (a reconcile must not adopt them), and those whose files' names are not
+        #: claimed yet (from their recorded paths, at the first download).
         self.saved_count = 0
         self.saved_spent = 0.0
         self.saved_runs: set[str] = set()
-        self.unclaimed_keys: set[JobKey] = set()
-        self.saved_sources: dict[JobKey, str] = {}
+        self.unclaimed_saved: list[SavedJob] = []
         #: Techniques whose earlier durations ``_load`` has read from the ledger.
         self.primed: set[str] = set()
         self.committed = 0.0

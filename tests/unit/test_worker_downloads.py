@@ -164,3 +164,30 @@ async def test_a_file_whose_commit_was_lost_is_fetched_again_under_its_name(
     files = [p for p in (manifest.parent / "results").rglob("*") if p.is_file()]
     assert files == [landed[0]]
     assert list(emu.charges_by_key().values()) == [1]
+
+
+async def test_a_saved_file_is_never_overwritten_after_output_name_changes(tmp_path: Path) -> None:
+    """Done jobs keep the names their files were saved under, whatever ``output.name``
+    says now: a new row whose new name is an old job's file is refused, the file kept."""
+    emu = Emulator(EmulatorConfig(speed=200.0))
+    manifest = batch(tmp_path, 2)
+    with retrying.set_testing():
+        await run_batch(load_manifest(manifest), settings(emu, 2), transport=SlowPolls(emu))
+        first = tmp_path / "results" / "S000-output_1.png"
+        kept = first.read_bytes()
+        rows = tmp_path / "rows.csv"
+        lines = rows.read_text().splitlines()
+        rows.write_text(
+            "sku,image_url,label\n"
+            f"{lines[1]},first\n{lines[2]},second\n"
+            "S002,https://media.flora.ai/demo/cup-9.jpg,S000\n"
+        )
+        manifest.write_text(manifest.read_text().replace("{sku}-", "{label}-"))
+        again = await run_batch(
+            load_manifest(manifest), settings(emu, 3), transport=SlowPolls(emu)
+        )
+    assert first.read_bytes() == kept
+    [reason] = again.outcome.stuck
+    assert "'S000-output_1.png'" in reason and "not overwritten" in reason
+    assert states(manifest) == [JobState.DONE, JobState.DONE, JobState.DOWNLOADING]
+    assert sorted(emu.charges_by_key().values()) == [1, 1, 1]
