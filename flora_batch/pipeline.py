@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,6 +35,7 @@ from .uploads import FileProbe, Uploader, UploadReport
 from .worker import Outcome, ProgressHook, Snapshot, Worker
 
 Clock = Callable[[], float]
+log = logging.getLogger("flora_batch.pipeline")
 
 
 @dataclass(repr=False)
@@ -155,29 +157,38 @@ async def prepare(
     way leaves its keys in the ledger's plan memo for the next resume (``memo.py``).
     """
     techniques = await fetch_techniques(client, manifest)
+    digest = None
+    if ledger is not None:  # before the rows are read: see _remember
+        uploads = workspace_location(manifest, settings) is not None
+        digest = memo.batch_digest(manifest, techniques, uploads=uploads)
     with _no_gc():
-        remembered = _from_memo(manifest, techniques, ledger, settings)
-        if remembered is not None:
-            return remembered
-        return _prepared(manifest, techniques, ledger, settings, remember=remember)
+        if ledger is not None and digest is not None:
+            remembered = _from_memo(manifest, techniques, ledger, settings, digest)
+            if remembered is not None:
+                return remembered
+        return _prepared(
+            manifest, techniques, ledger, settings, digest=digest if remember else None
+        )
 
 
 def _from_memo(
-    manifest: Manifest, techniques: dict[str, Technique], ledger: Ledger | None, settings: Settings
+    manifest: Manifest,
+    techniques: dict[str, Technique],
+    ledger: Ledger,
+    settings: Settings,
+    digest: str,
 ) -> Prepared | None:
     """The batch planned from its memo, or None: no memo, another digest, or a key the
     ledger does not hold (then something is new, and the long way records it)."""
-    if ledger is None:
-        return None
-    workspace = workspace_location(manifest, settings)
-    digest = memo.batch_digest(manifest, techniques, uploads=workspace is not None)
-    keys = memo.decode(ledger.get_meta(memo.memo_name(manifest.name)), digest) if digest else None
+    keys = memo.decode(ledger.get_meta(memo.memo_name(manifest.name)), digest)
     if not keys:
         return None
     known = ledger.known_slots(manifest.name)
     if any(key not in known for key in keys):
         return None
     plan = plan_known(manifest.name, keys, known, techniques, retry_failed=settings.retry_failed)
+    log.info("%s: %d jobs planned from the plan memo (no row keyed again)", manifest.name, len(keys))
+    workspace = workspace_location(manifest, settings)
     return Prepared(manifest, techniques, [], plan, workspace_id=workspace, memo=True)
 
 
@@ -187,13 +198,13 @@ def _prepared(
     ledger: Ledger | None,
     settings: Settings,
     *,
-    remember: bool,
+    digest: str | None,
 ) -> Prepared:
-    """``prepare`` once the schemas are known: rows, jobs, plan (no await, no request)."""
+    """``prepare`` once the schemas are known: rows, jobs, plan (no await, no request).
+
+    With ``digest`` (taken before the rows were read), the keys are left in the plan memo.
+    """
     workspace = workspace_location(manifest, settings)
-    digest = None
-    if remember and ledger is not None:  # read before the rows: see _remember
-        digest = memo.batch_digest(manifest, techniques, uploads=workspace is not None)
     columns, rows = load_rows(manifest.rows, manifest.path)
     fatal = check_manifest(manifest, columns, techniques)
     if fatal:  # problems of the manifest itself stop the batch even with --skip-invalid
