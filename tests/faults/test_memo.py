@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from fault_helpers import creates, ledger_path, rows, write_batch
 from hypothesis import given
 from hypothesis import strategies as st
 from inproc import CrashingTransport, fast_settings, run_once
+from support import pg_schema
 
 from flora_batch import memo
 from flora_batch.client import FloraClient
@@ -45,19 +47,34 @@ def write_rows(manifest: Path, products: list[dict[str, str]]) -> None:
         writer.writerows(products)
 
 
+def ledger_of(manifest: Path, settings: Settings) -> str:
+    """The batch's ledger: ``settings.ledger`` (PostgreSQL), else the file beside it."""
+    return settings.ledger or str(ledger_path(manifest))
+
+
 async def prepared(manifest: Path, emu: Emulator, settings: Settings) -> Prepared:
-    """``prepare`` as ``run`` calls it, against the manifest's ledger (a fresh read)."""
+    """``prepare`` as ``run`` calls it, against the batch's ledger (a fresh read)."""
     m = load_manifest(manifest)
     transport = CrashingTransport(emu)
     async with FloraClient(settings.base_url, settings.api_key, transport=transport) as c:
-        with Ledger.open(ledger_path(manifest)) as ledger:
+        with Ledger.open(ledger_of(manifest, settings)) as ledger:
             return await prepare(m, c, ledger, settings, remember=True)
 
 
-def forget(manifest: Path, name: str = "mugs") -> None:
+def forget(manifest: Path, settings: Settings, name: str = "mugs") -> None:
     """Drop the batch's memo, so the next ``prepare`` goes the long way."""
-    with Ledger.open(ledger_path(manifest)) as ledger:
+    with Ledger.open(ledger_of(manifest, settings)) as ledger:
         ledger.set_meta(memo.memo_name(name), None)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """None (a SQLite file beside the manifest) or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield None
+    else:
+        with pg_schema() as url:
+            yield url
 
 
 def same_plan(a: Plan, b: Plan) -> None:
@@ -66,18 +83,21 @@ def same_plan(a: Plan, b: Plan) -> None:
         assert getattr(a, f.name) == getattr(b, f.name), f.name
 
 
-async def test_a_resume_from_the_memo_plans_what_the_long_way_plans(tmp_path: Path):
-    """Done, failed and retired jobs, with and without --retry-failed: the same plan both ways."""
+async def test_a_resume_from_the_memo_plans_what_the_long_way_plans(
+    tmp_path: Path, ledger_url: str | None
+):
+    """Done, failed and retired jobs, with and without --retry-failed: the same plan both
+    ways, on SQLite and on PostgreSQL."""
     emu = emulator()
     manifest = write_batch(tmp_path / "b", 8)
-    settings = fast_settings(emu)
+    settings = fast_settings(emu, ledger=ledger_url)
     emu.inject("run_failure", times=2, code="provider_error")
     await run_once(manifest, settings, CrashingTransport(emu))
     write_rows(manifest, rows(6))  # two rows removed: their jobs retire
     await run_once(manifest, settings, CrashingTransport(emu))
     for config in (settings, dataclasses.replace(settings, retry_failed=True)):
         quick = await prepared(manifest, emu, config)
-        forget(manifest)
+        forget(manifest, config)
         slow = await prepared(manifest, emu, config)  # and it remembers again
         assert (quick.memo, slow.memo) == (True, False)
         same_plan(quick.plan, slow.plan)
@@ -134,7 +154,7 @@ async def test_no_memo_is_left_by_plan_or_by_a_batch_with_a_bad_row(tmp_path: Pa
     manifest = write_batch(tmp_path / "b", 4)
     settings = fast_settings(emu)
     await run_once(manifest, settings, CrashingTransport(emu))
-    forget(manifest)
+    forget(manifest, settings)
     await plan_batch(load_manifest(manifest), settings, transport=CrashingTransport(emu))
     with Ledger.open(ledger_path(manifest)) as ledger:
         assert ledger.get_meta(memo.memo_name("mugs")) is None
