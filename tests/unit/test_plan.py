@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from unit_support import CATALOG, make_spec
 
 from flora_batch.keys import job_key
-from flora_batch.plan import Known, make_plan
+from flora_batch.plan import Known, make_plan, plan_keyed, plan_known
 from flora_batch.types import JobKey, JobSpec, JobState
 
 
@@ -150,3 +150,35 @@ def test_reordering_rows_changes_nothing_but_order(
     every = [*a.new, *a.done, *a.in_flight, *a.failed, *a.unresolved]
     assert sorted(every) == sorted(a.keys)
     assert {old for old, _ in a.changed} | set(a.retired) == {job_key(gone)}
+
+
+KNOWN_STATES = st.sampled_from(list(JobState))
+
+
+@settings(max_examples=200)
+@given(
+    states=st.lists(KNOWN_STATES, min_size=0, max_size=8),
+    techniques=st.lists(st.sampled_from(["studio-shot", "palette-pull"]), min_size=8, max_size=8),
+    retired=st.integers(0, 3),
+    retry_failed=st.booleans(),
+)
+def test_plan_known_is_plan_keyed_when_the_ledger_knows_every_key(
+    states: list[JobState], techniques: list[str], retired: int, retry_failed: bool
+) -> None:
+    """The plan memo's planner (keys only, techniques from the ledger) gives the plan
+    ``plan_keyed`` gives with the specs, field by field, retired ledger keys included."""
+    specs = [spec(i, technique=t) for i, t in zip(range(len(states)), techniques, strict=False)]
+    ledger = dict(known(s, state) for s, state in zip(specs, states, strict=True))
+    ledger.update(known(spec(50 + i), JobState.DONE) for i in range(retired))
+    keyed = [(job_key(s), s) for s in specs]
+    slow = plan_keyed(keyed, ledger, CATALOG, retry_failed=retry_failed)
+    batch = specs[0].batch if specs else ""
+    keys = [k for k, _ in keyed]
+    quick = plan_known(batch, keys, ledger, CATALOG, retry_failed=retry_failed)
+    assert quick == slow
+
+
+def test_plan_known_refuses_a_key_the_ledger_lacks() -> None:
+    """Without a spec, a new key cannot be planned: that is ``plan_keyed``'s job."""
+    with pytest.raises(ValueError, match="does not know"):
+        plan_known("spring", [job_key(spec(0))], {}, CATALOG)
