@@ -7,8 +7,8 @@ mistake never shows a traceback (``-v`` shows the causes, never the API key).
 Exit codes: 0 every job done · 1 finished with failed jobs · 2 bad manifest or usage
 (nothing spent) · 3 stopped by the API (auth, credits, outage) · 4 budget cap reached ·
 5 another run holds this ledger · 6 jobs need reconciling by you · 7 the results folder
-or the ledger cannot be written (disk full, permissions) · 130 interrupted (run the same
-command again to continue).
+or the ledger cannot be used (disk full, permissions, a file in the way) · 130
+interrupted (run the same command again to continue).
 """
 
 from __future__ import annotations

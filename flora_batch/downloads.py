@@ -169,8 +169,8 @@ class Downloads(WorkerState):
         Plan time checks names made with the technique's slot ids; the output ids of a
         run come from FLORA, so a clash they cause is caught here and nothing is
         overwritten.  The files saved before this run are claimed first, under the names
-        the ledger recorded for them (not rendered again: ``output.name`` may have changed
-        since, and the file on disk is what must not be overwritten).
+        their recorded paths give: the file on disk is what must not be overwritten, and
+        no done job is read whole for it (a resume of 100,000 with a few new rows).
         """
         if self.unclaimed_saved:  # done jobs loaded light: their recorded paths suffice
             saved, self.unclaimed_saved = self.unclaimed_saved, []

@@ -11,7 +11,7 @@ the ledger once it has built them (``meta`` row ``plan-memo:<batch>``), under
   the code starts afresh), the Python version and its Unicode tables (NFC), and the
   versions of the spreadsheet readers (openpyxl, pyarrow) for XLSX and Parquet;
 * the parsed manifest, whole (its ``repr``: every field, inline rows included, and
-  whatever a later version adds, so an ``${ENV}`` expanded differently is a change too);
+  whatever field a later version adds);
 * the rows file's bytes;
 * the technique schemas fetched for this run;
 * whether input files may be uploaded (a workspace is set).
@@ -27,7 +27,7 @@ rendered or hashed.  It does so only when it is safe to need no ``JobSpec`` at a
 
 Anything unexpected (no rows file, a memo of another digest, an unreadable or
 truncated value, a key the ledger does not know) means: plan the long way.  The memo
-can make planning faster, never different; ``tests/unit/test_memo.py`` checks the two
+can make planning faster, never different; ``tests/faults/test_memo.py`` checks the two
 ways against each other.
 """
 
@@ -48,7 +48,6 @@ from .types import JobKey, Technique
 MEMO_FORMAT = "flora-batch plan memo 1"
 #: Readers outside this package whose output decides the rows of these formats.
 _READERS = {"xlsx": ("openpyxl",), "parquet": ("pyarrow",)}
-_CHUNK = 1 << 20
 
 
 def memo_name(batch: str) -> str:

@@ -187,7 +187,7 @@ def _from_memo(
     if any(key not in known for key in keys):
         return None
     plan = plan_known(manifest.name, keys, known, techniques, retry_failed=settings.retry_failed)
-    log.info("%s: %d jobs planned from the plan memo (no row keyed again)", manifest.name, len(keys))
+    log.info("%s: %d jobs planned from the plan memo (none keyed again)", manifest.name, len(keys))
     workspace = workspace_location(manifest, settings)
     return Prepared(manifest, techniques, [], plan, workspace_id=workspace, memo=True)
 
