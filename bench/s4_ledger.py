@@ -78,29 +78,13 @@ def _all_done(work: Path, sizes: Sizes) -> tuple[list[Row], dict[str, Any]]:
             raw["build_seconds"] = time.perf_counter() - t0
             out = {}
             for name, manifest in (("big", big), ("one", one)):
-                ledger = str(manifest.parent / "ledger.db")
                 for cmd in ("plan", "run"):
-                    args = [cmd, str(manifest), "--ledger", ledger, "--results", str(files / name)]
-                    got = _cli(["-q", *args] if cmd == "run" else args, emu, sizes.cli_give_up)
-                    out[f"{cmd}-{name}"] = {
-                        "wall": got.wall,
-                        "rss": got.maxrss_mb,
-                        "cpu": got.rusage_cpu,
-                        "rc": got.data["returncode"],
-                    }
+                    out[f"{cmd}-{name}"] = _measure(cmd, manifest, files / name, emu, sizes)
             # The same resume once more without the plan memo (as after an upgrade of
             # flora-batch): every row rendered and keyed again.
-            ledger = str(big.parent / "ledger.db")
             _forget_memos(big.parent / "ledger.db")
             for cmd in ("plan", "run"):
-                args = [cmd, str(big), "--ledger", ledger, "--results", str(files / "big")]
-                got = _cli(["-q", *args] if cmd == "run" else args, emu, sizes.cli_give_up)
-                out[f"{cmd}-cold"] = {
-                    "wall": got.wall,
-                    "rss": got.maxrss_mb,
-                    "cpu": got.rusage_cpu,
-                    "rc": got.data["returncode"],
-                }
+                out[f"{cmd}-cold"] = _measure(cmd, big, files / "big", emu, sizes)
             creates = emu.state()["request_counts"].get("POST /api/v1/techniques/{slug}/runs", 0)
         out["appended"] = _appended(big, files / "big", sizes)
     finally:
@@ -120,16 +104,9 @@ def _appended(manifest: Path, results: Path, sizes: Sizes) -> dict[str, Any]:
     new = [f"new{i:06d},{IMAGE_HOST}/new-{i:06d}.jpg" for i in range(NEW_ROWS)]
     csv_file.write_text("\n".join([lines[0], *lines[NEW_ROWS + 1 :], *new]) + "\n")
     with emulator(1000.0) as fast:
-        ledger = str(manifest.parent / "ledger.db")
-        args = ["-q", "run", str(manifest), "--ledger", ledger, "--results", str(results)]
-        got = _cli(args, fast, sizes.cli_give_up * 3)
+        got = _measure("run", manifest, results, fast, sizes, sizes.cli_give_up * 3)
         creates = fast.state()["request_counts"].get("POST /api/v1/techniques/{slug}/runs", 0)
-    return {
-        "wall": got.wall,
-        "rss": got.maxrss_mb,
-        "rc": got.data["returncode"],
-        "creates": creates,
-    }
+    return {**got, "creates": creates}
 
 
 def _appended_row(out: dict[str, Any]) -> Row:
@@ -145,6 +122,21 @@ def _appended_row(out: dict[str, Any]) -> Row:
         "≤ 500 MB",
         a["rss"] <= 500 and ok,
     )
+
+
+def _measure(
+    cmd: str, manifest: Path, results: Path, emu: Any, sizes: Sizes, give_up: float = 0.0
+) -> dict[str, Any]:
+    """``flora-batch plan|run`` on the manifest's ``ledger.db``: wall, peak RSS, CPU, exit."""
+    ledger = str(manifest.parent / "ledger.db")
+    args = [cmd, str(manifest), "--ledger", ledger, "--results", str(results)]
+    got = _cli(["-q", *args] if cmd == "run" else args, emu, give_up or sizes.cli_give_up)
+    return {
+        "wall": got.wall,
+        "rss": got.maxrss_mb,
+        "cpu": got.rusage_cpu,
+        "rc": got.data["returncode"],
+    }
 
 
 def _forget_memos(db: Path) -> None:

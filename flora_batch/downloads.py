@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TypedDict
 
 from . import retrying
 from .client import Downloaded
@@ -19,6 +20,16 @@ from .types import JobKey, JobRecord, JobState, OutputRecord, RunInfo
 from .workstate import WorkerState
 
 log = logging.getLogger("flora_batch.worker")
+
+
+class _SavedFile(TypedDict):
+    """The keyword arguments that record a saved file in the ledger."""
+
+    path: str
+    size: int
+    sha256: str
+    content_type: str | None
+    now: float
 
 _MAX_DOWNLOAD_ROUNDS = 4
 
@@ -79,18 +90,8 @@ class Downloads(WorkerState):
         if self.completed_runs.pop(key, None) is None:  # recorded meanwhile: a fresh URL
             self._save(key, out.output_id, path, saved)
             return
-        self._update(
-            self.ledger.finish_run(
-                key,
-                out,
-                path=path,
-                size=saved.size,
-                sha256=saved.sha256,
-                content_type=saved.content_type,
-                now=self.clock(),
-                charged_cost=run.charged_cost,
-            )
-        )
+        file = self._file(path, saved)
+        self._update(self.ledger.finish_run(key, out, **file, charged_cost=run.charged_cost))
 
     async def _download_one(self, key: JobKey, index: int, out: OutputRecord) -> None:
         """One output of a job in ``downloading``: fetched, then saved in the ledger."""
@@ -99,17 +100,17 @@ class Downloads(WorkerState):
 
     def _save(self, key: JobKey, output_id: str, path: str, saved: Downloaded) -> None:
         """One commit records the file and, after the job's last output, makes it done."""
-        self._update(
-            self.ledger.save_output(
-                key,
-                output_id,
-                path=path,
-                size=saved.size,
-                sha256=saved.sha256,
-                content_type=saved.content_type,
-                now=self.clock(),
-            )
-        )
+        self._update(self.ledger.save_output(key, output_id, **self._file(path, saved)))
+
+    def _file(self, path: str, saved: Downloaded) -> _SavedFile:
+        """What the ledger records of a file put in place (``save_output``, ``finish_run``)."""
+        return {
+            "path": path,
+            "size": saved.size,
+            "sha256": saved.sha256,
+            "content_type": saved.content_type,
+            "now": self.clock(),
+        }
 
     async def _fetch(self, key: JobKey, index: int, out: OutputRecord) -> tuple[str, Downloaded]:
         """Put an output's file under its final name: where it went, and what it holds.
