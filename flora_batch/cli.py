@@ -27,6 +27,7 @@ import click
 from . import errors as E
 from .client import http_stack
 from .config import Settings, check_api_key, check_workspace_id
+from .options import contract_options
 from .pipeline import BatchResult, plan_batch, run_batch
 from .progress import Progress, duration
 from .types import JobState, cost_unit, money
@@ -232,6 +233,7 @@ def _settings(base_url: str, api_key: str | None, **kw: Any) -> Settings:
 @cli.command(epilog=RUN_EXAMPLES)
 @click.argument("manifest", type=click.Path(path_type=Path))
 @_common_run_options
+@contract_options
 @click.option(
     "--concurrency",
     type=click.IntRange(1, 256),
@@ -299,6 +301,9 @@ def run(
     submit_rate: float,
     verify_deep: bool,
     max_download_mb: int | None,
+    timeout: float,
+    key_window: float,
+    history_lag: float,
 ) -> None:
     """Run a batch: validate every row, then submit, poll and download — resumably.
 
@@ -332,6 +337,9 @@ def run(
             submit_rate=submit_rate,
             verify_deep=verify_deep,
             max_download_bytes=max_download_mb * 1024 * 1024 if max_download_mb else None,
+            timeout=timeout,
+            key_window=key_window,
+            history_lag=history_lag,
             **_assets(workspace_id, asset_folder, m, server),
         )
         progress = Progress(m.name, enabled=not quiet)

@@ -82,6 +82,14 @@ class Reply(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class RunHistory:
+    """Runs of the history, newest first, and whether they reach as far back as asked."""
+
+    runs: list[RunInfo]
+    complete: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Downloaded:
     """What a finished download wrote."""
 
@@ -121,8 +129,11 @@ def map_http_errors(*, creating: bool = False) -> Iterator[None]:
         # The request never reached the server: safe for every kind of request.
         raise TransportError(f"could not connect to FLORA: {exc!r}") from exc
     except httpx.TransportError as exc:
-        cls = AmbiguousCreate if creating else TransportError
-        raise cls(f"connection to FLORA failed mid-request: {type(exc).__name__}") from exc
+        message = f"connection to FLORA failed mid-request: {type(exc).__name__}"
+        if creating:
+            timed_out = isinstance(exc, httpx.TimeoutException)
+            raise AmbiguousCreate(message, timed_out=timed_out) from exc
+        raise TransportError(message) from exc
 
 
 def http_stack(stack: str | None = None) -> str:
@@ -363,13 +374,15 @@ class FloraClient:
     async def list_techniques(self, *, limit: int = 100) -> list[Technique]:
         """Every technique, following ``meta.next_cursor``."""
         items: list[Technique] = []
-        async for page in self._pages("/techniques", "techniques", {"limit": limit}):
+        async for page, _ in self._pages("/techniques", "techniques", {"limit": limit}):
             items.extend(wire.parse_technique(t) for t in page)
         return items
 
     async def _pages(
         self, path: str, field: str, params: dict[str, Any], max_pages: int = 1000
-    ) -> AsyncIterator[list[Any]]:
+    ) -> AsyncIterator[tuple[list[Any], bool]]:
+        """Each page's items, and whether the listing ends with it (no ``next_cursor``),
+        following ``meta.next_cursor`` for at most ``max_pages`` pages."""
         cursor: str | None = None
         for _ in range(max_pages):
             query = dict(params, **({"cursor": cursor} if cursor else {}))
@@ -377,10 +390,11 @@ class FloraClient:
             items = data.get(field) if isinstance(data, dict) else None
             if not isinstance(items, list):
                 raise ProtocolError(f"{path} answered without a {field!r} list")
-            yield items
             meta = data.get("meta") if isinstance(data, dict) else None
             cursor = meta.get("next_cursor") if isinstance(meta, dict) else None
-            if not items or not cursor:
+            last = not items or not cursor
+            yield items, last
+            if last:
                 return
 
     # -- runs -----------------------------------------------------------------------
@@ -419,17 +433,25 @@ class FloraClient:
         return (parts.scheme, parts.netloc) == (self._base.scheme, self._base.netloc)
 
     async def technique_runs(
-        self, technique_id: str, *, newer_than: float | None = None, max_pages: int = 20
-    ) -> list[RunInfo]:
-        """The run history for one technique, newest first, down to ``newer_than`` (ms)."""
+        self, technique_id: str, *, newer_than: float | None = None, max_pages: int = 200
+    ) -> RunHistory:
+        """The run history for one technique, newest first, down to ``newer_than`` (ms).
+
+        Pages are followed (``meta.next_cursor``, whatever size FLORA makes them) until a
+        run older than ``newer_than`` shows up or the history ends: then the answer is
+        ``complete``.  A history cut short by ``max_pages`` is not: what it lacks is
+        unknown, and reconciliation must not read it as "no such run".
+        """
         runs: list[RunInfo] = []
         params = {"technique_id": technique_id, "limit": 100}
-        async for page in self._pages("/technique-runs", "technique_runs", params, max_pages):
+        ended = False
+        async for page, last in self._pages("/technique-runs", "technique_runs", params, max_pages):
             batch = [wire.parse_run(item) for item in page]
             runs.extend(batch)
+            ended = last
             if newer_than is not None and batch and (batch[-1].created_at or 0) < newer_than:
-                break
-        return runs
+                return RunHistory(runs, complete=True)
+        return RunHistory(runs, complete=ended)
 
     # -- assets (ASSETS.md) ------------------------------------------------------------
 
@@ -472,7 +494,7 @@ class FloraClient:
         if query:
             params["query"] = query
         found: list[AssetInfo] = []
-        async for page in self._pages("/assets", "assets", params, max_pages):
+        async for page, _ in self._pages("/assets", "assets", params, max_pages):
             found.extend(asset_wire.parse_asset_list({"assets": page})[0])
         return found
 
@@ -660,6 +682,7 @@ __all__ = [
     "FloraClient",
     "RemoteError",
     "Reply",
+    "RunHistory",
     "check_fetch_url",
     "default_transport",
     "http_stack",

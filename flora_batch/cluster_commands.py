@@ -28,6 +28,7 @@ from .cluster import (
     submit_batch,
 )
 from .config import DEFAULT_MAX_POLL, DEFAULT_MIN_POLL, DEFAULT_SUBMIT_RATE, Settings
+from .options import contract_options
 from .types import cost_unit, money
 from .wire import DEFAULT_BASE_URL
 
@@ -242,6 +243,7 @@ def _show_submitted(done: Submitted, *, as_json: bool) -> None:
     help="Seconds between polls at the most (and before a stuck job is tried again).",
 )
 @click.option("--max-runtime", type=float, metavar="SECONDS", help="Stop cleanly after this long.")
+@contract_options
 @_s3_endpoint
 def worker(
     ledger: str | None,
@@ -255,6 +257,9 @@ def worker(
     min_poll: float,
     max_poll: float,
     max_runtime: float | None,
+    timeout: float,
+    key_window: float,
+    history_lag: float,
     s3_endpoint: str | None,
 ) -> None:
     """Work submitted batches from a shared PostgreSQL ledger (one or more per machine).
@@ -280,6 +285,9 @@ def worker(
         min_poll=min_poll,
         max_poll=max_poll,
         max_runtime=max_runtime,
+        timeout=timeout,
+        key_window=key_window,
+        history_lag=history_lag,
     )
     options = WorkerOptions(
         worker_id=worker_id or new_worker_id(),

@@ -22,6 +22,10 @@ DEFAULT_MAX_DOWNLOAD = 2 * 1024**3
 #: (CONTRACT.md §4: not terminal, but bound the wait; real runs take seconds to minutes).
 DEFAULT_UNKNOWN_STATUS_LIMIT = 3600.0
 DEFAULT_TIMEOUT = 60.0
+#: Seconds FLORA may take to list a new run in its run history (``GET /technique-runs``):
+#: a run missing from the history this long after our last create that could have made
+#: it was not made (reconciliation, docs/design.md).  The contract gives no figure.
+DEFAULT_HISTORY_LAG = 30.0
 DEMO_API_KEY = "sk_test_emulator"
 DEFAULT_UPLOAD_CONCURRENCY = 4  # files uploaded at once
 DEFAULT_UPLOAD_TIMEOUT = 600.0  # seconds to wait for one asset to be ready (videos are slow)
@@ -52,6 +56,7 @@ class Settings:
     max_download_bytes: int = DEFAULT_MAX_DOWNLOAD
     unknown_status_limit: float = DEFAULT_UNKNOWN_STATUS_LIMIT
     timeout: float = DEFAULT_TIMEOUT
+    history_lag: float = DEFAULT_HISTORY_LAG
     verify_deep: bool = False
     progress: bool = True
     # Input files as FLORA assets (uploads.py): the workspace they go to (else the

@@ -184,7 +184,17 @@ class TransportError(RemoteError):
 
 
 class AmbiguousCreate(TransportError):
-    """A create may or may not have reached FLORA; only its idempotency key may repeat it."""
+    """A create may or may not have reached FLORA; only its idempotency key may repeat it.
+
+    ``timed_out``: no answer came in time, so FLORA may still be working on it (a repeat
+    must wait until it surely is not: two same-key creates may both run, CONTRACT §6).
+    """
+
+    def __init__(
+        self, message: str | None = None, *, request_id: str | None = None, timed_out: bool = False
+    ) -> None:
+        self.timed_out = timed_out
+        super().__init__(message, request_id=request_id)
 
 
 class ProtocolError(RemoteError):

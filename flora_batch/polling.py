@@ -94,6 +94,16 @@ class Learned:
         self._offsets.append(created_at_ms / 1000.0 - (sent + answered) / 2)
         self.offset = statistics.median(self._offsets)
 
+    @property
+    def offset_known(self) -> bool:
+        """Whether ``offset`` was measured (else it is the 0 it started at, or a guess)."""
+        return bool(self._offsets)
+
+    @property
+    def offset_spread(self) -> float:
+        """How far the measured offsets stray from their median, in seconds (0 if none)."""
+        return max((abs(o - self.offset) for o in self._offsets), default=0.0)
+
     def typical(self, technique: str) -> Typical:
         """The median durations of ``technique`` (cached until something new is learned)."""
         found = self._cache.get(technique)

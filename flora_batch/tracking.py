@@ -24,12 +24,15 @@ import logging
 from . import polling, retrying
 from .downloads import Downloads
 from .errors import AuthError, FloraError, NotFound, RateLimited
-from .types import JobKey, JobRecord, RunInfo
+from .types import JobKey, JobRecord, JobState, RunInfo
 from .wire import classify_run_failure
 
 log = logging.getLogger("flora_batch.worker")
 
-_CHARGE_REREADS = 3
+#: Seconds a late bill is waited for, re-read at growing intervals (CONTRACT.md §4).
+_CHARGE_PATIENCE = 120.0
+#: Polls answered 404 in a row before the run counts as lost (``mark_lost``).
+_LOST_AFTER = 3
 #: Seconds a poll may take before it counts as a failure (retried after its backoff): a
 #: poll holds one of the worker's few poll slots while it waits, so it must not hang for
 #: the client's whole timeout.  A GET of a run answers in well under a second.
@@ -66,6 +69,7 @@ class Tracker(Downloads):
             self._poll_failed(key, exc)
             return False
         self.poll_streaks.pop(key, None)
+        self.not_found.pop(key, None)
         self.last_success = self.clock()
         return self._after_poll(key, run)
 
@@ -76,9 +80,7 @@ class Tracker(Downloads):
             self.abort = exc
             return
         if isinstance(exc, NotFound):
-            self.poll_streaks.pop(key, None)
-            self.stuck[key] = f"FLORA no longer knows run {run_id} ({exc}); was the key changed?"
-            self._release(key)
+            self._not_found(key, exc)
             return
         if isinstance(exc, RateLimited):  # FLORA's limit is the workspace's: all slow down
             self.pacer.rate_limited(exc.retry_after)
@@ -91,6 +93,32 @@ class Tracker(Downloads):
             self._schedule(key, now + self.settings.max_poll, "poll")
             return
         self._schedule(key, now + wait, "poll")
+
+    def _not_found(self, key: JobKey, exc: FloraError) -> None:
+        """FLORA answered 404 for a run it made (CONTRACT.md §4: the key's workspace may
+        have changed).  A few in a row, spaced out, and the job is ``unresolved`` with its
+        run kept (``mark_lost``): the next ``run`` polls it again, and the user may buy it
+        again with ``--resubmit-unresolved``.  Never left "running" for ever."""
+        self.poll_streaks.pop(key, None)
+        self.not_found[key] += 1
+        rec = self.jobs[key]
+        if self.not_found[key] < _LOST_AFTER:
+            wait = max(self.settings.min_poll, 2.0) * self.not_found[key]
+            self._schedule(key, self.clock() + wait, "poll")
+            return
+        del self.not_found[key]
+        request_id = getattr(exc, "request_id", None)
+        request = f" (request-id {request_id})" if request_id else ""
+        reason = (
+            f"FLORA answers 404 for its run {rec.run_id}{request}: it no longer shows the run "
+            "to this API key (was FLORA_API_KEY changed to another workspace's?). Run again "
+            "with the key that created it to fetch its outputs; --resubmit-unresolved buys "
+            "it again (it may then be paid twice)"
+        )
+        self._update(self.ledger.mark_lost(key, now=self.clock(), reason=reason))
+        self.stuck.pop(key, None)
+        self._release(key)
+        log.warning("lost %s: %s", rec.source or key, reason)
 
     def _after_poll(self, key: JobKey, run: RunInfo) -> bool:
         """Act on a run's status: schedule the next poll, record the failure, or say that
@@ -151,7 +179,7 @@ class Tracker(Downloads):
                 key, run, code="no_outputs", message="FLORA said completed but gave no outputs"
             )
             return False
-        self._settle_charge(rec, run.charged_cost)
+        self._bill(key, run.charged_cost)
         if len(run.outputs) == 1:
             self.completed_runs[key] = run
         else:
@@ -165,7 +193,7 @@ class Tracker(Downloads):
         code = code or run.error_code or "unknown"
         message = message or run.error_message or ""
         category = classify_run_failure(code, message) if code != "no_outputs" else "retryable"
-        self._settle_charge(rec, run.charged_cost)
+        self._bill(key, run.charged_cost, failed=True)
         self._update(
             self.ledger.mark_failed(
                 key,
@@ -181,20 +209,36 @@ class Tracker(Downloads):
         self._release(key)
         log.warning("failed %s: %s %s", rec.source or key, code, message)
 
-    def _settle_charge(self, rec: JobRecord, charged: float | None) -> None:
-        if charged is not None and rec.charged_cost is None:
-            self.committed += charged - self._quote(rec)
-
-    async def _reread_charge(self, key: JobKey, tries: int = _CHARGE_REREADS) -> None:
-        """Charges can arrive after the run ends (CONTRACT.md §4): read them again, briefly."""
+    async def _reread_charge(self, key: JobKey) -> None:
+        """Charges can arrive after the run ends (CONTRACT.md §4): read them again, less and
+        less often; the run stays reserved meanwhile."""
         rec = self.jobs[key]
-        for _ in range(tries):
+        waited, wait = 0.0, self.settings.min_poll
+        # Under a cap an unknown bill holds money back: worth waiting for.  Without one,
+        # a few looks; the next run reads it again (the ledger keeps it reserved).
+        patience = _CHARGE_PATIENCE if self.budget.cap is not None else 3 * wait
+        while waited <= patience:
             try:
                 run = await self.client.get_run(rec.technique, rec.run_id or "")
             except FloraError:
+                run = None
+            if run is not None and run.charged_cost is not None:
+                failed = self.jobs[key].state is JobState.FAILED
+                self._bill(key, run.charged_cost, failed=failed)
+                self._update(self.ledger.set_charged(key, run.charged_cost, now=self.clock()))
                 return
-            if run.charged_cost is not None:
-                self._settle_charge(self.jobs[key], run.charged_cost)
-                self._update(self.ledger.set_charged(key, run.charged_cost))
-                return
-            await asyncio.sleep(self.settings.min_poll)
+            await asyncio.sleep(wait)
+            waited += wait
+            wait = min(wait * 2, self.settings.max_poll)
+        self._bill_never_came(rec)
+
+    def _bill_never_came(self, rec: JobRecord) -> None:
+        """The bill is still unknown: it stays reserved (the next run reads it again).  Under
+        a cap, a technique whose bill was never seen is not bought again in this run."""
+        if self.budget.cap is None or rec.technique in self.budget.highest:
+            return
+        self.stop_new = self.stop_new or "budget"
+        self.budget_notes.append(
+            f"no bill of {rec.technique} has arrived yet (run {rec.run_id}): under max_cost "
+            "no more of its runs are bought until one has; run the same command later"
+        )

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import retrying
+from .budget import Budget
 from .client import FloraClient
 from .config import Settings
 from .errors import FloraError
@@ -29,6 +30,9 @@ from .results import ResultStore
 from .types import JobKey, JobRecord, JobState, RunInfo, RunInput, SavedJob, Technique
 
 Clock = Callable[[], float]
+#: Seconds added to the client's timeout before a create whose fate is unknown may be
+#: sent again with its key (``WorkerState._settle``).
+SETTLE_MARGIN = 1.0
 ProgressHook = Callable[["Snapshot"], None]
 #: The upload stage's hook (``uploads.Uploader.resolve_inputs``): a job's inputs with its
 #: upload placeholders swapped for asset URLs; None while a file is still uploading;
@@ -71,6 +75,7 @@ class Outcome:
     stopped: str | None = None  # budget | credits | auth | interrupted | runtime | outage
     error: FloraError | None = None
     stuck: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the operator must know (money)
 
 
 class Pacer:
@@ -175,7 +180,7 @@ class WorkerState:
         self.unclaimed_saved: list[SavedJob] = []
         #: Techniques whose earlier durations ``_load`` has read from the ledger.
         self.primed: set[str] = set()
-        self.committed = 0.0
+        self._init_exactly_once(max_cost)
         self.stop_new: str | None = None
         self.abort: FloraError | None = None
         self._stop_error: FloraError | None = None
@@ -184,6 +189,49 @@ class WorkerState:
         self.started = clock()
         self.done_this_run = 0
         self._seq = itertools.count()
+
+    def _init_exactly_once(self, max_cost: float | None) -> None:
+        """The state that keeps every run bought once and every bill counted."""
+        #: Money against ``max_cost``: bills known, and a hold on every run not billed yet.
+        self.budget = Budget(max_cost)
+        self.budget_loaded = False
+        #: One create at a time per technique whose run id is not yet on disk: the jobs of
+        #: each technique whose create may have made a run nobody has identified yet.
+        #: While a technique's set is not empty, no other job of it is sent, so a run
+        #: found in the history in one job's window of sends can only be that job's
+        #: (``reconcile.py``; docs/design.md, "One unknown create per technique").
+        self.gates: dict[str, set[JobKey]] = {}
+        #: Creates in the air (``_submit``): a stop waits them out and records their runs.
+        self.flights: dict[JobKey, asyncio.Future[RunInfo]] = {}
+        #: Jobs marked ``submitting`` whose create has not left yet (a clean stop releases them).
+        self.unsent: set[JobKey] = set()
+        #: Jobs whose key FLORA is known to hold (a 409 or 422 answered a repeat of it).
+        self.proven: set[JobKey] = set()
+        #: 404s in a row on a job's polls: after a few, the run is "lost" (``mark_lost``).
+        self.not_found: Counter[JobKey] = Counter()
+        #: Run ids known to belong to jobs (the ledger's ``runs``, read when needed).
+        self.known_runs: set[str] | None = None
+        #: When the last process that worked this ledger was last seen working (the
+        #: newest event): a create it sent cannot have left after that.
+        self.last_seen: float | None = None
+        #: The server clock's offset as an earlier process measured it (ledger ``meta``).
+        self.stored_offset: float | None = None
+        #: Jobs this worker lost to another (LeaseLost): a refill never loads them again.
+        self.handed_away: set[JobKey] = set()
+        #: Looks at the run history that could not tell yet, per job (``reconcile.py``).
+        self.reconcile_tries: Counter[JobKey] = Counter()
+        #: Things about money the operator must be told (a bill that never came ...).
+        self.budget_notes: list[str] = []
+
+    def _settle(self) -> float:
+        """Seconds after which a create sent now cannot still be running at FLORA.
+
+        The assumption (docs/design.md): FLORA finishes or gives up a create within
+        the client's timeout; a create whose answer was lost is never sent again with
+        its key before this long after it left (two same-key creates that overlap at
+        FLORA may both run, CONTRACT.md §6).
+        """
+        return self.settings.timeout + SETTLE_MARGIN
 
     def _schedule(self, key: JobKey, when: float, kind: str) -> None:
         """Do ``kind`` (poll, charge, download, submit) for ``key`` at ``when``."""
@@ -230,6 +278,33 @@ class WorkerState:
 
     def _release(self, key: JobKey) -> None:
         self.slots.discard(key)
+
+    def _hold_gate(self, key: JobKey) -> None:
+        """``key``'s create may make a run nobody has identified yet: hold its technique."""
+        self.gates.setdefault(self.jobs[key].technique, set()).add(key)
+
+    def _open_gate(self, key: JobKey) -> None:
+        """``key``'s create is settled on disk (a run id, or surely none): free its technique."""
+        rec = self.jobs.get(key)
+        holders = self.gates.get(rec.technique) if rec is not None else None
+        if holders is not None:
+            holders.discard(key)
+            if not holders:
+                del self.gates[rec.technique]  # type: ignore[union-attr]
+            self._wake.set()
+
+    def _gate_open_for(self, rec: JobRecord) -> bool:
+        """Whether ``rec``'s create may leave: no other job of its technique holds it."""
+        holders = self.gates.get(rec.technique)
+        return not holders or rec.key in holders
+
+    def _bill(self, key: JobKey, charged: float | None, *, failed: bool = False) -> None:
+        """A bill arrived for ``key``'s run: it replaces the run's hold in the budget."""
+        if charged is None or not self.budget.holds(key):
+            return  # no news, or a bill already counted
+        rec = self.jobs[key]
+        informative = not failed or charged > 0
+        self.budget.billed(key, rec.technique, charged, informative=informative)
 
     def _record_outputs(self, key: JobKey, run: RunInfo) -> None:
         """``downloading``: the completed run's outputs and bill, before their files."""

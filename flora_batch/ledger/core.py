@@ -118,8 +118,11 @@ class LedgerCore(Session):
     def _check(row: Mapping[str, Any], move: Move) -> None:
         """LedgerConflict unless the row allows ``move``: its state, and no run if ``no_run``."""
         run_id = row["run_id"] if move.no_run else None
-        if not move.allows(row["state"]) or run_id is not None:
+        runless = move.has_run and row["run_id"] is None
+        if not move.allows(row["state"]) or run_id is not None or runless:
             message = conflict_message(row["key"], move.action, row["state"], move.sources, run_id)
+            if runless and move.allows(row["state"]):
+                message = f"job {row['key']}: cannot {move.action}: it has no run"
             raise LedgerConflict(message, key=row["key"])
 
     def _save_file(

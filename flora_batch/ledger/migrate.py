@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 #: The newest revision in ``migrations/versions`` (what ``head_revision`` reads there).
-HEAD = "0003_uploads"
+HEAD = "0004_runs"
 
 #: Serialises concurrent migrations of one PostgreSQL database (pg_advisory_xact_lock).
 _PG_MIGRATION_LOCK = int.from_bytes(

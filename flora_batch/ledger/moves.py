@@ -23,6 +23,7 @@ class Move:
     sources: tuple[JobState, ...]
     target: JobState
     no_run: bool = False  # also require run_id IS NULL
+    has_run: bool = False  # also require run_id IS NOT NULL
 
     def allows(self, state: str) -> bool:
         """Whether a job in ``state`` may take this move."""
@@ -30,7 +31,9 @@ class Move:
 
 
 MARK_SUBMITTING = Move("mark_submitting", (S.PLANNED,), S.SUBMITTING, no_run=True)
-RELEASE_UNSENT = Move("release_unsent", (S.SUBMITTING,), S.PLANNED, no_run=True)
+RELEASE_UNSENT = Move(
+    "release_unsent", (S.SUBMITTING, S.NEEDS_RECONCILE), S.PLANNED, no_run=True
+)
 MARK_RUNNING = Move(
     "mark_running", (S.SUBMITTING, S.NEEDS_RECONCILE, S.UNRESOLVED), S.RUNNING, no_run=True
 )
@@ -38,7 +41,13 @@ MARK_NEEDS_RECONCILE = Move("mark_needs_reconcile", (S.SUBMITTING,), S.NEEDS_REC
 MARK_UNRESOLVED = Move(
     "mark_unresolved", (S.NEEDS_RECONCILE, S.SUBMITTING), S.UNRESOLVED, no_run=True
 )
-RESUBMIT_UNRESOLVED = Move("resubmit_unresolved", (S.UNRESOLVED,), S.PLANNED, no_run=True)
+#: The user's decision to buy again: a job whose run could not be identified, or whose
+#: run FLORA no longer knows (``mark_lost``); the old run id goes to the event log.
+RESUBMIT_UNRESOLVED = Move("resubmit_unresolved", (S.UNRESOLVED,), S.PLANNED)
+#: A poll answered 404 again and again: FLORA no longer shows the run (a key or workspace
+#: change, CONTRACT.md §4).  The run is kept: ``reopen_lost`` polls it again later.
+MARK_LOST = Move("mark_lost", (S.RUNNING, S.DOWNLOADING), S.UNRESOLVED, has_run=True)
+REOPEN_LOST = Move("reopen_lost", (S.UNRESOLVED,), S.RUNNING, has_run=True)
 MARK_DOWNLOADING = Move("mark_downloading", (S.RUNNING,), S.DOWNLOADING)
 MARK_DONE = Move("mark_done", (S.DOWNLOADING,), S.DONE)
 #: ``mark_downloading`` and the one ``save_output`` of a run with a single output, whose
@@ -67,4 +76,6 @@ ALL = (
     REOPEN_DOWNLOAD,
     MARK_FAILED,
     RETRY_FAILED,
+    MARK_LOST,
+    REOPEN_LOST,
 )

@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import and_, case, func, insert, or_, select, update
 from sqlalchemy.sql import ColumnElement
 
 from ..types import JobKey, JobState, SavedJob
 from .records import RESERVING_STATES, event_dict
-from .tables import events, meta, outputs
+from .tables import events, meta, outputs, runs
 from .tables import jobs as jobs_table
 from .upload_store import UploadLedger
 
@@ -75,24 +75,55 @@ class LedgerQueries(UploadLedger):
         return result
 
     def money(self, batch: str | None = None) -> tuple[float, float]:
-        """``(spent, reserved)``: bills known so far, and quotes of runs not billed yet.
+        """``(spent, reserved)``: bills known so far, and what runs not billed yet may cost.
 
-        ``spent`` includes the bills of attempts that ``retry_failed`` replaced;
-        ``reserved`` sums ``quoted_cost`` over jobs that may have a run (submitting
-        through done) whose ``charged_cost`` is still unknown.
+        ``spent`` includes the bills of attempts that ``retry_failed`` replaced.
+        ``reserved`` holds, for every job that may have a run whose ``charged_cost`` is
+        still unknown (submitting through done, and failed jobs that have a run: a bill
+        may come late, CONTRACT.md §4), the larger of its quote and the highest bill seen
+        for its technique (``highest_bills``): a quote is not a bill.
         """
         c = jobs_table.c
         where = _filter(batch, None)
         bill = func.coalesce(c.charged_cost, 0) + c.charged_before
         spent = select(func.coalesce(func.sum(bill), 0)).where(*where)
-        reserving = [s.value for s in RESERVING_STATES]
-        reserved = select(func.coalesce(func.sum(c.quoted_cost), 0)).where(
-            *where, c.state.in_(reserving), c.charged_cost.is_(None)
+        highest = _highest_bills().subquery()
+        top = func.coalesce(highest.c.bill, 0)
+        quote = func.coalesce(c.quoted_cost, 0)
+        each = case((quote >= top, quote), else_=top)
+        reserved = (
+            select(func.coalesce(func.sum(each), 0))
+            .select_from(jobs_table.outerjoin(highest, highest.c.technique == c.technique))
+            .where(*where, unbilled(), c.charged_cost.is_(None))
         )
         with self._read() as conn:
             return float(conn.execute(spent).scalar_one()), float(
                 conn.execute(reserved).scalar_one()
             )
+
+    def highest_bills(self) -> dict[str, float]:
+        """The highest bill seen for each technique, in any batch of the ledger.
+
+        A bill counts once it tells what a run of the technique costs: that of a run
+        that did not fail, or any bill above zero (a failed run is usually refunded).
+        A technique missing here has no known bill yet.
+        """
+        with self._read() as conn:
+            return {t: float(b) for t, b in conn.execute(_highest_bills())}
+
+    def last_event_at(self) -> float | None:
+        """When the ledger last recorded anything (the newest event), if ever."""
+        with self._read() as conn:
+            at = conn.execute(select(func.max(events.c.at))).scalar_one_or_none()
+        return None if at is None else float(at)
+
+    def known_runs(self) -> set[str]:
+        """Every run id the ledger ever saw, in any batch and any attempt (``runs``).
+
+        Reconciliation never adopts one of these: each already belongs to a job.
+        """
+        with self._read() as conn:
+            return set(conn.execute(select(runs.c.run_id)).scalars())
 
     def events(self, key: JobKey | None = None) -> list[dict[str, Any]]:
         """The event log (of one job), oldest first: dicts with the ``events`` columns."""
@@ -131,6 +162,24 @@ class LedgerQueries(UploadLedger):
 
 #: ``meta`` name prefix of a batch's cost unit (``set_cost_unit``).
 _UNIT = "cost-unit:"
+
+
+def _highest_bills() -> Any:
+    """``(technique, bill)``: each technique's highest informative bill (``highest_bills``)."""
+    c = jobs_table.c
+    told = and_(c.charged_cost.is_not(None), or_(c.error_code.is_(None), c.charged_cost > 0))
+    return select(c.technique, func.max(c.charged_cost).label("bill")).where(told).group_by(
+        c.technique
+    )
+
+
+def unbilled() -> ColumnElement[bool]:
+    """Jobs that may have a run whose bill is still owed to them: in a reserving state, or
+    failed with a run (a failed run may be billed, and its bill may come late)."""
+    c = jobs_table.c
+    reserving = c.state.in_([s.value for s in RESERVING_STATES])
+    failed_run = and_(c.state == JobState.FAILED.value, c.run_id.is_not(None))
+    return or_(reserving, failed_run)
 
 
 def _filter(batch: str | None, states: Iterable[JobState] | None) -> list[ColumnElement[bool]]:

@@ -94,6 +94,19 @@ class Session:
         elif self._sqlite_path is not None:
             self._schedule, self._window = schedule, window
 
+    def abandon_group(self) -> None:
+        """Stop grouping and roll the open group back, uncommitted: its transitions are
+        lost, as when the process is killed (the worker calls this when it is cancelled,
+        so in-process crash tests see what a real crash loses)."""
+        self._schedule = None
+        if not self._group_open or self._kept_busy or threading.get_ident() != self._owner:
+            return
+        self._group_open = False
+        self._waiters = []
+        self._rollback(self._kept)
+        with contextlib.suppress(self._dbapi.Error):
+            self._kept_cursor.execute(connect.SYNC_NORMAL)
+
     def on_commit(self, waiter: CommitWaiter) -> None:
         """Call ``waiter`` once the open group is durably committed (at once if none is)."""
         if self._group_open:

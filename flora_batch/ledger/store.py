@@ -9,10 +9,12 @@ one ``events`` row, in the same transaction; a job in any other state raises
 nothing changes.  The legal moves (``moves.py``)::
 
     mark_submitting       planned -> submitting          (submitted_at kept if set)
-    release_unsent        submitting -> planned          (the create surely did not land)
+    release_unsent        submitting | needs_reconcile -> planned  (surely nothing landed)
     mark_running          submitting | needs_reconcile | unresolved -> running
     mark_needs_reconcile  submitting -> needs_reconcile
     mark_unresolved       submitting | needs_reconcile -> unresolved
+    mark_lost             running | downloading -> unresolved  (FLORA answers 404; run kept)
+    reopen_lost           unresolved (with a run) -> running     (poll the run again)
     resubmit_unresolved   unresolved -> planned          (new attempt, new key)
     mark_downloading      running -> downloading
     mark_done             downloading -> done            (every output saved)
@@ -23,7 +25,9 @@ nothing changes.  The legal moves (``moves.py``)::
     retry_failed          failed -> planned              (new key: "<key>-r<attempt>")
 
 Once a run id is known for an idempotency key it never changes, and only
-``retry_failed`` (with a fresh key) takes a job that had a run back to ``planned``.
+``retry_failed`` and ``resubmit_unresolved`` (with a fresh key, at the user's word) take a
+job that had a run back to ``planned``.  A run id belongs to one job at most, for ever
+(``runs``: ``mark_running`` refuses another job's run).
 Time is always passed in as ``now`` (float epoch seconds), never read here.
 """
 
@@ -35,7 +39,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from ..errors import LedgerConflict
+from ..errors import LeaseLost, LedgerConflict
 from ..types import JobKey, JobRecord, JobSpec, JobState, OutputRecord, RunOutput
 from . import bulk, connect, outputs_sql
 from . import migrate as schema
@@ -197,6 +201,22 @@ class Ledger(LedgerQueries):
             detail = {"idempotency_key": row["idempotency_key"], "first_send": first}
             return self._record(tx, self._guarded(tx, key, move, now, values, detail))
 
+    def check_lease(self, key: JobKey, *, now: float) -> None:
+        """LeaseLost unless this worker holds ``key``'s lease now (a cluster worker's fence,
+        read right before a create: a worker whose lease lapsed must not buy anything).
+
+        A ledger that is not a cluster worker's (``worker_id`` None) holds every job.
+        """
+        if self.worker_id is None:
+            return
+        with self._tx(key, write=False, single=True) as tx:
+            row = self._row(tx, key, "create a run", head=True)
+        lease = row["lease_until"]
+        if lease is None or lease <= now:
+            raise LeaseLost(
+                f"job {key}: cannot create a run: the lease of {self.worker_id} ran out", key=key
+            )
+
     def note_request(self, key: JobKey, request_id: str) -> None:
         """Remember a request id FLORA gave for this job (no state change)."""
         with self._tx(key) as tx:
@@ -231,39 +251,102 @@ class Ledger(LedgerQueries):
                     key=key,
                 )
             self._check(row, move)
+            self._own_run(tx, key, run_id, row, now)
             values = {"run_id": run_id, **_NO_ERROR, **charge(charged_cost)}
             values.update(request_ids(row, request_id))
             detail = {"run_id": run_id, "request_id": request_id}
             new = self._guarded(tx, key, move, now, values, detail, from_state=row["state"])
             return self._record(tx, new)
 
-    def release_unsent(self, key: JobKey, *, now: float, reason: str) -> JobRecord:
-        """``submitting -> planned``: FLORA answered, so we KNOW no run was created.
+    @staticmethod
+    def _own_run(tx: sql.Tx, key: str, run_id: str, row: Mapping[str, Any], now: float) -> None:
+        """Record that ``run_id`` is this job's (``runs``); LedgerConflict if it is another's.
+
+        A run belongs to one job at most, whatever the batch or attempt: two jobs on one
+        run would be two rows with one picture, and one of them never bought.
+        """
+        owner = tx.first(sql.RUN_OWNER, {"r": run_id})
+        if owner is not None and owner[0] != key:
+            raise LedgerConflict(
+                f"job {key}: cannot take run {run_id}: it belongs to job {owner[0]}", key=key
+            )
+        if owner is None:
+            params = {"k": key, "r": run_id, "ik": row["idempotency_key"], "now": now}
+            tx.run(sql.INSERT_RUN, {**params, "t": row.get("technique")})
+
+    def release_unsent(
+        self, key: JobKey, *, now: float, reason: str, forgotten: bool = False
+    ) -> JobRecord:
+        """``submitting | needs_reconcile -> planned``: we KNOW no run was created.
 
         ``submitted_at`` is cleared, unless an earlier create with the same key may have
         landed (before ``resubmit_unresolved``): that first send bounds the key's window.
+
+        Args:
+            forgotten: the run history proved that no create with this key landed, and
+                FLORA has forgotten the key (its window is over): a new window begins.
         """
         with self._tx(key) as tx:
-            values = {"submitted_at": None} if self._first_send(tx, key) else {}
-            move = mv.RELEASE_UNSENT
-            return self._record(tx, self._guarded(tx, key, move, now, values, {"reason": reason}))
+            row = self._row(tx, key, mv.RELEASE_UNSENT.action, head=True)
+            self._check(row, mv.RELEASE_UNSENT)
+            first = forgotten or self._first_send(tx, key)
+            values = {"submitted_at": None, **_NO_ERROR} if first else dict(_NO_ERROR)
+            detail = {"reason": reason, "forgotten": forgotten}
+            move, state = mv.RELEASE_UNSENT, row["state"]
+            return self._record(
+                tx, self._guarded(tx, key, move, now, values, detail, from_state=state)
+            )
 
     def mark_needs_reconcile(
-        self, key: JobKey, *, now: float, reason: str, request_id: str | None = None
+        self,
+        key: JobKey,
+        *,
+        now: float,
+        reason: str,
+        request_id: str | None = None,
+        code: str | None = None,
     ) -> JobRecord:
-        """``submitting -> needs_reconcile``: a run may exist for the key, its id unknown."""
+        """``submitting -> needs_reconcile``: a run may exist for the key, its id unknown.
+
+        ``code`` says why (kept as the job's ``error_code``, so a later process knows):
+        ``idempotency_duplicate`` (FLORA said the key made a run), ``key_expired`` (the
+        key may have made one, and FLORA may have forgotten it) or ``retry_refused``
+        (FLORA refused a repeat of a create that may have landed).
+        """
         move = mv.MARK_NEEDS_RECONCILE
         with self._tx(key) as tx:
             row = self._row(tx, key, move.action, head=True)
             self._check(row, move)
             values = {**_NO_ERROR, "error_message": reason, **request_ids(row, request_id)}
-            detail = {"reason": reason, "request_id": request_id}
+            values["error_code"] = code
+            detail = {"reason": reason, "request_id": request_id, "code": code}
             return self._record(tx, self._guarded(tx, key, move, now, values, detail))
 
     def mark_unresolved(self, key: JobKey, *, now: float, reason: str) -> JobRecord:
         """``needs_reconcile | submitting -> unresolved``: the user has to decide."""
         values = {**_NO_ERROR, "error_message": reason}
         return self._move(key, mv.MARK_UNRESOLVED, now, values, {"reason": reason})
+
+    def mark_lost(self, key: JobKey, *, now: float, reason: str) -> JobRecord:
+        """``running | downloading -> unresolved``, keeping the run: FLORA no longer shows it.
+
+        A poll kept answering 404 (the run is gone from this key's view: a key or
+        workspace change, CONTRACT.md §4).  The run may still be paid for, so it is never
+        bought again on its own: ``reopen_lost`` polls it again, ``resubmit_unresolved``
+        buys it again when the user asks.
+        """
+        values = {"error_code": "run_not_found", "error_message": reason}
+        values["error_category"] = "lost"
+        with self._tx(key) as tx:
+            row = self._row(tx, key, mv.MARK_LOST.action)
+            self._check(row, mv.MARK_LOST)
+            detail = {"reason": reason, "run_id": row["run_id"]}
+            new = self._guarded(tx, key, mv.MARK_LOST, now, values, detail, from_state=row["state"])
+            return self._record(tx, new)
+
+    def reopen_lost(self, key: JobKey, *, now: float) -> JobRecord:
+        """``unresolved -> running`` for a job whose run is known (``mark_lost``): poll it again."""
+        return self._move(key, mv.REOPEN_LOST, now, dict(_NO_ERROR))
 
     def resubmit_unresolved(self, key: JobKey, *, now: float) -> JobRecord:
         """``unresolved -> planned`` as a new attempt with a new key: the user asked for it.

@@ -89,6 +89,20 @@ outputs = Table(
     Column("saved_at", Float),
 )
 
+#: Every run id the ledger ever saw, with the job it belongs to (its current run, or one
+#: of an earlier attempt): a run belongs to one job at most, and reconciliation never
+#: adopts a run listed here (``Ledger.known_runs``).
+runs = Table(
+    "runs",
+    metadata,
+    Column("run_id", String, primary_key=True),
+    Column("job_key", String, nullable=False),
+    Column("idempotency_key", String),
+    Column("technique", String),
+    Column("seen_at", Float, nullable=False),
+    Index(None, "job_key"),
+)
+
 #: Append-only log of every change, for reports and for audits of what was paid.
 events = Table(
     "events",

@@ -47,7 +47,7 @@ from sqlalchemy.sql.expression import Executable
 
 from .moves import Move
 from .records import OUTPUT_COLUMNS, RECORD_COLUMNS
-from .tables import events, jobs, outputs
+from .tables import events, jobs, outputs, runs
 
 Build = Callable[[], Executable]
 
@@ -166,7 +166,8 @@ LOCK_JOB = Stmt(lambda: select(jobs).where(jobs.c.key == _K).with_for_update())
 #: The few columns the worker's own transitions read first (``LOCK_JOB``'s lock, a
 #: third of its cost: a whole row is ~30 columns to convert).
 HEAD_COLUMNS = (
-    "key", "state", "run_id", "worker_id", "submitted_at", "idempotency_key", "request_ids"
+    "key", "state", "run_id", "worker_id", "submitted_at", "idempotency_key", "request_ids",
+    "technique", "lease_until",
 )  # fmt: skip
 LOCK_HEAD = Stmt(
     lambda: select(*[jobs.c[n] for n in HEAD_COLUMNS]).where(jobs.c.key == _K).with_for_update()
@@ -202,6 +203,18 @@ LAST_SUBMITTING = Stmt(
         .where(events.c.job_key == _K, events.c.to_state == _const("submitting"))
         .order_by(events.c.id.desc())
         .limit(1)
+    )
+)
+#: The job a run id belongs to (``runs``), if the ledger has seen it.
+RUN_OWNER = Stmt(lambda: select(runs.c.job_key).where(runs.c.run_id == bindparam("r")))
+#: A run id seen for the first time, and the job it belongs to.
+INSERT_RUN = Stmt(
+    lambda: insert(runs).values(
+        run_id=bindparam("r"),
+        job_key=_K,
+        idempotency_key=bindparam("ik"),
+        technique=bindparam("t"),
+        seen_at=bindparam("now"),
     )
 )
 DELETE_OUTPUTS = Stmt(lambda: outputs.delete().where(outputs.c.job_key == _K))
@@ -264,6 +277,8 @@ def _move_sql(move: Move, names: Sequence[str], leased: bool) -> Executable:
     guard = [c.key == _K, c.state.in_([_const(s.value) for s in move.sources])]
     if move.no_run:
         guard.append(c.run_id.is_(None))
+    if move.has_run:
+        guard.append(c.run_id.is_not(None))
     if leased:
         guard.append(c.worker_id == bindparam("w"))
     values: dict[str, Any] = {n: bindparam(f"set_{n}") for n in names}

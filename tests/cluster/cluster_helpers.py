@@ -38,7 +38,7 @@ from flora_batch.emulator.serve import _FILTER, ServerHandle
 from flora_batch.ledger import Ledger
 from flora_batch.types import JobRecord, JobState
 
-FAST = ("--min-poll", "0.05", "--max-poll", "0.5", "--idle-poll", "0.1")
+FAST = ("--min-poll", "0.05", "--max-poll", "0.5", "--idle-poll", "0.1", "--timeout", "3")
 IN_FLIGHT = ("submitting", "running", "downloading", "needs_reconcile")
 #: The real entry point with retry waits zeroed, as the fault suite runs it.
 FAST_RETRIES_BOOT = (

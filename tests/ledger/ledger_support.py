@@ -45,7 +45,7 @@ def drive(ledger: Ledger, key: JobKey, state: JobState, *, now: float = 100.0) -
     elif state == s.FAILED:
         ledger.mark_failed(key, code="safety_blocked", message="no", category="input", now=now + 1)
     elif state != s.SUBMITTING:
-        ledger.mark_running(key, "run_1", now=now + 1)
+        ledger.mark_running(key, f"run_1{key[-6:]}", now=now + 1)  # one run per job
         if state != s.RUNNING:
             ledger.mark_downloading(key, OUTPUTS, now=now + 2)
             for at, out in enumerate(OUTPUTS, start=3):  # the last one: done at now + 4

@@ -202,7 +202,7 @@ def test_migrations_folder_is_found() -> None:
     folder = migrate.migrations_dir()
     assert (folder / "env.py").is_file()
     assert (folder / "versions" / "0001_initial.py").is_file()
-    assert migrate.head_revision() == "0003_uploads"
+    assert migrate.head_revision() == "0004_runs"
 
 
 def test_head_names_the_newest_script() -> None:

@@ -5,9 +5,11 @@ output files, sets late bills and "crashes" (closes the ledger and opens it agai
 After every step the ledger must agree with a small in-memory model, and:
 
 * a job never gets two different run ids for one idempotency key;
-* a job whose run was known only goes back to ``planned`` through ``retry_failed``,
-  with an idempotency key never used before;
-* ``money()`` equals the bills and quotes of the model.
+* a job whose run was known only goes back to ``planned`` through ``retry_failed`` or
+  ``resubmit_unresolved``, with an idempotency key never used before;
+* a run id belongs to one job, for ever (old attempts included);
+* ``money()`` equals the bills and reservations of the model (the larger of the quote
+  and the highest bill seen for the technique).
 """
 
 from __future__ import annotations
@@ -32,12 +34,13 @@ RESERVING = {S.SUBMITTING, S.RUNNING, S.NEEDS_RECONCILE, S.UNRESOLVED, S.DOWNLOA
 TRANSITIONS = [
     "mark_submitting", "release_unsent", "mark_running", "mark_needs_reconcile",
     "mark_unresolved", "resubmit_unresolved", "mark_downloading", "mark_done",
-    "finish_run", "reopen_download", "mark_failed", "retry_failed",
+    "finish_run", "reopen_download", "mark_failed", "retry_failed", "mark_lost",
+    "reopen_lost",
 ]  # fmt: skip
 JOBS = st.integers(min_value=0, max_value=2)
 COSTS = st.one_of(st.none(), st.sampled_from([0.0, 0.1, 0.75]))
 OUTPUT_IDS = st.sampled_from([o.output_id for o in OUTPUTS])
-RUNS = st.sampled_from(["r_a", "r_b"])
+RUNS = st.sampled_from(["r_a", "r_b", "r_c"])
 
 
 @dataclass
@@ -50,8 +53,9 @@ class JobModel:
     charged: float | None = None
     charged_before: float = 0.0
     saved: dict[str, bool] = field(default_factory=dict)
+    error: bool = False  # the job records an error (failed, or its run lost)
 
-    def legal(self, action: str, run: str) -> bool:
+    def legal(self, action: str, run: str, owner: str | None = None, me: str = "") -> bool:
         """Whether ``action`` may apply now (the design's arrows, written out)."""
         sources = {
             "mark_submitting": {S.PLANNED},
@@ -60,6 +64,8 @@ class JobModel:
             "mark_needs_reconcile": {S.SUBMITTING},
             "mark_unresolved": {S.SUBMITTING, S.NEEDS_RECONCILE},
             "resubmit_unresolved": {S.UNRESOLVED},
+            "mark_lost": {S.RUNNING, S.DOWNLOADING},
+            "reopen_lost": {S.UNRESOLVED},
             "mark_downloading": {S.RUNNING},
             "mark_done": {S.DOWNLOADING},
             "finish_run": {S.RUNNING},
@@ -69,6 +75,12 @@ class JobModel:
         }[action]
         if action == "mark_running" and self.state == S.RUNNING:
             return self.run_id == run
+        if action == "mark_running" and owner not in (None, me):
+            return False  # another job's run, now or in an earlier attempt
+        if action == "mark_running" and self.run_id is not None:
+            return False  # a lost job is reopened, never given another run
+        if action == "reopen_lost" and self.run_id is None:
+            return False
         if action == "mark_done" and not all(self.saved.values()):
             return False
         return self.state in sources
@@ -81,13 +93,19 @@ class JobModel:
             "mark_unresolved": S.UNRESOLVED, "resubmit_unresolved": S.PLANNED,
             "mark_downloading": S.DOWNLOADING, "mark_done": S.DONE, "finish_run": S.DONE,
             "reopen_download": S.DOWNLOADING, "mark_failed": S.FAILED,
-            "retry_failed": S.PLANNED,
+            "retry_failed": S.PLANNED, "mark_lost": S.UNRESOLVED, "reopen_lost": S.RUNNING,
         }[action]  # fmt: skip
         if action == "mark_running" and self.state == S.RUNNING:
             return  # the same run reported twice: nothing changes
         billed = ("mark_running", "mark_downloading", "finish_run", "mark_failed")
         if action in billed and cost is not None:
             self.charged = cost
+        if action in ("mark_failed", "mark_lost"):
+            self.error = True
+        elif action in ("mark_running", "reopen_lost", "retry_failed", "resubmit_unresolved"):
+            self.error = False
+        elif action in ("mark_needs_reconcile", "mark_unresolved"):
+            self.error = False  # a reason, not an error code
         if action == "mark_running":
             self.run_id = run
         elif action == "mark_downloading":
@@ -118,7 +136,7 @@ def call(
             key, code="provider_error", message="m", category="retryable", now=now,
             charged_cost=cost,
         )  # fmt: skip
-    elif action in ("release_unsent", "mark_needs_reconcile", "mark_unresolved"):
+    elif action in ("release_unsent", "mark_needs_reconcile", "mark_unresolved", "mark_lost"):
         getattr(ledger, action)(key, now=now, reason="test")
     else:
         getattr(ledger, action)(key, now=now)
@@ -134,16 +152,23 @@ class LedgerMachine(RuleBasedStateMachine):
         self.ledger = self.opener()
         self.batch = uuid.uuid4().hex
         self.keys = [JobKey(f"fk1:{self.batch}:{i}") for i in range(3)]
+        tech = f"tech-{self.batch}"  # bills are per technique, ledger-wide: one per example
         specs = [
-            (k, JobSpec(batch=self.batch, technique="tech", row_index=i,
+            (k, JobSpec(batch=self.batch, technique=tech, row_index=i,
                         inputs=(RunInput("prompt", "text", str(i)),)))
             for i, k in enumerate(self.keys)
         ]  # fmt: skip
-        self.ledger.record_planned(specs, quoted_cost={"tech": QUOTE}, now=0.0)
+        self.ledger.record_planned(specs, quoted_cost={tech: QUOTE}, now=0.0)
         self.model = {k: JobModel() for k in self.keys}
         self.run_of: dict[str, str] = {}  # idempotency key -> the run it created
+        self.owner: dict[str, JobKey] = {}  # run id -> the job it belongs to, for ever
         self.keys_sent: set[str] = set()
         self.clock = 1.0
+
+    def scoped(self, run: str) -> str:
+        """This example's spelling of a run id: run ids are ledger-wide, for ever."""
+        suffix = f"-{self.batch}"
+        return run if run.endswith(suffix) else run + suffix
 
     def teardown(self) -> None:
         self.ledger.close()
@@ -173,30 +198,35 @@ class LedgerMachine(RuleBasedStateMachine):
         if model.state == S.DOWNLOADING and unsaved and pick % 4:
             self.save_and_finish(i, unsaved[0])
             return
-        run = model.run_id or run
-        legal = [a for a in TRANSITIONS if model.legal(a, run)]
+        run = model.run_id or self.scoped(run)
+        owner = self.owner.get(run)
+        legal = [a for a in TRANSITIONS if model.legal(a, run, owner, self.keys[i])]
         self.move(self.keys[i], legal[pick % len(legal)], run, cost)
 
     @rule(i=JOBS, run=RUNS)
     def probe(self, i: int, run: str) -> None:
         """Every move the model forbids from the job's current state is refused."""
         model = self.model[self.keys[i]]
+        run = self.scoped(run)
         for action in TRANSITIONS:
-            if not model.legal(action, run):
+            if not model.legal(action, run, self.owner.get(run), self.keys[i]):
                 self.move(self.keys[i], action, run, None)
 
     def move(self, key: JobKey, action: str, run: str, cost: float | None) -> None:
         """Try one transition and check it against the model and the invariants."""
+        run = self.scoped(run)
         model = self.model[key]
         before = self.ledger.get(key)
-        legal = model.legal(action, run)
+        legal = model.legal(action, run, self.owner.get(run), key)
         self.attempt(key, legal, lambda: call(self.ledger, action, key, run, cost, self.clock))
         if legal:
             model.apply(action, run, cost)
+            if action == "mark_running":
+                self.owner.setdefault(run, key)
         after = self.ledger.get(key)
         event(f"{action} {'applied' if legal else 'refused'}")
         if before.run_id is not None and after.state == S.PLANNED:
-            assert action == "retry_failed"
+            assert action in ("retry_failed", "resubmit_unresolved")
             assert after.idempotency_key not in self.keys_sent
         if action == "mark_submitting" and legal:
             self.keys_sent.add(after.idempotency_key)
@@ -257,10 +287,19 @@ class LedgerMachine(RuleBasedStateMachine):
     def money_is_consistent(self) -> None:
         models = self.model.values()
         spent = sum(m.charged_before + (m.charged or 0.0) for m in models)
-        reserved = sum(QUOTE for m in models if m.state in RESERVING and m.charged is None)
+        told = [m.charged for m in models if m.charged is not None and (not m.error or m.charged)]
+        each = max([QUOTE, *told])
+        owed = [m for m in models if m.charged is None and self.owes(m)]
+        reserved = each * len(owed)
         got_spent, got_reserved = self.ledger.money(self.batch)
         assert math.isclose(got_spent, spent, abs_tol=1e-9)
         assert math.isclose(got_reserved, reserved, abs_tol=1e-9)
+
+    @staticmethod
+    def owes(model: JobModel) -> bool:
+        """Whether the job may have a run whose bill is still owed (``queries.unbilled``)."""
+        failed_run = model.state == S.FAILED and model.run_id is not None
+        return model.state in RESERVING or failed_run
 
 
 def test_random_transitions_keep_the_promises(open_ledger: Opener, ledger_url: str) -> None:

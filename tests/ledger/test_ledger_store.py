@@ -30,6 +30,7 @@ LEGAL: dict[str, tuple[set[JobState], JobState]] = {
     "reopen_download": ({S.DONE}, S.DOWNLOADING),
     "mark_failed": ({S.SUBMITTING, S.RUNNING, S.DOWNLOADING, S.NEEDS_RECONCILE}, S.FAILED),
     "retry_failed": ({S.FAILED}, S.PLANNED),
+    "mark_lost": ({S.RUNNING, S.DOWNLOADING}, S.UNRESOLVED),
 }
 
 ACTIONS: dict[str, Callable[[Ledger, JobKey], JobRecord]] = {
@@ -49,6 +50,7 @@ ACTIONS: dict[str, Callable[[Ledger, JobKey], JobRecord]] = {
         k, code="provider_error", message="boom", category="retryable", now=NOW
     ),
     "retry_failed": lambda led, k: led.retry_failed(k, now=NOW),
+    "mark_lost": lambda led, k: led.mark_lost(k, now=NOW, reason="404 on every poll"),
 }
 
 MATRIX = [(action, state) for action in LEGAL for state in JobState]
@@ -267,9 +269,9 @@ def test_mark_running_records_run(ledger: Ledger, job_in: JobIn) -> None:
 
 def test_mark_running_again_with_same_run_is_a_no_op(ledger: Ledger, job_in: JobIn) -> None:
     """Hearing about the same run twice changes nothing and logs nothing."""
-    key = job_in(S.RUNNING)  # run_1
+    key = job_in(S.RUNNING)
     before, log = ledger.get(key), ledger.events(key)
-    assert ledger.mark_running(key, "run_1", now=999.0) == before
+    assert ledger.mark_running(key, before.run_id or "", now=999.0) == before
     assert ledger.events(key) == log
 
 
@@ -423,7 +425,7 @@ def test_mark_failed_records_error(ledger: Ledger, job_in: JobIn) -> None:
     assert (rec.error_code, rec.error_message, rec.error_category) == (
         "model_timeout", "took too long", "retryable",
     )  # fmt: skip
-    assert (rec.completed_at, rec.charged_cost, rec.run_id) == (9.0, 0.0, "run_1")
+    assert (rec.completed_at, rec.charged_cost, rec.run_id) == (9.0, 0.0, f"run_1{key[-6:]}")
 
 
 def test_retry_failed_derives_a_new_key(ledger: Ledger, job_in: JobIn) -> None:
@@ -472,7 +474,8 @@ def test_a_burned_key_is_never_given_to_another_job(
 
 
 def test_money_spent_and_reserved(ledger: Ledger, job_in: JobIn) -> None:
-    """spent sums known bills; reserved sums quotes of possibly-running unbilled jobs."""
+    """spent sums known bills; reserved holds, for every job that may have an unbilled
+    run, the larger of its quote and the highest bill seen for its technique."""
     assert ledger.money() == (0.0, 0.0)
     job_in(S.PLANNED)  # nothing reserved
     job_in(S.SUBMITTING)  # 0.25 reserved
@@ -481,12 +484,36 @@ def test_money_spent_and_reserved(ledger: Ledger, job_in: JobIn) -> None:
     job_in(S.UNRESOLVED)
     job_in(S.DOWNLOADING)
     done = job_in(S.DONE)
-    job_in(S.FAILED)  # failed, bill unknown: neither
+    job_in(S.FAILED)  # failed before any run: nothing can be billed
     assert ledger.money() == (0.0, pytest.approx(0.25 * 5 + 1.5))
     ledger.set_charged(running, 2.0)
-    ledger.set_charged(done, 0.5)
-    assert ledger.money() == (2.5, pytest.approx(0.25 * 4))
+    ledger.set_charged(done, 0.5)  # a bill above the quote: the others may cost as much
+    assert ledger.money() == (2.5, pytest.approx(0.5 * 4))
+    assert ledger.highest_bills() == {"tech-a": 0.5, "tech-b": 2.0}
     assert ledger.money("other") == (0.0, 0.0)
+
+
+def test_a_failed_run_stays_reserved_until_its_bill_is_read(ledger: Ledger, job_in: JobIn) -> None:
+    """A failed run may be billed late (CONTRACT.md §4): reserved until its bill is known;
+    a refunded failure (bill 0) does not tell what the technique costs."""
+    key = job_in(S.RUNNING)
+    ledger.mark_failed(key, code="provider_error", message="m", category="retryable", now=5.0)
+    assert ledger.money() == (0.0, pytest.approx(0.25))
+    ledger.set_charged(key, 0.0)
+    assert ledger.money() == (0.0, 0.0)
+    assert ledger.highest_bills() == {}
+
+
+def test_a_run_belongs_to_one_job(ledger: Ledger, job_in: JobIn) -> None:
+    """A run id another job has (or had, in an earlier attempt) is refused, nothing changed."""
+    first, second = job_in(S.RUNNING), job_in(S.SUBMITTING)
+    run_id = ledger.get(first).run_id or ""
+    error = assert_unchanged(ledger, second, lambda: ledger.mark_running(second, run_id, now=9))
+    assert f"it belongs to job {first}" in str(error)
+    ledger.mark_failed(first, code="c", message="m", category="retryable", now=10.0)
+    ledger.retry_failed(first, now=11.0)  # the old run goes to the event log ...
+    assert_unchanged(ledger, second, lambda: ledger.mark_running(second, run_id, now=12))
+    assert run_id in ledger.known_runs()  # ... and stays known
 
 
 def test_money_keeps_bills_of_retried_attempts(ledger: Ledger, job_in: JobIn) -> None:
@@ -563,3 +590,21 @@ def test_context_manager_closes(open_ledger: Opener) -> None:
         ledger.set_meta("a", "b")
     with pytest.raises(LedgerError):
         ledger.get_meta("a")
+
+
+def test_a_lost_run_is_kept_reopened_or_bought_again_at_the_user_s_word(
+    ledger: Ledger, job_in: JobIn
+) -> None:
+    """mark_lost keeps the run; reopen_lost polls it again; resubmit starts a new attempt."""
+    key = job_in(S.RUNNING)
+    run_id = ledger.get(key).run_id
+    lost = ledger.mark_lost(key, now=NOW, reason="FLORA answers 404 for the run")
+    assert (lost.state, lost.run_id, lost.error_code) == (S.UNRESOLVED, run_id, "run_not_found")
+    back = ledger.reopen_lost(key, now=NOW + 1)
+    assert (back.state, back.run_id, back.error_code) == (S.RUNNING, run_id, None)
+    ledger.mark_lost(key, now=NOW + 2, reason="again")
+    fresh = ledger.resubmit_unresolved(key, now=NOW + 3)
+    assert (fresh.state, fresh.run_id, fresh.idempotency_key) == (S.PLANNED, None, f"{key}-r2")
+    unidentified = job_in(S.UNRESOLVED)  # no run: nothing to poll again
+    error = assert_unchanged(ledger, unidentified, lambda: ledger.reopen_lost(unidentified, now=1))
+    assert "has no run" in str(error)

@@ -79,7 +79,7 @@ async def test_a_query_string_is_encoded() -> None:
     page = b'{"technique_runs": [], "meta": {"next_cursor": null}}'
     server = Recorder(response(page, "Content-Type: application/json"))
     async with serve(server) as url, FloraClient(f"{url}/api/v1", "sk") as client:
-        assert await client.technique_runs("t 1&x") == []
+        assert (await client.technique_runs("t 1&x")).runs == []
     assert server.seen[0].startswith(
         b"GET /api/v1/technique-runs?technique_id=t+1%26x&limit=100 HTTP/1.1"
     )

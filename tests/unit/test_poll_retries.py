@@ -192,14 +192,17 @@ async def test_an_error_not_retryable_is_reported_at_once(clock: Clock, script: 
     assert w.stuck[KEY] == "polling kept failing: 400 bad id" and KEY not in w.poll_streaks
 
 
-async def test_a_404_leaves_the_run_and_a_401_stops_the_batch(clock: Clock, script: Script) -> None:
-    """404 after a 503: the run is left (slot released, never polled again); 401 aborts."""
-    script.answers = [ServerError("503"), NotFound("404")]
+async def test_a_404_is_asked_again_later_and_a_401_stops_the_batch(
+    clock: Clock, script: Script
+) -> None:
+    """404 after a 503: the run is polled again, later each time (a few 404s in a row make
+    it lost: ``test_resume``); the job keeps its slot meanwhile.  401 aborts."""
+    script.answers = [ServerError("503"), NotFound("404"), NotFound("404")]
     w = make_worker(clock, script)
     await poll(w)
-    assert await poll(w) is None
-    assert "no longer knows run run_1" in w.stuck[KEY]
-    assert KEY not in w.slots and KEY not in w.poll_streaks
+    assert await poll(w) == 2.0
+    assert await poll(w) == 4.0
+    assert w.not_found[KEY] == 2 and KEY not in w.poll_streaks
     denied = AuthError("401")
     script.answers = [denied]
     w = make_worker(clock, script)

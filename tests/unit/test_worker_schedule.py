@@ -295,7 +295,7 @@ async def test_a_file_lands_only_once_its_job_s_run_is_committed(
     run's end and the file in one commit, after the rename.  Groups stay open 0.3 s, so
     a run completes and its file is fetched while its ``running`` is still in the group."""
     monkeypatch.setattr(worker, "_COMMIT_WINDOW", 0.3)
-    n = 30
+    n = 8  # creates are one at a time per technique: each waits for its own commit
     emu = Emulator(EmulatorConfig(speed=200.0))
     manifest = batch(tmp_path, n)
     ledger_path = manifest.parent / "sched.ledger.db"

@@ -103,6 +103,8 @@ def settings(emu: Emulator, n: int, **kw: object) -> Settings:
         "submit_rate": 0.0,
         "concurrency": n,
         "progress": False,
+        "timeout": 3.0,
+        "history_lag": 0.5,
     }
     return Settings(**{**base, **kw})  # type: ignore[arg-type]
 
@@ -118,7 +120,7 @@ async def created_then_stopped(manifest: Path, emu: Emulator, n: int, clock: Clo
     of them is polled: every job is left ``running`` for a resume to find."""
     return await run_batch(
         load_manifest(manifest),
-        settings(emu, n, max_runtime=0.5, min_poll=5.0, max_poll=5.0),
+        settings(emu, n, max_runtime=1.0 + 0.03 * n, min_poll=5.0, max_poll=5.0),
         transport=SlowPolls(emu),
         clock=clock,
     )
