@@ -228,7 +228,8 @@ class EmulatorState:
             return None
         status = self.config.duplicate_status
         if status is not None:
-            raise _duplicate_problem(status)
+            field = "Idempotency-Key" if self.config.idempotency_carrier == "header" else None
+            raise _duplicate_problem(status, field or "idempotency_key")
         if self.config.idempotency == "conflict":
             raise ApiProblem("idempotency_duplicate")
         return existing
@@ -475,10 +476,10 @@ def _identity(technique: TechniqueDef, request: CreateRequest) -> str:
     return f"inputs:{technique.slug}:{json.dumps(inputs, sort_keys=True)}"
 
 
-def _duplicate_problem(status: int) -> ApiProblem:
-    """The ``duplicate_status`` answer to a repeated key (``DUPLICATE_CODES``)."""
+def _duplicate_problem(status: int, field: str) -> ApiProblem:
+    """The ``duplicate_status`` answer to a repeated key (``DUPLICATE_CODES``); a 400 names
+    the ``field`` that carried the key."""
     code = DUPLICATE_CODES[status]
     if code == "input_validation_error":
-        message = "Idempotency key has already been used"
-        return invalid([FieldError("idempotency_key", message)])
+        return invalid([FieldError(field, "Idempotency key has already been used")])
     return ApiProblem(code)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-from emulator_helpers import client_for, create
+from emulator_helpers import client_for, create, run_body
 
 from flora_batch.emulator import Emulator, EmulatorConfig, ManualClock
 
@@ -155,3 +155,17 @@ async def test_duplicate_status_also_answers_a_merged_overlap(
     emu = make_emu(create_latency=0.1, duplicate_status=422)
     statuses = sorted(r.status_code for r in await _two_overlapping(emu))
     assert statuses == [201, 422] and emu.charges_by_key() == {"k": 1}
+
+
+async def test_duplicate_status_400_names_the_header_that_carried_the_key(
+    make_emu: Callable[..., Emulator],
+) -> None:
+    """With ``idempotency_carrier="header"`` the 400's field is ``Idempotency-Key``."""
+    emu = make_emu(duplicate_status=400, idempotency_carrier="header")
+    headers = {"Idempotency-Key": "h"}
+    async with client_for(emu) as c:
+        for _ in range(2):
+            r = await c.post("/techniques/icon-pack/runs", json=run_body(key=None), headers=headers)
+    assert r.status_code == 400
+    assert r.json()["error"]["fields"][0]["field"] == "Idempotency-Key"
+    assert emu.charges_by_key() == {"h": 1}
