@@ -6,7 +6,8 @@ sheet) a file that is not what was bought.  ``media_problem`` reads the response
 Content-Type and, cheaply, the first bytes of the body:
 
 * any media output (``imageUrl``, ``videoUrl``, ``audioUrl``, ``documentUrl``): never
-  HTML, whether the Content-Type or the first bytes say so;
+  HTML, whether the Content-Type or the first bytes say so, and never an XML document
+  (``<?xml`` first, as a storage error is), unless it is an SVG for an image;
 * ``imageUrl``: ``image/*``, and a PNG, JPEG, GIF, WebP, AVIF, HEIC/HEIF or SVG must start
   like one;
 * ``videoUrl``: ``video/*`` or ``image/gif`` (a GIF must start like one);
@@ -149,6 +150,13 @@ def _is_html(head: bytes) -> bool:
     return root_element(head) in _HTML_ROOTS
 
 
+def _is_foreign_xml(output_type: str, head: bytes) -> bool:
+    """An XML document (``<?xml`` first: a storage error, say) that is not an SVG image."""
+    if not head.removeprefix(_BOM).lstrip(_SPACE).startswith(b"<?xml"):
+        return False
+    return output_type != "imageUrl" or not is_svg(head)
+
+
 def _mime(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
@@ -175,6 +183,8 @@ def media_problem(output_type: str, content_type: str | None, head: bytes | None
     shown = mime or "no Content-Type"
     if mime in _HTML_TYPES or (head is not None and _is_html(head)):
         return f"is an HTML page ({shown}), not a {output_type} file"
+    if head is not None and _is_foreign_xml(output_type, head):
+        return f"is an XML document ({shown}), not a {output_type} file"
     expected = _EXPECTED.get(output_type)
     if expected is None or (head is None and mime in _UNTYPED):
         return None

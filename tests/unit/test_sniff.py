@@ -99,12 +99,15 @@ def test_a_real_avif_file_is_recognised() -> None:
         ("imageUrl", "image/png", PROLOG + b"<!DOCTYPE html><html></html>", "HTML page"),
         ("imageUrl", "image/svg+xml", b"<!-- x -->\n<html><body>502</body></html>", "HTML page"),
         ("imageUrl", "image/svg+xml", PROLOG + b"<Error><Code>AccessDenied</Code></Error>", "not"),
-        ("imageUrl", "application/octet-stream", PROLOG + b"<Error/>", "not an image"),
+        ("imageUrl", "application/octet-stream", PROLOG + b"<Error/>", "XML document"),
         ("imageUrl", "image/avif", MP4, "not"),
         ("imageUrl", "image/heic", b"\x00\x00\x00\x18ftyp", "not"),
         ("videoUrl", "application/octet-stream", AVIF, "not a video"),
         ("videoUrl", None, HEIC, "not a video"),
-        ("imageUrl", "application/octet-stream", PROLOG + b"<!-- only a comment", "not an image"),
+        ("imageUrl", "application/octet-stream", PROLOG + b"<!-- only a comment", "XML"),
+        ("imageUrl", "image/x-icon", PROLOG + b"<Error><Code>NoSuchKey</Code></Error>", "XML"),
+        ("documentUrl", "application/pdf", PROLOG + b"<Error/>", "XML document"),
+        ("audioUrl", None, b"\xef\xbb\xbf" + PROLOG + b"<svg/>", "XML document"),
     ],
 )
 def test_what_is_not_the_promised_file_is_still_refused(
