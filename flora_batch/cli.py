@@ -196,19 +196,36 @@ def _load_manifest(source: Path, technique: str | None, inputs: tuple[str, ...])
 
 
 @contextmanager
-def _demo_server(enabled: bool, speed: float = 30.0) -> Any:
-    """The embedded emulator for --demo: a real HTTP server on a loopback port."""
+def _demo_server(enabled: bool, speed: float = 30.0, state_file: Path | None = None) -> Any:
+    """The embedded emulator for --demo: a real HTTP server on a loopback port.
+
+    With ``state_file`` it keeps its state there, so runs it made outlive this process
+    and a re-run after Ctrl-C or ``kill -9`` finds them (``_demo_state_file``).
+    """
     if not enabled:
         yield None
         return
     from .emulator import EmulatorConfig
     from .emulator.serve import start_server
 
-    handle = start_server(EmulatorConfig(speed=speed), host="127.0.0.1", port=0)
+    config = EmulatorConfig(speed=speed, state_file=state_file)
+    handle = start_server(config, host="127.0.0.1", port=0)
     try:
         yield handle
     finally:
         handle.stop()
+
+
+def _demo_state_file(m: Any, ledger: str | None) -> Path:
+    """Where ``run --demo``'s emulator keeps its state: ``<ledger>.demo-emulator.json``
+    beside a SQLite ledger file, else ``<batch>.demo-emulator.json`` beside the manifest."""
+    from .ledger.connect import resolve
+    from .pipeline import ledger_location
+
+    path = resolve(ledger_location(m, Settings(ledger=ledger))).sqlite_path
+    if path is None:
+        return Path(m.path).parent / f"{m.name}.demo-emulator.json"
+    return path.with_name(f"{path.name}.demo-emulator.json")
 
 
 def _assets(workspace_id: str | None, folder: str | None, m: Any, server: Any) -> dict[str, Any]:
@@ -320,7 +337,8 @@ def run(
     """
     m = _load_manifest(manifest, technique, inputs)
     quiet = ctx.obj.get("quiet", False)
-    with _demo_server(demo) as server:
+    state_file = _demo_state_file(m, ledger) if demo else None
+    with _demo_server(demo, state_file=state_file) as server:
         key = server.api_key if server else click.get_current_context().obj.get("api_key")
         settings = _settings(
             server.base_url if server else base_url,

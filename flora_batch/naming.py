@@ -50,6 +50,8 @@ _EXT_BY_CONTENT_TYPE = {
     "image/webp": ".webp",
     "image/gif": ".gif",
     "image/avif": ".avif",
+    "image/heic": ".heic",
+    "image/heif": ".heif",
     "image/svg+xml": ".svg",
     "video/mp4": ".mp4",
     "video/webm": ".webm",

@@ -14,7 +14,7 @@ real server (``serve.start_server`` or ``flora-batch emulator``); embedded by
 >>> clock = ManualClock()
 >>> emu = Emulator(EmulatorConfig(speed=10, clock=clock))
 >>> len(emu.catalog)
-38
+41
 """
 
 from .app import (

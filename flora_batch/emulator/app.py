@@ -20,6 +20,10 @@ Routes (``ROUTES``; the counts in ``request_counts`` use these strings):
 
 A run input naming one of the emulator's own asset URLs is accepted only once that asset
 is ``ready`` (``require_ready_assets``).
+
+With ``state_file``, ``PersistMiddleware`` saves the state after every request that may
+change it (anything but GET, HEAD and OPTIONS), just before its answer starts, so a
+killed emulator forgets nothing it answered.
 """
 
 from __future__ import annotations
@@ -36,12 +40,13 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .asset_api import ASSET_ROUTES, AssetApi, Handler
 from .catalog import TechniqueDef
 from .config import PROJECT_ID, EmulatorConfig
 from .faults import FaultKind, Roll
-from .media import OutputSpec, find_output, render_bytes
+from .media import OutputSpec, find_output, quirky_type, render_bytes
 from .problems import ApiProblem, FieldError, invalid
 from .render import Wire, millis, token_issued
 from .responses import (
@@ -88,8 +93,9 @@ class Emulator(EmulatorState):
     """In-memory FLORA plus its ASGI app (``emu.app``); inspect it as its own state.
 
     ``emu.runs``, ``emu.charges``, ``emu.request_counts``, ``emu.charges_by_key()``,
-    ``emu.total_charged()``, ``emu.served_media``, ``emu.assets``,
-    ``emu.assets_by_sha256()`` and ``emu.reset()`` come from ``EmulatorState``;
+    ``emu.total_charged()``, ``emu.our_total_charged()``, ``emu.served_media``,
+    ``emu.assets``, ``emu.assets_by_sha256()``, ``emu.reset()`` and ``emu.save()`` come
+    from ``EmulatorState``;
     ``emu.inject(kind)`` forces a fault on the next matching request (or, for
     ``fetch_refused`` and ``ingest_failure``, on the next asset they can strike).
     """
@@ -119,13 +125,46 @@ def create_app(config: EmulatorConfig | None = None) -> Starlette:
 def build_app(emulator: Emulator) -> Starlette:
     """The Starlette app serving ``emulator``."""
     api = Api(emulator)
+    middleware = [Middleware(RequestIdMiddleware)]
+    if emulator.config.state_file is not None:
+        middleware.append(Middleware(PersistMiddleware, state=emulator))
     app = Starlette(
         routes=api.routes(),
-        middleware=[Middleware(RequestIdMiddleware)],
+        middleware=middleware,
         exception_handlers={HTTPException: _http_exception},
     )
     app.state.emulator = emulator
     return app
+
+
+class PersistMiddleware:
+    """Saves the state file once a request that may change state is handled, before its
+    answer starts (or when it ends without one)."""
+
+    READS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+    def __init__(self, app: ASGIApp, state: EmulatorState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in self.READS:
+            await self.app(scope, receive, send)
+            return
+        saved = False
+
+        async def save_then_send(message: Message) -> None:
+            nonlocal saved
+            if message["type"] == "http.response.start" and not saved:
+                saved = True
+                self.state.save()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, save_then_send)
+        finally:
+            if not saved:
+                self.state.save()
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
@@ -246,10 +285,14 @@ class Api:
             raise ApiProblem("service_unavailable")
         if roll.fault is FaultKind.INSUFFICIENT_CREDITS:
             raise ApiProblem("insufficient_credits")
-        result = self.emu.create_run(technique, create)
+        result = await self.emu.create_run(technique, create)
         if roll.fault is FaultKind.ERROR_AFTER_CREATE:
             raise ApiProblem("unknown_error")
-        answer = self._wire(request).run(result.run, technique, self.emu.now())
+        wire, now = self._wire(request), self.emu.now()
+        if result.replayed:
+            answer = wire.run(result.run, technique, now)
+        else:
+            answer = wire.created(result.run, technique, now)
         status = 200 if result.replayed else self.config.create_status
         if roll.fault is FaultKind.DROP_AFTER_CREATE:
             return broken_json(answer, status)
@@ -299,20 +342,25 @@ class Api:
         return technique
 
     async def list_runs(self, request: Request, roll: Roll) -> Response:
-        """``GET /technique-runs``: newest first, filtered, paged by a run-sequence cursor."""
+        """``GET /technique-runs``: newest first, filtered, paged by a cursor.
+
+        The cursor holds the last item's created time and sequence, so a page never
+        repeats or skips a run older than it, whatever was created in between.  At most
+        ``history_page_cap`` items come per page, whatever ``limit`` asks.
+        """
         query = request.query_params
         limit = parse_limit(query.get("limit"))
-        before = decode_cursor(query.get("cursor"), "before")
-        runs = self._filtered_runs(query.get("technique_id"), query.get("status"))
+        if self.config.history_page_cap is not None:
+            limit = min(limit, self.config.history_page_cap)
+        after = _history_cursor(query.get("cursor"))
+        runs = self._filtered_runs(query.get("technique_id"), query.get("status"), after)
         if not self._same_scope(query.get("workspace_id"), query.get("project_id")):
             runs = []
-        if before is not None:
-            runs = [r for r in runs if r.seq < before]
         page, now, wire = runs[:limit], self.emu.now(), self._wire(request)
         items = [wire.run_item(r, self._technique_of(r), now) for r in page]
         more = len(runs) > limit
         meta = {
-            "next_cursor": encode_cursor({"before": page[-1].seq}) if more else None,
+            "next_cursor": _encode_history_cursor(page[-1]) if more else None,
             "total_estimate": len(runs),
         }
         return json_response({"technique_runs": items, "meta": meta})
@@ -322,7 +370,9 @@ class Api:
         ours = self.config.workspace_id
         return workspace_id in (None, "", ours) and project_id in (None, "", PROJECT_ID)
 
-    def _filtered_runs(self, technique_ref: str | None, status: str | None) -> list[RunRecord]:
+    def _filtered_runs(
+        self, technique_ref: str | None, status: str | None, after: tuple[int, int] | None
+    ) -> list[RunRecord]:
         if status is not None and status not in RUN_STATUSES:
             allowed = " | ".join(f"'{s}'" for s in RUN_STATUSES)
             message = f"Invalid enum value. Expected {allowed}, received '{status}'"
@@ -333,7 +383,7 @@ class Api:
             if technique is None:
                 return []
             slug = technique.slug
-        return self.emu.list_runs(slug, status)
+        return self.emu.list_runs(slug, status, after)
 
     async def not_found(self, request: Request, roll: Roll) -> Response:
         """Any other path under ``/api/v1`` (after authentication, as a real gateway would)."""
@@ -383,8 +433,10 @@ class Api:
         key = (run.run_id, spec.output_id)
         cached = self.emu.media_cache.get(key)
         if cached is None:
-            data = render_bytes(self._technique_of(run), spec, run.inputs)
-            cached = self.emu.media_cache[key] = (data, spec.content_type)
+            quirks = self.config.media_quirks
+            data = render_bytes(self._technique_of(run), spec, run.inputs, quirks=quirks)
+            content_type = quirky_type(spec) if quirks else spec.content_type
+            cached = self.emu.media_cache[key] = (data, content_type)
         return cached
 
     async def state(self, request: Request) -> Response:
@@ -398,3 +450,20 @@ class Api:
 
 
 _ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+def _history_cursor(cursor: str | None) -> tuple[int, int] | None:
+    """The ``history_order`` a ``/technique-runs`` cursor holds (None: the first page).
+
+    Raises:
+        ApiProblem: 400 ``input_validation_error`` for a cursor this server did not make.
+    """
+    at = decode_cursor(cursor, "at")
+    seq = decode_cursor(cursor, "seq")
+    return None if at is None or seq is None else (at, seq)
+
+
+def _encode_history_cursor(last: RunRecord) -> str:
+    """The cursor of the page after ``last``."""
+    at, seq = last.history_order
+    return encode_cursor({"at": at, "seq": seq})

@@ -143,7 +143,7 @@ class AssetWire:
             body = {"upload_url": json.dumps({"url": url, "fields": fields})}
         else:
             body = {"upload_url": url}
-        return {**body, "expires_at": iso(record.expires_at)}
+        return {**body, "expires_at": iso(record.expires_at + self.config.clock_skew)}
 
     @staticmethod
     def _common(record: AssetRecord, now: float) -> dict[str, Any]:
@@ -166,14 +166,14 @@ class AssetWire:
     def asset(self, record: AssetRecord, now: float) -> dict[str, Any]:
         """``GET /assets/{id}``: ISO ``created_at`` and ``failure_message``."""
         body = self._common(record, now)
-        body["created_at"] = iso(record.created_at)
+        body["created_at"] = iso(record.created_at + self.config.clock_skew)
         body["failure_message"] = record.failure_message_at(now)
         return body
 
     def item(self, record: AssetRecord, now: float) -> dict[str, Any]:
         """A list item: integer ``created_at`` (unix ms), ``node_id`` and ``project_id``."""
         body = self._common(record, now)
-        body["created_at"] = millis(record.created_at)
+        body["created_at"] = millis(record.created_at + self.config.clock_skew)
         body["node_id"] = None
         body["project_id"] = record.project_id
         return body

@@ -31,7 +31,7 @@ import secrets
 import threading
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -453,3 +453,41 @@ class AssetStore:
     def _bind(self, scope: tuple[str, str, str], record: AssetRecord, now: float) -> None:
         if scope[2]:
             self._keys[scope] = _KeyEntry(record.asset_id, now)
+
+    # -- the state file ---------------------------------------------------------------------
+
+    def dump(self) -> dict[str, Any]:
+        """Every asset (bytes in base64), token and key, as JSON-ready data."""
+        with self._lock:
+            records = sorted(self.records.values(), key=lambda r: r.seq)
+            return {
+                "records": [_record_data(r) for r in records],
+                "tokens": dict(self._tokens),
+                "keys": [[*scope, e.asset_id, e.at] for scope, e in self._keys.items()],
+            }
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """Replace every asset, token and key with what ``dump`` wrote."""
+        with self._lock:
+            self.reset()
+            for item in data["records"]:
+                record = _record_from(item, self.config.now)
+                self.records[record.asset_id] = record
+            self._tokens.update(data["tokens"])
+            for op, dest, key, asset_id, at in data["keys"]:
+                self._keys[(op, dest, key)] = _KeyEntry(asset_id, at)
+
+
+def _record_data(record: AssetRecord) -> dict[str, Any]:
+    """An asset as JSON-ready data: every field but the clock, bytes in base64."""
+    data = {f.name: getattr(record, f.name) for f in fields(record) if f.name != "clock"}
+    raw = record.data
+    data["data"] = None if raw is None else base64.b64encode(raw).decode("ascii")
+    return data
+
+
+def _record_from(data: dict[str, Any], clock: Callable[[], float]) -> AssetRecord:
+    """The asset ``_record_data`` wrote, reading the emulator's clock."""
+    raw = data.get("data")
+    values = {**data, "data": None if raw is None else base64.b64decode(raw)}
+    return AssetRecord(**values, clock=clock)

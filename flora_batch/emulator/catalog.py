@@ -2,8 +2,13 @@
 
 The data lives in a JSON file rather than code so that adding or tuning a technique is
 an edit of data, and so the same file can be read by tools that are not Python.  Slots
-carry a few emulator-only keys (``pattern``, ``count``, ``aspect_from``) that are used to
-validate inputs and shape outputs but are never sent on the wire (``render.py``).
+carry a few emulator-only keys (``pattern``, ``count``, ``aspect_from``, ``format``) that
+are used to validate inputs and shape outputs but are never sent on the wire
+(``render.py``).
+
+The first 38 techniques are FLORA's seed document's; those marked ``extra`` are the
+emulator's own, there so clients meet the file formats FLORA may send besides PNG and
+MP4 (``vector-icons``: SVG, ``web-stills``: AVIF, ``phone-snap``: HEIC).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ class SlotDef:
     pattern: str | None = None  # text inputs: the value must match this regex
     count: int = 1  # outputs: how many run outputs this slot produces
     aspect_from: str | None = None  # outputs: the text input that holds the aspect ratio
+    format: str | None = None  # image outputs: "svg", "avif" or "heic" (None: PNG)
 
     @property
     def is_media(self) -> bool:
@@ -49,6 +55,7 @@ class TechniqueDef:
     typical_seconds: float  # real-world run time before the emulator's speed factor
     inputs: tuple[SlotDef, ...]
     outputs: tuple[SlotDef, ...]
+    extra: bool = False  # the emulator's own, not one of the seed document's
 
     @property
     def technique_id(self) -> str:
@@ -78,6 +85,7 @@ def _technique(data: dict[str, Any]) -> TechniqueDef:
         typical_seconds=float(data["typical_seconds"]),
         inputs=tuple(_slot(s) for s in data["inputs"]),
         outputs=tuple(_slot(s) for s in data["outputs"]),
+        extra=bool(data.get("extra", False)),
     )
 
 
@@ -102,6 +110,11 @@ class Catalog:
             for t in self.techniques
             if all(w in f"{t.slug} {t.name} {t.description}".lower() for w in words)
         )
+
+    @property
+    def seed(self) -> tuple[TechniqueDef, ...]:
+        """The seed document's techniques, in its order (the catalog without extras)."""
+        return tuple(t for t in self.techniques if not t.extra)
 
     def __len__(self) -> int:
         return len(self.techniques)

@@ -9,10 +9,12 @@ per-technique run times and the assets' fetch and ingest times are divided by ``
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from flora_batch import wire
@@ -23,6 +25,26 @@ Dialect = Literal["snake", "camel"]
 IdempotencyMode = Literal["replay", "conflict"]
 KeyCarrier = Literal["body", "header", "both"]
 UploadShape = Literal["snake", "camel", "serialized", "bare"]
+QuoteMode = Literal["exact", "zero", "missing"]
+
+#: The switches that make the emulator as hard as the contract allows (all off by default).
+HARD_SWITCHES = (
+    "clock_skew",
+    "bill_factor",
+    "quote",
+    "create_latency",
+    "merge_concurrent_creates",
+    "other_clients",
+    "other_clients_spread",
+    "other_clients_burst",
+    "history_delay",
+    "history_page_cap",
+    "duplicate_status",
+    "media_quirks",
+)
+
+#: Statuses ``duplicate_status`` may take, and the error code each answers with.
+DUPLICATE_CODES = {400: "input_validation_error", 404: "not_found", 422: "idempotency_conflict"}
 
 DEFAULT_API_KEY = "sk_test_emulator"
 #: Fixed identifiers of the one workspace and project the emulator pretends to have.
@@ -78,6 +100,45 @@ class EmulatorConfig:
             ``Authorization`` header (ASSETS.md §3: never send FLORA's key there).
         require_ready_assets: a run input that names one of this emulator's asset URLs
             is refused (400) unless that asset is ``ready`` (ASSETS.md §7).
+
+    The switches below make the emulator as hard as the contract allows; all are off
+    by default.
+
+    Args:
+        clock_skew: seconds added to every timestamp the API renders (runs' ``created_at``,
+            ``started_at``, ``completed_at``; assets' ``created_at`` and ``expires_at``),
+            as a server whose clock is off would; the emulator's own clock and the run
+            timelines do not move.  May be negative.
+        bill_factor: a run is billed this many times its technique's cost (the charge,
+            and ``charged_cost`` on a poll): bills are not quotes (CONTRACT.md §3).
+        quote: what the technique lookup shows as ``run_cost``: the ``exact`` cost,
+            ``zero``, or the field ``missing``.  Runs are billed at the real cost times
+            ``bill_factor`` whatever it shows; a create's ``charged_cost`` is this quote.
+        create_latency: real seconds (an async sleep) a create spends between looking its
+            idempotency key up and booking the run (charging it, binding its key).  The
+            run's ``created_at`` is still when the create arrived.
+        merge_concurrent_creates: a create whose key is held by a create still inside its
+            latency waits for it, then gets the usual duplicate answer.  False: both
+            execute and both are billed (CONTRACT.md §6: "not coalescing").
+        other_clients: chance (seeded by ``faults.seed``) that each of our creates is
+            accompanied by runs of the same technique made by someone else in the same
+            workspace: keyless, billed to the workspace, listed in the history, marked
+            ``foreign`` in the emulator's books.
+        other_clients_spread: those runs are stamped within ± this many seconds of ours;
+            one stamped in the future shows in the history only once the clock gets there.
+        other_clients_burst: how many such runs come each time.
+        history_delay: a run shows in ``GET /technique-runs`` only this many seconds after
+            its ``created_at`` (eventual visibility).
+        history_page_cap: at most this many items per history page, whatever ``limit`` asks.
+        duplicate_status: 400, 404 or 422: a create repeating a live key is answered with
+            that status (``input_validation_error``, ``not_found``,
+            ``idempotency_conflict``), creating and charging nothing, instead of the
+            replay or 409 of ``idempotency``.
+        media_quirks: SVG outputs start with an XML prolog, and AVIF and HEIC outputs are
+            served as ``application/octet-stream``.
+        state_file: a JSON file holding the whole state: loaded at start if it exists, and
+            rewritten atomically after every request that may change state, so a killed
+            emulator forgets nothing it answered.
     """
 
     api_key: str = DEFAULT_API_KEY
@@ -104,6 +165,19 @@ class EmulatorConfig:
     upload_shape: UploadShape = "snake"
     storage_rejects_auth: bool = True
     require_ready_assets: bool = True
+    clock_skew: float = 0.0
+    bill_factor: float = 1.0
+    quote: QuoteMode = "exact"
+    create_latency: float = 0.0
+    merge_concurrent_creates: bool = True
+    other_clients: float = 0.0
+    other_clients_spread: float = 1.0
+    other_clients_burst: int = 1
+    history_delay: float = 0.0
+    history_page_cap: int | None = None
+    duplicate_status: int | None = None
+    media_quirks: bool = False
+    state_file: Path | None = None
 
     def __post_init__(self) -> None:
         """Refuse settings the emulator cannot honour, at construction rather than mid-test."""
@@ -128,8 +202,36 @@ class EmulatorConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must not be negative, not {value!r}")
-        if self.late_charge < 0:
-            raise ValueError(f"late_charge must not be negative, not {self.late_charge!r}")
+        for name in ("late_charge", "create_latency", "other_clients_spread", "history_delay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, not {getattr(self, name)!r}")
+        self._check_hard_switches()
+
+    def _check_hard_switches(self) -> None:
+        """The switches that make the emulator harder (see the class docstring)."""
+        _check_choice("quote", self.quote, ("exact", "zero", "missing"))
+        _check_choice("duplicate_status", self.duplicate_status, (None, *DUPLICATE_CODES))
+        if not (self.bill_factor > 0 and math.isfinite(self.bill_factor)):
+            raise ValueError(f"bill_factor must be positive, not {self.bill_factor!r}")
+        if not 0 <= self.other_clients <= 1:
+            raise ValueError(f"other_clients is a probability in 0..1, not {self.other_clients!r}")
+        if self.other_clients_burst < 1:
+            burst = self.other_clients_burst
+            raise ValueError(f"other_clients_burst must be at least 1, not {burst!r}")
+        if self.history_page_cap is not None and self.history_page_cap < 1:
+            cap = self.history_page_cap
+            raise ValueError(f"history_page_cap must be at least 1, not {cap!r}")
+        if not math.isfinite(self.clock_skew):
+            raise ValueError(f"clock_skew must be a finite number, not {self.clock_skew!r}")
+
+    def hard_switches(self) -> dict[str, object]:
+        """The ``HARD_SWITCHES`` set away from their defaults, by name."""
+        default = EmulatorConfig()
+        return {
+            name: getattr(self, name)
+            for name in HARD_SWITCHES
+            if getattr(self, name) != getattr(default, name)
+        }
 
     def now(self) -> float:
         """The current time on the configured clock, in seconds."""

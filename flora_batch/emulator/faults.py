@@ -271,9 +271,14 @@ class FaultDice:
             return Roll(forced.kind, delay, variant)
         return Roll(self._pick(draw, applicable), delay, variant)
 
-    def run_fate(self, identity: str) -> RunFate:
-        """Whether and when a new run fails, seeded by the run's identity."""
+    def run_fate(self, identity: str, *, may_force: bool = True) -> RunFate:
+        """Whether and when a new run fails, seeded by the run's identity.
+
+        ``may_force=False`` leaves forced failures for the next run of ours (a run
+        another client made must not use up a test's ``inject("run_failure")``).
+        """
         forced = next((f for f in self._forced if f.kind is FaultKind.RUN_FAILURE), None)
+        forced = forced if may_force else None
         rng = random.Random(f"{self.plan.seed}|run|{identity}")
         draw, pick, when = rng.random(), rng.random(), rng.uniform(0.2, 0.9)
         codes = self.plan.failure_codes or DEFAULT_FAILURE_CODES
@@ -283,6 +288,19 @@ class FaultDice:
         if draw < self.plan.run_failure:
             return RunFate(codes[int(pick * len(codes))], when)
         return RunFate()
+
+    def company(self, ordinal: int, chance: float, burst: int, spread: float) -> tuple[float, ...]:
+        """Offsets (seconds from ours) of the runs others make beside our ``ordinal``-th.
+
+        Seeded like the request faults (``"{seed}|other_clients|{ordinal}"``), so the
+        same batch meets the same neighbours on every replay.
+        """
+        if chance <= 0:
+            return ()
+        rng = random.Random(f"{self.plan.seed}|other_clients|{ordinal}")
+        if rng.random() >= chance:
+            return ()
+        return tuple(rng.uniform(-spread, spread) for _ in range(burst))
 
     def fate(self, kind: FaultKind, identity: str) -> bool:
         """Whether delayed fault ``kind`` (``DELAYED``) strikes the object ``identity``."""

@@ -1,4 +1,5 @@
-"""Real output files: small PNGs, short MP4s (or GIFs) and text, drawn from a run's inputs.
+"""Real output files: small PNGs, SVGs, AVIFs, HEICs, short MP4s (or GIFs) and text, drawn
+from a run's inputs.
 
 Each file is a pure function of (technique, inputs, output id): its colour comes from a
 hash of them, and the technique's name, the output id and the input values are written
@@ -9,6 +10,14 @@ Video: H.264 in MP4 through PyAV (``av`` on PyPI bundles FFmpeg with libx264 in 
 wheels), 12 frames at 12 fps, long side 128 px, in a few milliseconds.  If PyAV is not
 importable the emulator makes an animated GIF instead and says so honestly
 (``image/gif``, ``.gif``).
+
+Image formats (a slot's ``format``): PNG by default; ``svg`` is drawn as SVG text;
+``avif`` is Pillow's AVIF (Pillow 11.2 or later, else PNG, said honestly as for video);
+``heic`` is that AVIF file with its ``ftyp`` brands saying ``heic``: Pillow writes no
+HEVC, so the picture inside is AV1-coded, which a file sniffer accepts as HEIC and a
+strict HEVC decoder would not.  With ``media_quirks`` an SVG starts with an XML prolog
+and AVIF and HEIC are served as ``application/octet-stream`` (``quirky_type``), as
+FLORA's storage may do.
 
 ``render_fetched`` makes the stand-in for a file the emulator pretends to fetch from a
 ``source`` URL (it reaches no network): a picture of the URL, in the type asked for
@@ -28,8 +37,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from urllib.parse import urlsplit
+from xml.sax.saxutils import escape
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, features
 
 from flora_batch.types import RunInput
 
@@ -44,6 +54,28 @@ VIDEO_FRAMES = 12
 VIDEO_FPS = 12
 
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+
+XML_PROLOG = b'<?xml version="1.0" encoding="UTF-8"?>\n'
+OCTET_STREAM = "application/octet-stream"
+
+
+def _have_avif() -> bool:
+    try:
+        return bool(features.check_module("avif"))
+    except ValueError:  # Pillow before 11.2 has no AVIF plugin at all
+        return False
+
+
+#: Whether Pillow can write AVIF here: without it AVIF and HEIC outputs become PNGs.
+HAVE_AVIF = _have_avif()
+_PNG = (".png", "image/png")
+#: ``(extension, content type)`` of each image output format (a slot's ``format``).
+IMAGE_FORMATS: dict[str | None, tuple[str, str]] = {
+    None: _PNG,
+    "svg": (".svg", "image/svg+xml"),
+    "avif": (".avif", "image/avif") if HAVE_AVIF else _PNG,
+    "heic": (".heic", "image/heic") if HAVE_AVIF else _PNG,
+}
 
 
 @dataclass(frozen=True)
@@ -63,12 +95,17 @@ def video_format() -> tuple[str, str]:
     return (".mp4", "video/mp4") if HAVE_AV else (".gif", "image/gif")
 
 
-def _file_format(kind: str) -> tuple[str, str]:
-    if kind == "imageUrl":
-        return ".png", "image/png"
-    if kind == "videoUrl":
+def _file_format(slot: SlotDef) -> tuple[str, str]:
+    if slot.type == "imageUrl":
+        return IMAGE_FORMATS[slot.format]
+    if slot.type == "videoUrl":
         return video_format()
     return ".txt", "text/plain; charset=utf-8"
+
+
+def quirky_type(spec: OutputSpec) -> str:
+    """The Content-Type an output is served with under ``media_quirks``."""
+    return OCTET_STREAM if spec.ext in (".avif", ".heic") else spec.content_type
 
 
 def plan_outputs(technique: TechniqueDef) -> tuple[OutputSpec, ...]:
@@ -76,7 +113,7 @@ def plan_outputs(technique: TechniqueDef) -> tuple[OutputSpec, ...]:
     specs: list[OutputSpec] = []
     for slot in technique.outputs:
         for index in range(1, slot.count + 1):
-            ext, content_type = _file_format(slot.type)
+            ext, content_type = _file_format(slot)
             oid = f"output_{len(specs) + 1}"
             specs.append(OutputSpec(oid, slot.type, slot, index, ext, content_type))
     return tuple(specs)
@@ -180,11 +217,74 @@ def _draw_frame(
 
 def render_png(technique: TechniqueDef, spec: OutputSpec, inputs: Sequence[RunInput]) -> bytes:
     """A PNG for an image output."""
+    return _render_raster(technique, spec, inputs, "PNG")
+
+
+def _render_raster(
+    technique: TechniqueDef, spec: OutputSpec, inputs: Sequence[RunInput], kind: str
+) -> bytes:
     seed = digest(technique, inputs, spec.output_id)
     frame = _draw_frame(_size(spec, inputs, IMAGE_SIDE), seed, caption(technique, spec, inputs))
     out = io.BytesIO()
-    frame.save(out, format="PNG", optimize=False)
+    if kind == "PNG":
+        frame.save(out, format="PNG", optimize=False)
+    else:
+        frame.save(out, format=kind, speed=10)
     return out.getvalue()
+
+
+def render_image(
+    technique: TechniqueDef, spec: OutputSpec, inputs: Sequence[RunInput], *, quirks: bool = False
+) -> bytes:
+    """An image output in its slot's format (``IMAGE_FORMATS``); ``quirks`` adds the SVG
+    prolog."""
+    if spec.ext == ".svg":
+        svg = render_svg(technique, spec, inputs)
+        return XML_PROLOG + svg if quirks else svg
+    if spec.ext == ".avif":
+        return _render_raster(technique, spec, inputs, "AVIF")
+    if spec.ext == ".heic":
+        return as_heic(_render_raster(technique, spec, inputs, "AVIF"))
+    return render_png(technique, spec, inputs)
+
+
+def render_svg(technique: TechniqueDef, spec: OutputSpec, inputs: Sequence[RunInput]) -> bytes:
+    """An SVG for an image output: the PNG's picture (hashed colours, shapes, caption) as
+    vector shapes and text."""
+    seed = digest(technique, inputs, spec.output_id)
+    width, height = _size(spec, inputs, IMAGE_SIDE)
+    radius, line = width // 5, max(11, width // 15)
+    cx = int((seed[3] / 255 * 0.6 + 0.2) * width)
+    cy = int((seed[4] / 255 * 0.5 + 0.25) * height)
+    x0 = int(seed[5] / 255 * width * 0.6)
+    lines = caption(technique, spec, inputs)
+    texts = "".join(
+        f'<text x="5" y="{3 + (n + 1) * line - 3}">{escape(text)}</text>'
+        for n, text in enumerate(lines)
+    )
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}">',
+        f'<rect width="{width}" height="{height}" fill="{_hex(_colour(seed))}"/>',
+        f'<circle cx="{cx}" cy="{cy}" r="{radius}" fill="{_hex(_colour(seed, 0.33))}"/>',
+        f'<rect x="{x0}" y="{height * 2 // 3}" width="{width // 3}" height="{height}" '
+        f'fill="{_hex(_colour(seed, 0.66))}"/>',
+        f'<rect width="{width}" height="{min(height, 6 + line * len(lines))}" fill="#141418"/>',
+        f'<g fill="white" font-family="sans-serif" font-size="{max(9, width // 18)}">',
+        texts,
+        "</g></svg>\n",
+    ]
+    return "".join(parts).encode()
+
+
+def as_heic(avif: bytes) -> bytes:
+    """An AVIF file whose ``ftyp`` box says ``heic`` wherever it said ``avif``."""
+    size = int.from_bytes(avif[:4], "big")
+    if avif[4:8] != b"ftyp" or not 16 <= size <= len(avif):
+        raise ValueError("not an ISO-BMFF file with a leading ftyp box")
+    brands = [avif[n : n + 4] for n in range(8, size, 4)]
+    box = avif[:8] + b"".join(b"heic" if b == b"avif" else b for b in brands)
+    return box + avif[size:]
 
 
 def _video_frames(
@@ -244,10 +344,12 @@ def render_text(technique: TechniqueDef, spec: OutputSpec, inputs: Sequence[RunI
     return f"{spec.slot.name} by {technique.name} for {about}."
 
 
-def render_bytes(technique: TechniqueDef, spec: OutputSpec, inputs: Sequence[RunInput]) -> bytes:
+def render_bytes(
+    technique: TechniqueDef, spec: OutputSpec, inputs: Sequence[RunInput], *, quirks: bool = False
+) -> bytes:
     """The bytes served for any output (text outputs are served as UTF-8 too)."""
     if spec.type == "imageUrl":
-        return render_png(technique, spec, inputs)
+        return render_image(technique, spec, inputs, quirks=quirks)
     if spec.type == "videoUrl":
         return render_video(technique, spec, inputs)
     return render_text(technique, spec, inputs).encode()

@@ -1,7 +1,8 @@
 """The error envelope of CONTRACT.md §5, raised as ``ApiProblem`` anywhere in the emulator.
 
-``conflict`` (409, an invalid asset lifecycle transition) is a docs-only code, not in the
-OpenAPI files' enum (ASSETS.md §4); everything else is the spec's enum plus the docs'
+``conflict`` (409, an invalid asset lifecycle transition) and ``idempotency_conflict``
+(422, a repeated key) are docs-only codes, not in the OpenAPI files' enum (ASSETS.md §4,
+CONTRACT.md §6); everything else is the spec's enum plus the docs'
 ``service_unavailable`` and the router's ``method_not_allowed``.
 
 Every non-2xx API answer is ``{"error": {"code", "message", "fields"?}}`` with the HTTP
@@ -25,6 +26,10 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "method_not_allowed": (405, "Method not allowed."),
     "idempotency_duplicate": (409, "Duplicate idempotency key."),
     "conflict": (409, "Invalid state transition."),  # assets, docs only (ASSETS.md §4, §10)
+    "idempotency_conflict": (  # docs only (CONTRACT.md §5, §6)
+        422,
+        "Idempotency key was already used with a different request.",
+    ),
     "rate_limited": (429, "Rate limit exceeded."),
     "unknown_error": (500, "An unknown error occurred."),
     "service_unavailable": (503, "Service temporarily unavailable."),

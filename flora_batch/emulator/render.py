@@ -4,7 +4,13 @@
 older docs' dialect: camelCase keys, costs in integer credits (USD × 1000).  Both are
 built from one snake_case rendering, converted key by key, so they cannot drift apart.
 List envelopes (``techniques``, ``technique_runs``, ``meta.next_cursor``) are the same
-in both dialects.  Timestamps are unix milliseconds, as in FLORA's webhooks.
+in both dialects.  Timestamps are unix milliseconds, as in FLORA's webhooks, shifted by
+``clock_skew`` (``Wire.stamp``): what a server with a clock that is off would send.
+
+Money: a poll's ``charged_cost`` is the bill (cost × ``bill_factor``, absent during
+``late_charge``); the technique's ``run_cost`` and a fresh create's ``charged_cost`` are
+the quote, which ``quote`` makes exact, zero or missing (CONTRACT.md §3: "a quote, not
+the bill").
 
 Output URLs are absolute, built from the request's own base URL, so they work on any
 port and through ``httpx.ASGITransport``.  With ``media_ttl`` each URL carries a signed
@@ -98,20 +104,33 @@ class Wire:
         """Apply the dialect to a snake_case object."""
         return camelize(body) if self.config.dialect == "camel" else body
 
+    def stamp(self, seconds: float) -> int:
+        """A server timestamp as rendered: unix ms on the server's (perhaps skewed) clock."""
+        return millis(seconds + self.config.clock_skew)
+
+    def quote(self, technique: TechniqueDef) -> float | None:
+        """The cost the server quotes for a run (``quote``); None leaves the field out."""
+        mode = self.config.quote
+        if mode == "missing":
+            return None
+        return 0.0 if mode == "zero" else technique.run_cost
+
     def technique(self, technique: TechniqueDef) -> dict[str, Any]:
         """A technique object (CONTRACT.md §1)."""
         return self.finish(self._technique(technique))
 
-    @staticmethod
-    def _technique(technique: TechniqueDef) -> dict[str, Any]:
-        return {
+    def _technique(self, technique: TechniqueDef) -> dict[str, Any]:
+        body: dict[str, Any] = {
             "technique_id": technique.technique_id,
             "name": technique.name,
             "description": technique.description,
-            "run_cost": technique.run_cost,
+            "run_cost": self.quote(technique),
             "inputs": [slot_body(s) for s in technique.inputs],
             "outputs": [slot_body(s) for s in technique.outputs],
         }
+        if body["run_cost"] is None:
+            del body["run_cost"]
+        return body
 
     def poll_url(self, run: RunRecord) -> str:
         """Where to poll a run: the nested technique route on this server."""
@@ -128,6 +147,15 @@ class Wire:
         """A run object (CONTRACT.md §4) as of ``now``."""
         return self.finish(self._run(run, technique, now))
 
+    def created(self, run: RunRecord, technique: TechniqueDef, now: float) -> dict[str, Any]:
+        """A fresh create's answer: the run object, with the quote as ``charged_cost``."""
+        body = self._run(run, technique, now)
+        body.pop("charged_cost", None)
+        quote = self.quote(technique)
+        if quote is not None:
+            body["charged_cost"] = quote
+        return self.finish(body)
+
     def run_item(self, run: RunRecord, technique: TechniqueDef, now: float) -> dict[str, Any]:
         """A ``/technique-runs`` item: the run object plus its history fields."""
         body = self._run(run, technique, now)
@@ -143,12 +171,12 @@ class Wire:
             "run_id": run.run_id,
             "status": status,
             "progress": run.progress_at(now),
-            "created_at": millis(run.created_at),
+            "created_at": self.stamp(run.created_at),
         }
         if status != "pending":
-            body["started_at"] = millis(run.started_at)
+            body["started_at"] = self.stamp(run.started_at)
         if status in ("completed", "failed"):
-            body["completed_at"] = millis(run.ended_at)
+            body["completed_at"] = self.stamp(run.ended_at)
         cost = run.charged_cost_at(now, self.config.late_charge)
         if cost is not None:
             body["charged_cost"] = cost

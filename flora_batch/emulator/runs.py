@@ -38,8 +38,10 @@ def failure_message(code: str) -> str:
 class RunRecord:
     """A run as the emulator keeps it; times are clock seconds, money is USD.
 
-    ``charged`` is what the create charged; ``refunded`` is set once a failed run's
-    charge has been given back (``refund_failed``).
+    ``cost`` is the technique's cost (what a quote says); ``charged`` is what the run
+    was billed (``cost × bill_factor``); ``refunded`` is set once a failed run's charge
+    has been given back (``refund_failed``).  ``foreign`` marks a run someone else in
+    the workspace made (``other_clients``): listed and billed like ours, never keyed.
     """
 
     run_id: str
@@ -57,6 +59,7 @@ class RunRecord:
     error_message: str | None = None
     refunded: bool = False
     callback_url: str | None = None
+    foreign: bool = False
 
     @property
     def fails(self) -> bool:
@@ -80,10 +83,15 @@ class RunRecord:
         return min(99, int(100 * (now - self.started_at) / self.run_seconds))
 
     def charged_cost_at(self, now: float, late_charge: float) -> float | None:
-        """``charged_cost``: the quote, but absent for ``late_charge`` s after the end."""
+        """``charged_cost``: the bill, but absent for ``late_charge`` s after the end."""
         if self.ended_at <= now < self.ended_at + late_charge:
             return None
-        return 0.0 if self.refunded else self.cost
+        return 0.0 if self.refunded else self.charged
+
+    @property
+    def history_order(self) -> tuple[int, int]:
+        """Where the run sits in the history: created time (ms), then sequence."""
+        return round(self.created_at * 1000), self.seq
 
 
 def schedule(

@@ -8,7 +8,10 @@ kept out of uvicorn's error log: they are the point, not a bug.
 
 The command's banner prints the base URL, the API key and the workspace id
 (``--workspace-id``, default ``ws_emulator``) that a client needs as
-``FLORA_WORKSPACE_ID`` for asset uploads.
+``FLORA_WORKSPACE_ID`` for asset uploads.  The switches that make the emulator as hard as
+the contract allows (``EmulatorConfig``'s ``clock_skew`` … ``media_quirks``) each have a
+flag of the same name, all off by default; ``--state-file`` keeps the state across
+restarts.
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType, TracebackType
+from typing import Any
 
 import click
 import uvicorn
@@ -164,11 +170,18 @@ def _banner(handle: ServerHandle, config: EmulatorConfig) -> str:
             f"Workspace: {config.workspace_id} (set FLORA_WORKSPACE_ID={config.workspace_id})",
             f"dialect={config.dialect} speed={config.speed:g} idempotency={config.idempotency} "
             f"faults={faults}",
+            f"hard switches: {_hard_summary(config)}",
             f"Try:   {curl}",
-            f"State: {handle.origin}/_emulator/state",
+            f"State: {handle.origin}/_emulator/state"
+            + (f" (kept in {config.state_file})" if config.state_file else ""),
             "Press Ctrl-C to stop.",
         ]
     )
+
+
+def _hard_summary(config: EmulatorConfig) -> str:
+    changed = config.hard_switches()
+    return " ".join(f"{k}={v}" for k, v in changed.items()) or "none"
 
 
 def _serve_until_interrupted(handle: ServerHandle) -> None:
@@ -201,7 +214,112 @@ EMULATOR_EXAMPLES = """
 Examples:
   flora-batch emulator --port 8787 --speed 30     # then: FLORA_BASE_URL=http://127.0.0.1:8787/api/v1
   flora-batch emulator --faults "seed=7,rate_limit=0.1,run_failure=0.05"
+  flora-batch emulator --bill-factor 1.5 --quote missing --create-latency 0.5 \\
+      --no-merge-concurrent-creates --other-clients 0.3 --history-page-cap 5
+  flora-batch emulator --state-file emulator-state.json   # remembers runs across restarts
 """
+
+#: The flags of the switches that make the emulator harder (``EmulatorConfig`` fields of
+#: the same names), all off by default.
+_HARD_OPTIONS: list[Callable[[Any], Any]] = [
+    click.option(
+        "--clock-skew",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="Add S seconds (may be negative) to every timestamp the API renders.",
+    ),
+    click.option(
+        "--bill-factor",
+        type=click.FloatRange(min=0, min_open=True),
+        default=1.0,
+        metavar="X",
+        help="Bill each run X times its technique's cost (the poll's charged_cost too).",
+    ),
+    click.option(
+        "--quote",
+        type=click.Choice(["exact", "zero", "missing"]),
+        default="exact",
+        show_default=True,
+        help="The run_cost technique lookups show (runs are billed the real cost anyway).",
+    ),
+    click.option(
+        "--create-latency",
+        type=click.FloatRange(min=0),
+        default=0.0,
+        metavar="S",
+        help="Real seconds a create spends between its key lookup and booking the run.",
+    ),
+    click.option(
+        "--merge-concurrent-creates/--no-merge-concurrent-creates",
+        default=True,
+        show_default=True,
+        help="A same-key create during another's latency waits for it (else both are billed).",
+    ),
+    click.option(
+        "--other-clients",
+        type=click.FloatRange(0, 1),
+        default=0.0,
+        metavar="P",
+        help="Chance that others in the workspace run the same technique beside each create.",
+    ),
+    click.option(
+        "--other-clients-spread",
+        type=click.FloatRange(min=0),
+        default=1.0,
+        show_default=True,
+        metavar="S",
+        help="Their runs are stamped within ±S seconds of ours.",
+    ),
+    click.option(
+        "--other-clients-burst",
+        type=click.IntRange(min=1),
+        default=1,
+        show_default=True,
+        metavar="N",
+        help="How many runs others make each time.",
+    ),
+    click.option(
+        "--history-delay",
+        type=click.FloatRange(min=0),
+        default=0.0,
+        metavar="S",
+        help="A run shows in GET /technique-runs only S seconds after its created_at.",
+    ),
+    click.option(
+        "--history-page-cap",
+        type=click.IntRange(min=1),
+        default=None,
+        metavar="N",
+        help="At most N run-history items per page, whatever limit asks.",
+    ),
+    click.option(
+        "--duplicate-status",
+        type=click.Choice(["400", "404", "422"]),
+        default=None,
+        help="Answer a repeated live key with this status (creating nothing) "
+        "instead of replay/409.",
+    ),
+    click.option(
+        "--media-quirks",
+        is_flag=True,
+        help="SVG outputs start with an XML prolog; AVIF/HEIC are sent as octet-stream.",
+    ),
+    click.option(
+        "--state-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Keep the whole state in this JSON file: loaded at start, rewritten after "
+        "every change.",
+    ),
+]
+
+
+def _hard_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the ``_HARD_OPTIONS`` flags to a click command (gathered in ``hard``)."""
+    for option in reversed(_HARD_OPTIONS):
+        fn = option(fn)
+    return fn
 
 
 # Its own help names: click caches a command's help option the first time it is built, so
@@ -238,6 +356,7 @@ Examples:
     show_default=True,
     help="The workspace (ws_…) asset uploads must name; give it to clients as FLORA_WORKSPACE_ID.",
 )
+@_hard_options
 def emulator_command(
     host: str,
     port: int,
@@ -251,12 +370,19 @@ def emulator_command(
     max_running: int | None,
     api_key: str,
     workspace_id: str,
+    duplicate_status: str | None,
+    **hard: Any,
 ) -> None:
     """Run a local FLORA API emulator until Ctrl-C.
 
     It speaks FLORA's REST API (techniques, runs, run history, asset uploads) over an
     in-memory state, serves real output files, and can inject faults.  Point flora-batch
     (or any FLORA client) at the printed base URL with the printed API key and workspace.
+
+    The flags from --clock-skew to --media-quirks make it behave as the contract says
+    FLORA may (skewed clocks, bills above quotes, unmerged same-key creates, other
+    clients' runs in the history, capped history pages, 4xx to a repeated key, odd
+    media); all are off by default.
     """
     try:
         config = EmulatorConfig(
@@ -270,6 +396,8 @@ def emulator_command(
             media_ttl=media_ttl,
             max_running=max_running,
             workspace_id=workspace_id,
+            duplicate_status=int(duplicate_status) if duplicate_status else None,
+            **hard,
         )
         handle = start_server(config, host=host, port=port)
     except (ValueError, RuntimeError) as exc:

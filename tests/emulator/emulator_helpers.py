@@ -46,6 +46,9 @@ def run_body(
             ("start_frame", "imageUrl", MEDIA_URL),
             ("end_frame", "imageUrl", "https://storage.googleapis.com/b/end.png"),
         ],
+        "vector-icons": [("prompt", "text", "weather icons")],
+        "web-stills": [("product", "imageUrl", MEDIA_URL)],
+        "phone-snap": [("product", "imageUrl", MEDIA_URL)],
     }[technique]
     inputs = [{"id": i, "type": t, "value": values.get(i, v)} for i, t, v in defaults]
     body: dict[str, Any] = {"inputs": inputs, "mode": "async"}

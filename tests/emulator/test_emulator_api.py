@@ -11,6 +11,8 @@ from emulator_helpers import client_for, create
 
 from flora_batch.emulator import Emulator
 
+CATALOG_SIZE = 41  # the seed document's 38 techniques and the emulator's 3 extras
+
 REQUEST_ID = re.compile(r"^req_[0-9a-f]{24}$")
 
 
@@ -92,17 +94,17 @@ async def test_unknown_technique_and_run_are_not_found(client: httpx.AsyncClient
 
 
 async def test_list_techniques_pages_with_a_cursor(client: httpx.AsyncClient) -> None:
-    """Pages of ``limit``, ``meta.next_cursor`` until null, ``total_estimate`` 38."""
+    """Pages of ``limit``, ``meta.next_cursor`` until null, ``total_estimate`` all 41."""
     seen: list[str] = []
     params: dict[str, str | int] = {"limit": 10}
     while True:
         body = (await client.get("/techniques", params=params)).json()
         seen += [t["technique_id"] for t in body["techniques"]]
-        assert body["meta"]["total_estimate"] == 38
+        assert body["meta"]["total_estimate"] == CATALOG_SIZE
         if body["meta"]["next_cursor"] is None:
             break
         params["cursor"] = body["meta"]["next_cursor"]
-    assert len(seen) == 38 == len(set(seen))
+    assert len(seen) == CATALOG_SIZE == len(set(seen))
     assert seen[0] == "tech_art-directors-critique"
 
 
@@ -111,7 +113,7 @@ async def test_list_techniques_default_and_max_limit(client: httpx.AsyncClient) 
     first = (await client.get("/techniques")).json()
     assert len(first["techniques"]) == 20
     everything = (await client.get("/techniques", params={"limit": 100})).json()
-    assert len(everything["techniques"]) == 38
+    assert len(everything["techniques"]) == CATALOG_SIZE
     assert everything["meta"]["next_cursor"] is None
 
 

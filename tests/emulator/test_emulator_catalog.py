@@ -1,4 +1,5 @@
-"""The catalog: the seed document's 38 techniques, with plausible slots, costs and times."""
+"""The catalog: the seed document's 38 techniques, with plausible slots, costs and times,
+then the emulator's own extras (SVG, AVIF and HEIC outputs)."""
 
 from __future__ import annotations
 
@@ -26,22 +27,24 @@ def _seed_techniques() -> list[tuple[str, str, str]]:
 @pytest.mark.skipif(not SEED.exists(), reason=f"seed document not found at {SEED}")
 def test_catalog_matches_the_seed_document() -> None:
     """Every technique of the seed doc is there, in order, with its slug, name and description."""
-    ours = [(t.slug, t.name, t.description) for t in load_catalog().techniques]
+    ours = [(t.slug, t.name, t.description) for t in load_catalog().seed]
     assert ours == _seed_techniques()
 
 
-def test_catalog_has_38_unique_techniques() -> None:
-    """38 techniques, unique slugs, ids of the form tech_<slug>."""
+def test_catalog_has_38_seed_techniques_then_3_extras() -> None:
+    """38 seed techniques first, then 3 extras; unique slugs, ids of the form tech_<slug>."""
     catalog = load_catalog()
-    assert len(catalog) == 38
-    assert len({t.slug for t in catalog.techniques}) == 38
+    assert len(catalog.seed) == 38 and len(catalog) == 41
+    assert catalog.techniques[:38] == catalog.seed
+    assert [t.slug for t in catalog.techniques[38:]] == ["vector-icons", "web-stills", "phone-snap"]
+    assert len({t.slug for t in catalog.techniques}) == 41
     assert all(t.technique_id == f"tech_{t.slug}" for t in catalog.techniques)
 
 
 def test_catalog_is_a_data_file_inside_the_package() -> None:
     """The catalog is shipped as JSON next to the code, so the wheel carries it."""
     text = resources.files("flora_batch.emulator").joinpath("catalog.json").read_text()
-    assert len(json.loads(text)["techniques"]) == 38
+    assert len(json.loads(text)["techniques"]) == 41
 
 
 def test_every_technique_is_plausible() -> None:

@@ -89,7 +89,7 @@ def every_schema() -> list[Technique]:
 
 
 def test_every_technique_scaffolds_a_valid_manifest(every_schema, tmp_path: Path):
-    """For all 38 techniques the scaffold loads, and one filled row builds one job."""
+    """For every technique the scaffold loads, and one filled row builds one job."""
     for technique in every_schema:
         folder = tmp_path / technique.slug
         folder.mkdir()
