@@ -48,7 +48,7 @@ from .errors import (
     TransportError,
     api_error_class,
 )
-from .sniff import HEAD_BYTES, media_problem
+from .sniff import HEAD_BYTES, content_type_of, media_problem
 from .types import RunInfo, RunInput, Technique
 from .url_policy import check_fetch_url, is_loopback
 
@@ -616,7 +616,7 @@ class FloraClient:
         if declared is not None and declared != size:
             raise TransportError(f"download truncated: got {size} of {expected} bytes")
         _check_media(output_type, ctype, head)
-        return Downloaded(size, digest.hexdigest(), ctype)
+        return Downloaded(size, digest.hexdigest(), content_type_of(ctype, head))
 
 
 #: A body of at most this many bytes (declared by Content-Length) is read whole, then
@@ -654,7 +654,8 @@ def _write_whole(
             os.close(fd)
     except OSError as exc:
         raise ResultsError(f"cannot write {dest}: {exc.strerror or exc}") from exc
-    return Downloaded(len(data), hashlib.sha256(data).hexdigest(), ctype)
+    kind = content_type_of(ctype, data[:HEAD_BYTES])
+    return Downloaded(len(data), hashlib.sha256(data).hexdigest(), kind)
 
 
 def _direct_lane(transport: httpx.AsyncBaseTransport | None) -> AiohttpTransport | None:

@@ -72,11 +72,6 @@ async def test_quirky_svg_avif_and_heic_outputs_are_all_saved(tmp_path: Path) ->
     assert (folder / stills[1]).read_bytes()[4:12] == b"ftypavif"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client.py names a file by the Content-Type header; passing "
-    "sniff.content_type_of(ctype, head) as Downloaded.content_type fixes it",
-)
 async def test_avif_and_heic_sent_as_octet_stream_get_their_own_extension(
     tmp_path: Path,
 ) -> None:
