@@ -26,13 +26,15 @@ import click
 
 from . import errors as E
 from .client import http_stack
-from .config import Settings, check_api_key, check_workspace_id
+from .config import DEFAULT_TIMEOUT, Settings, check_api_key, check_workspace_id
 from .options import contract_options
 from .pipeline import BatchResult, plan_batch, run_batch
 from .progress import Progress, duration
 from .types import JobState, cost_unit, money
 from .wire import DEFAULT_BASE_URL
 
+#: ``--demo``'s request timeout (the embedded emulator is on loopback), unless one is given.
+DEMO_TIMEOUT = 5.0
 log = logging.getLogger("flora_batch")
 
 RUN_EXAMPLES = """
@@ -355,7 +357,9 @@ def run(
             submit_rate=submit_rate,
             verify_deep=verify_deep,
             max_download_bytes=max_download_mb * 1024 * 1024 if max_download_mb else None,
-            timeout=timeout,
+            # The embedded emulator answers in milliseconds: a create cut off by Ctrl-C or
+            # kill is waited out for seconds, not a minute, before it is sent again.
+            timeout=DEMO_TIMEOUT if server and timeout == DEFAULT_TIMEOUT else timeout,
             key_window=key_window,
             history_lag=history_lag,
             **_assets(workspace_id, asset_folder, m, server),
@@ -424,6 +428,8 @@ def _summarise(result: BatchResult, *, demo: bool) -> None:
         )
     for line in out.stuck[:10]:
         click.echo(f"  waiting {line}")
+    for note in out.notes:
+        click.echo(f"  NOTE    {note}")
     for skipped in prep.skipped[:20]:
         click.echo(f"  skipped {skipped}")
     for line in upload_lines(result.uploads) if result.uploads is not None else ():

@@ -415,10 +415,10 @@ def _with_uploads(progress: ProgressHook | None, uploader: Uploader | None) -> P
 
 
 def _reopen(ledger: Ledger, prepared: Prepared, settings: Settings, clock: Clock) -> int:
-    """``--retry-failed`` and ``--resubmit-unresolved``: the only ways a job is bought again."""
+    """``--retry-failed`` and ``--resubmit-unresolved``: the only ways a job is bought again;
+    and jobs whose run FLORA stopped showing are polled again."""
     count = 0
-    wanted = {s for s in _ENDED_BADLY if _reopens(s, settings)}
-    for rec in _jobs_of(ledger, prepared, wanted) if wanted else ():
+    for rec in _jobs_of(ledger, prepared, _ENDED_BADLY):
         if (
             settings.retry_failed
             and rec.state is JobState.FAILED
@@ -429,14 +429,11 @@ def _reopen(ledger: Ledger, prepared: Prepared, settings: Settings, clock: Clock
         elif settings.resubmit_unresolved and rec.state is JobState.UNRESOLVED:
             ledger.resubmit_unresolved(rec.key, now=clock())
             count += 1
+        elif rec.state is JobState.UNRESOLVED and rec.run_id is not None:
+            # A run FLORA stopped showing (``mark_lost``): ask for it again, it may be
+            # back (the key that made it is in use again); never bought again unasked.
+            ledger.reopen_lost(rec.key, now=clock())
     return count
-
-
-def _reopens(state: JobState, settings: Settings) -> bool:
-    """Whether a flag of this run may reopen jobs in ``state``."""
-    if state is JobState.FAILED:
-        return settings.retry_failed
-    return settings.resubmit_unresolved
 
 
 #: The states the run summary lists and ``_reopen`` may reopen: few jobs, read alone.

@@ -87,6 +87,10 @@ def judge(evidence: Evidence, *, proven: bool, cause: str) -> Verdict:
         return Verdict("later", reason="another create of this technique is still in the air")
     if len(mine) == 1 and not contested:
         run_id = next(iter(mine))
+        if evidence.others_seen and not evidence.settled:
+            # Someone else makes runs here, and ours may not be listed yet: the one run
+            # shown could be theirs.  Decide once every run of the window is listed.
+            return Verdict("later", reason="other clients' runs are listed around its own")
         if proven or not evidence.others_seen:
             return Verdict("adopt", run_id)
         return Verdict(

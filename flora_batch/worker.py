@@ -475,8 +475,9 @@ class Worker(Tracker, Reconciler):
             try:
                 run = await self._fly(key, rec, inputs)
             except FloraError as exc:
-                maybe_sent = maybe_sent or self._may_have_left(exc)
-                self._note_window(key, sent_at)
+                if self._may_have_left(exc):  # only such a send can have made a run
+                    maybe_sent = True
+                    self._note_window(key, sent_at)
                 if isinstance(exc, AmbiguousCreate) and exc.timed_out:
                     not_before = sent_at + self._settle()
                 if not await self._create_failed(key, exc, attempt, maybe_sent):

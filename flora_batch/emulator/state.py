@@ -272,6 +272,21 @@ class EmulatorState:
             run = self._new_run(technique, ours.inputs, None, stamp, stamp, identity, foreign=True)
             self._book(run, stamp)
 
+    def add_foreign_runs(self, slug: str, stamps: list[float]) -> list[RunRecord]:
+        """Runs of ``slug`` someone else in the workspace made at ``stamps`` (clock seconds):
+        a test aid, as ``other_clients`` makes them, but at chosen moments."""
+        technique = self.catalog.get(slug)
+        assert technique is not None, slug
+        made = []
+        with self._lock:
+            for n, stamp in enumerate(stamps):
+                inputs: tuple[RunInput, ...] = ()
+                identity = f"foreign:added:{len(self.runs)}:{n}"
+                run = self._new_run(technique, inputs, None, stamp, stamp, identity, foreign=True)
+                self._book(run, stamp)
+                made.append(run)
+        return made
+
     def _run_for_key(self, key: str | None, now: float) -> RunRecord | None:
         """The run a live key points at; a key older than ``key_window`` is forgotten."""
         entry = self._keys.get(key) if key else None

@@ -46,7 +46,8 @@ from ..errors import LedgerError
 from ..types import JobRecord, JobState
 from . import lock
 from . import tx as sql
-from .records import RESERVING_STATES, dumps, grouped_outputs, job_records
+from .queries import highest_bills_query, unbilled
+from .records import dumps, grouped_outputs, job_records
 from .store import Ledger
 from .tables import batches, events, jobs, pacing
 
@@ -324,7 +325,7 @@ def _free(
     """Up to ``limit`` unleased jobs in ``states``, locked, skipping rows others have locked."""
     c = jobs.c
     query = (
-        select(c.key, c.state, c.worker_id, c.lease_until, c.quoted_cost)
+        select(c.key, c.state, c.worker_id, c.lease_until, c.quoted_cost, c.technique)
         .where(c.batch == batch, c.state.in_(states), _lease_free(now))
         .order_by(c.row_index, c.technique, c.key)
         .limit(limit)
@@ -344,26 +345,36 @@ def _in_flight(conn: Connection, batch: str, now: float) -> int:
 
 
 def _affordable(conn: Connection, batch: str, planned: list[Any], now: float) -> list[Any]:
-    """The planned jobs (in order) whose quotes still fit the batch's ``max_cost``."""
+    """The planned jobs (in order) that fit the batch's ``max_cost``, as ``budget.Budget``
+    judges it in one process: bills known, plus a hold on every run not billed yet (and on
+    every planned job claimed under a live lease) at the larger of its quote and the
+    highest bill seen for its technique; a technique with no known bill buys one run at
+    a time."""
     cap = conn.execute(select(batches.c.max_cost).where(batches.c.name == batch)).scalar()
     if cap is None or not planned:
         return planned
     c = jobs.c
+    highest = {t: float(b) for t, b in conn.execute(highest_bills_query())}
     bill = func.coalesce(c.charged_cost, 0) + c.charged_before
-    reserving = and_(c.state.in_([s.value for s in RESERVING_STATES]), c.charged_cost.is_(None))
+    spent = conn.execute(select(func.coalesce(func.sum(bill), 0)).where(c.batch == batch))
+    total = float(spent.scalar_one())
     claimed = and_(c.state == S.PLANNED.value, c.worker_id.is_not(None), c.lease_until >= now)
-    quote = func.coalesce(c.quoted_cost, 0)
-    committed = select(
-        func.coalesce(func.sum(bill), 0)
-        + func.coalesce(func.sum(case((or_(reserving, claimed), quote), else_=0)), 0)
-    ).where(c.batch == batch)
-    total = float(conn.execute(committed).scalar_one())
+    holding = or_(and_(unbilled(), c.charged_cost.is_(None)), claimed)
+    held = conn.execute(
+        select(c.technique, func.coalesce(c.quoted_cost, 0)).where(c.batch == batch, holding)
+    ).all()
+    busy = {t for t, _ in held}
+    total += sum(max(float(q), highest.get(t, 0.0)) for t, q in held)
     fits = []
     for row in planned:
-        total += row["quoted_cost"] or 0.0
+        technique = row["technique"]
+        if technique not in highest and technique in busy:
+            continue  # its bill is unknown: one run at a time until one is read
+        total += max(row["quoted_cost"] or 0.0, highest.get(technique, 0.0))
         if total > cap + 1e-9:
             break
         fits.append(row)
+        busy.add(technique)
     return fits
 
 

@@ -87,7 +87,7 @@ class LedgerQueries(UploadLedger):
         where = _filter(batch, None)
         bill = func.coalesce(c.charged_cost, 0) + c.charged_before
         spent = select(func.coalesce(func.sum(bill), 0)).where(*where)
-        highest = _highest_bills().subquery()
+        highest = highest_bills_query().subquery()
         top = func.coalesce(highest.c.bill, 0)
         quote = func.coalesce(c.quoted_cost, 0)
         each = case((quote >= top, quote), else_=top)
@@ -109,7 +109,7 @@ class LedgerQueries(UploadLedger):
         A technique missing here has no known bill yet.
         """
         with self._read() as conn:
-            return {t: float(b) for t, b in conn.execute(_highest_bills())}
+            return {t: float(b) for t, b in conn.execute(highest_bills_query())}
 
     def last_event_at(self) -> float | None:
         """When the ledger last recorded anything (the newest event), if ever."""
@@ -164,7 +164,7 @@ class LedgerQueries(UploadLedger):
 _UNIT = "cost-unit:"
 
 
-def _highest_bills() -> Any:
+def highest_bills_query() -> Any:
     """``(technique, bill)``: each technique's highest informative bill (``highest_bills``)."""
     c = jobs_table.c
     told = and_(c.charged_cost.is_not(None), or_(c.error_code.is_(None), c.charged_cost > 0))
