@@ -17,9 +17,9 @@ NOW = 1_000_000.0
 
 @pytest.fixture
 def ledger(pg_url: str) -> Iterator[Ledger]:
-    """A ledger with batch ``b`` of 6 planned jobs at 1.0 each, cap 3, max_cost 5."""
+    """A ledger with batch ``b`` of 6 planned jobs at 1.0 each, cap 3, no max_cost."""
     with Ledger.open(pg_url) as led:
-        Leases(led).publish(BatchRow("b", "/tmp/r", 5.0, 3, 0.0, "{}", None, NOW), now=NOW)
+        Leases(led).publish(BatchRow("b", "/tmp/r", None, 3, 0.0, "{}", None, NOW), now=NOW)
         specs = [
             (JobKey(f"k{i}"), JobSpec("b", "t", (RunInput("p", "text", str(i)),), row_index=i))
             for i in range(6)
@@ -76,8 +76,10 @@ def test_renew_keeps_and_hand_back_releases(ledger: Ledger):
 
 
 def test_claims_keep_within_max_cost(ledger: Ledger):
-    """Quotes of claimed jobs count against max_cost: 5.0 buys five 1.0 jobs, not six."""
+    """Quotes of claimed jobs count against max_cost: 5.0 buys five 1.0 jobs, not six (the
+    first alone: no bill of the technique is known before it)."""
     leases = Leases(ledger)
+    leases.publish(BatchRow("b", "/tmp/r", 5.0, 3, 0.0, "{}", None, NOW), now=NOW)
     got = []
     for step in range(4):
         now = NOW + step * 10
@@ -120,3 +122,20 @@ def test_leases_need_postgresql(tmp_path):
     """A SQLite ledger is refused with a clear error."""
     with Ledger.open(tmp_path / "x.db") as led, pytest.raises(LedgerError, match="PostgreSQL"):
         Leases(led)
+
+
+def test_claims_hold_runs_at_the_highest_bill_and_buy_an_unknown_one_alone(ledger: Ledger):
+    """Under max_cost, a technique with no known bill is claimed one job at a time; once a
+    bill of 2.5 (above the 1.0 quote) is known, every hold counts 2.5: 5.0 buys two."""
+    leases = Leases(ledger)
+    leases.publish(BatchRow("b", "/tmp/r", 5.0, 3, 0.0, "{}", None, NOW), now=NOW)
+    (first,) = leases.claim("b", "a", 3, now=NOW, lease=5)
+    assert leases.claim("b", "c", 3, now=NOW, lease=5) == []  # its bill is not known yet
+    ledger.worker_id = "a"
+    ledger.mark_submitting(first.key, now=NOW)
+    ledger.mark_running(first.key, "run_first", now=NOW + 1)
+    ledger.mark_failed(
+        first.key, code="x", message="", category="retryable", now=NOW + 2, charged_cost=2.5
+    )
+    second = leases.claim("b", "c", 3, now=NOW + 3, lease=5)
+    assert len(second) == 1  # 2.5 spent + 2.5 held for the next: 5.0

@@ -28,11 +28,13 @@ from cluster_helpers import (
     wait_for,
     write_batch,
 )
+from sqlalchemy import update
 
 from flora_batch.client import FloraClient
 from flora_batch.emulator import FaultKind, FaultPlan
 from flora_batch.ledger import Ledger
 from flora_batch.ledger.leases import Leases
+from flora_batch.ledger.tables import jobs as jobs_table
 from flora_batch.types import JobState
 
 pg = pytest.mark.postgres
@@ -344,3 +346,57 @@ def test_status_and_report_show_which_worker_holds_what(serve, pg_url: str, tmp_
     with open(out / "results.csv", newline="") as fh:
         table = list(csv.DictReader(fh))
     assert sorted(r["worker"] for r in table) == ["", "w-7", "w-7"]
+
+
+@pg
+def test_sigterm_waits_out_a_create_in_the_air_before_handing_its_job_back(
+    serve, pg_url: str, tmp_path: Path
+):
+    """FLORA does not merge same-key creates that overlap, and a create takes 1.5 s: a
+    worker stopped while its create is in the air waits for the answer and records the run
+    before it hands the job back, so the worker that takes it over polls that run instead of
+    sending the key again while the first create is still running: charged once."""
+    server = serve(speed=15.0, create_latency=1.5, merge_concurrent_creates=False)
+    emu = server.emulator
+    manifest = write_batch(tmp_path / "b", 1)
+    submit(server, manifest, pg_url)
+    fleet = Fleet(server, pg_url, tmp_path / "logs")
+    try:
+        fleet.start("leaving", "--lease", "60")
+        wait_for(lambda: emu.request_counts[CREATE] >= 1, 30, "the create in the air")
+        fleet.start("staying", "--lease", "60", "--exit-when-idle")
+        assert fleet.terminate("leaving") == 0, fleet.describe()
+        assert fleet.wait("staying", 60) == 0, fleet.describe()
+    finally:
+        fleet.stop_all()
+    jobs, events = read(pg_url)
+    check_charged_once(emu, jobs)
+    assert [j.state for j in jobs] == [JobState.DONE]
+    assert len([r for r in emu.runs.values() if not r.foreign]) == 1
+    check_exclusive(events)
+
+
+@pg
+def test_a_worker_whose_lease_was_taken_sends_no_more_creates(
+    serve, pg_url: str, tmp_path: Path
+):
+    """Creates answered 503, each after half a second: while the worker retries, its lease
+    is taken by another worker.  It checks its lease in the ledger before every create, so
+    no create of it leaves after that (the other worker now decides what is sent)."""
+    server = serve(speed=15.0, faults=FaultPlan(slow=1.0, slow_seconds=0.5))
+    emu = server.emulator
+    emu.inject("unavailable_before_create", times=50)
+    manifest = write_batch(tmp_path / "b", 1)
+    submit(server, manifest, pg_url)
+    fleet = Fleet(server, pg_url, tmp_path / "logs")
+    try:
+        fleet.start("slow", "--lease", "60")
+        wait_for(lambda: emu.request_counts[CREATE] >= 1, 30, "a first create")
+        with Ledger.open(pg_url) as ledger, ledger._write() as conn:
+            taken = {"worker_id": "thief", "lease_until": time.time() + 600}
+            conn.execute(update(jobs_table).values(**taken))
+        sent = emu.request_counts[CREATE]
+        time.sleep(4.0)
+        assert emu.request_counts[CREATE] <= sent + 1, fleet.describe()  # one in the air
+    finally:
+        fleet.stop_all()

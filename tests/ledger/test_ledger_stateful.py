@@ -59,7 +59,7 @@ class JobModel:
         """Whether ``action`` may apply now (the design's arrows, written out)."""
         sources = {
             "mark_submitting": {S.PLANNED},
-            "release_unsent": {S.SUBMITTING},
+            "release_unsent": {S.SUBMITTING, S.NEEDS_RECONCILE},
             "mark_running": {S.SUBMITTING, S.NEEDS_RECONCILE, S.UNRESOLVED},
             "mark_needs_reconcile": {S.SUBMITTING},
             "mark_unresolved": {S.SUBMITTING, S.NEEDS_RECONCILE},

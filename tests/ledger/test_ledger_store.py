@@ -19,7 +19,7 @@ JobIn = Callable[..., JobKey]
 #: The legal moves, written out from the design independently of ``ledger/moves.py``.
 LEGAL: dict[str, tuple[set[JobState], JobState]] = {
     "mark_submitting": ({S.PLANNED}, S.SUBMITTING),
-    "release_unsent": ({S.SUBMITTING}, S.PLANNED),
+    "release_unsent": ({S.SUBMITTING, S.NEEDS_RECONCILE}, S.PLANNED),
     "mark_running": ({S.SUBMITTING, S.NEEDS_RECONCILE, S.UNRESOLVED}, S.RUNNING),
     "mark_needs_reconcile": ({S.SUBMITTING}, S.NEEDS_RECONCILE),
     "mark_unresolved": ({S.SUBMITTING, S.NEEDS_RECONCILE}, S.UNRESOLVED),

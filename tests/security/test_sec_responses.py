@@ -49,7 +49,9 @@ pytestmark = pytest.mark.usefixtures("retry_fast")
 async def go(tmp_path: Path, flora: HostileFlora, **settings: Any) -> BatchResult:
     """One row through studio-shot against ``flora``; fast polls, a short outage limit."""
     manifest = load_manifest(write_batch(tmp_path / "b", products(1)))
-    defaults: dict[str, Any] = dict(min_poll=0.01, max_poll=0.05, submit_rate=0, outage_limit=3)
+    defaults: dict[str, Any] = dict(
+        min_poll=0.01, max_poll=0.05, submit_rate=0, outage_limit=3, timeout=1.0
+    )
     s = Settings(base_url=BASE, api_key="sk_test_hostile", **{**defaults, **settings})
     return await run_batch(manifest, s, transport=flora.transport())
 
