@@ -66,19 +66,24 @@ def write_batch(
         writer.writeheader()
         writer.writerows(rows(n))
     manifest = folder / f"{name}.yaml"
-    second = '  backdrop: "seamless paper behind {title}"\n' if technique == "studio-shot" else ""
-    first = "product" if technique == "studio-shot" else "face"
     manifest.write_text(
         f"name: {name}\n"
         f"technique: {technique}\n"
         "rows: products.csv\n"
         "id: sku\n"
-        "inputs:\n"
-        f'  {first}: "{{image_url}}"\n' + second + "output:\n"
+        "inputs:\n" + INPUTS.get(technique, '  face: "{image_url}"\n') + "output:\n"
         "  dir: results\n"
         '  name: "{sku}/{technique}-{output_id}{ext}"\n' + extra
     )
     return manifest
+
+
+#: The inputs section of ``write_batch``'s manifest, per technique (else one ``face``).
+INPUTS = {
+    "studio-shot": '  product: "{image_url}"\n  backdrop: "seamless paper behind {title}"\n',
+    "book-drop": '  cover_art: "{image_url}"\n  title: "{title}"\n',  # two outputs a run
+    "fit-checks": '  outfit: "{image_url}"\n  model: "{image_url}"\n',  # two outputs a run
+}
 
 
 def ledger_path(manifest: Path) -> Path:
