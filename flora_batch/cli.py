@@ -132,8 +132,9 @@ def _common_run_options(fn: Any) -> Any:
         ),
         click.option(
             "--ledger",
+            envvar="FLORA_LEDGER",
             help="Ledger: a SQLite file path or a SQLAlchemy URL "
-            "(default: <name>.ledger.db beside the manifest).",
+            "(env FLORA_LEDGER; default: <name>.ledger.db beside the manifest).",
         ),
         click.option(
             "--results",

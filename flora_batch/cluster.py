@@ -278,7 +278,7 @@ async def serve(
     clock: Clock = time.time,
 ) -> Served:
     """Work submitted batches until idle (``exit_when_idle``), stopped, or out of runtime."""
-    url = settings.ledger or ""
+    url = ledger_location(None, settings) if settings.ledger else ""  # "": refused below
     require_postgres(url)
     stopper = stopper or Stopper()
     served = Served(options.worker_id)

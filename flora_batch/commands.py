@@ -309,15 +309,15 @@ def upload_lines(report: Any) -> list[str]:
 def _target(
     manifest: Path | None, ledger: str | None, batch: str | None
 ) -> tuple[str, str | None, Manifest | None]:
-    """``(ledger url, batch, manifest)`` from ``MANIFEST`` or ``--ledger``."""
+    """``(ledger url, batch, manifest)`` from ``MANIFEST`` or ``--ledger``
+    (``pipeline.ledger_location``: the same ledger ``run`` writes)."""
+    from .pipeline import ledger_location
+
     if manifest is None:
-        if not ledger:
-            raise E.UsageError("give a MANIFEST or --ledger URL (the ledger of a batch)")
-        return ledger, batch, None
+        return ledger_location(None, Settings(ledger=ledger)), batch, None
     if manifest.suffix.lower() not in (".yaml", ".yml"):
         raise E.UsageError(f"{manifest} is not a manifest (.yaml): use --ledger for a rows file")
     from .manifest import load_manifest
-    from .pipeline import ledger_location
 
     m = load_manifest(manifest)
     return ledger_location(m, Settings(ledger=ledger)), m.name, m
@@ -325,10 +325,12 @@ def _target(
 
 @contextmanager
 def _open_ledger(url: str) -> Iterator[Ledger]:
-    """The ledger at ``url``; a usage error (not a new empty ledger) if there is none."""
+    """The ledger at ``url`` (a ``ledger_location``); a usage error, not a new empty
+    ledger, if there is none."""
     from .ledger import Ledger
+    from .pipeline import ledger_exists
 
-    if "://" not in url and url != ":memory:" and not Path(url).expanduser().exists():
+    if url != ":memory:" and not ledger_exists(url):
         raise E.UsageError(f"no ledger at {url}: nothing has run yet (flora-batch run ...)")
     ledger = Ledger.open(url)
     try:
@@ -338,8 +340,11 @@ def _open_ledger(url: str) -> Iterator[Ledger]:
 
 
 def committed(url: str, batch: str) -> tuple[float, float]:
-    """``(spent, reserved)`` of ``batch`` so far; zeros when its ledger does not exist yet."""
-    if "://" not in url and not Path(url).expanduser().exists():
+    """``(spent, reserved)`` of ``batch`` so far (``url``: a ``ledger_location``); zeros
+    when its ledger does not exist yet."""
+    from .pipeline import ledger_exists
+
+    if not ledger_exists(url):
         return 0.0, 0.0
     with _open_ledger(url) as ledger:
         return ledger.money(batch)
@@ -348,7 +353,11 @@ def committed(url: str, batch: str) -> tuple[float, float]:
 def _ledger_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.argument("manifest", required=False, type=click.Path(path_type=Path)),
-        click.option("--ledger", help="A ledger path or SQLAlchemy URL (default: the manifest's)."),
+        click.option(
+            "--ledger",
+            envvar="FLORA_LEDGER",
+            help="A ledger path or SQLAlchemy URL (env FLORA_LEDGER; default: the manifest's).",
+        ),
         click.option("--batch", help="With --ledger: only this batch (default: every batch)."),
         click.option(
             "--demo", is_flag=True, help="Changes nothing: this command reads only the ledger."

@@ -22,7 +22,14 @@ import httpx
 from . import memo, retrying
 from .client import FloraClient
 from .config import Settings, check_workspace_id
-from .errors import AuthError, FloraError, InsufficientCredits, ManifestError, ManifestProblems
+from .errors import (
+    AuthError,
+    FloraError,
+    InsufficientCredits,
+    ManifestError,
+    ManifestProblems,
+    UsageError,
+)
 from .jobs import build_keyed_jobs, check_manifest
 from .ledger import Ledger
 from .manifest import Manifest
@@ -96,13 +103,45 @@ class BatchResult:
         return f"<BatchResult {self.prepared!r}: {dict(self.outcome.counts)}>"
 
 
-def ledger_location(manifest: Manifest, settings: Settings) -> str:
-    """Flag, then manifest, then ``<name>.ledger.db`` beside the manifest."""
+def ledger_location(manifest: Manifest | None, settings: Settings) -> str:
+    """Where a command's ledger is: every command that opens one asks this function.
+
+    ``settings.ledger`` first: the ``--ledger`` flag, else ``FLORA_LEDGER``, else the
+    config file's ``ledger`` (click ranks the three when it fills the option); then the
+    manifest's ``ledger:``, relative to the manifest's folder; then ``<name>.ledger.db``
+    beside the manifest.  A path's ``~`` is expanded wherever it was written (a config
+    file or a quoted flag is not expanded by any shell); a URL is used as given.
+
+    Raises:
+        UsageError: no manifest and no ledger named anywhere.
+    """
     if settings.ledger:
-        return settings.ledger
+        return ledger_path(settings.ledger)
+    if manifest is None:
+        raise UsageError(
+            "give a MANIFEST or --ledger URL (the ledger of a batch; or FLORA_LEDGER, or "
+            "ledger in the config file)"
+        )
     if manifest.ledger:
-        return manifest.ledger
+        return ledger_path(manifest.ledger, manifest.path.parent)
     return str(manifest.path.parent / f"{manifest.name}.ledger.db")
+
+
+def ledger_path(written: str, base: Path | None = None) -> str:
+    """A ledger as written, made a location: ``~`` expanded, a relative path under ``base``.
+
+    A URL (``postgresql://``, ``sqlite:///...``, ``sqlite:...``) and ``:memory:`` are kept
+    as they are: ``Ledger.open`` reads them (and expands ``~`` in a SQLite URL's path).
+    """
+    if "://" in written or written.startswith("sqlite:") or written == ":memory:":
+        return written
+    path = Path(written).expanduser()
+    return str(base / path if base is not None else path)
+
+
+def ledger_exists(location: str) -> bool:
+    """Whether a ledger is there to read: a URL is assumed to be; a file must exist."""
+    return "://" in location or (location != ":memory:" and Path(location).exists())
 
 
 def workspace_location(manifest: Manifest, settings: Settings) -> str | None:
@@ -276,17 +315,13 @@ async def plan_batch(
 ) -> tuple[Prepared, str]:
     """A dry run: validation and the plan, reading (never writing) an existing ledger."""
     url = ledger_location(manifest, settings)
-    ledger = Ledger.open(url) if _ledger_exists(url) else None
+    ledger = Ledger.open(url) if ledger_exists(url) else None
     try:
         async with FloraClient(settings.base_url, settings.api_key, transport=transport) as client:
             return await prepare(manifest, client, ledger, settings), url
     finally:
         if ledger is not None:
             ledger.close()
-
-
-def _ledger_exists(url: str) -> bool:
-    return "://" in url or Path(url).exists()
 
 
 async def run_batch(
