@@ -12,7 +12,7 @@ import dataclasses
 import gc
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +30,10 @@ from .errors import (
     ManifestProblems,
     UsageError,
 )
-from .jobs import build_keyed_jobs, check_manifest
+from .jobs import build_keyed_jobs, check_manifest, check_saved_names
 from .ledger import Ledger
 from .manifest import Manifest
-from .plan import Plan, plan_keyed, plan_known
+from .plan import Known, Plan, keep_earlier_keys, plan_keyed, plan_known
 from .results import Results
 from .rows import load_rows
 from .sources import MediaInputs, UploadSource, UploadSummary, needed_sources, summarise
@@ -250,11 +250,16 @@ def _prepared(
         raise ManifestProblems(fatal)
     media = MediaInputs(FileProbe(manifest.path.parent), uploads=workspace is not None)
     keyed, problems = build_keyed_jobs(manifest, columns, rows, techniques, media=media)
+    where = (str(manifest.rows.path or manifest.path), {row.index: row.line for row in rows})
     del rows  # the specs share the rows' cells; the list itself is no longer needed
+    known = ledger.known_slots(manifest.name) if ledger is not None else {}
+    if ledger is not None:
+        keyed = _against_ledger(
+            manifest, settings, ledger, techniques, keyed, known, where, problems
+        )
     skip = settings.skip_invalid or manifest.skip_invalid
     if problems and (media.needs_workspace or not skip):  # no workspace: no run at all
         raise ManifestProblems(problems)
-    known = ledger.known_slots(manifest.name) if ledger is not None else {}
     plan = plan_keyed(keyed, known, techniques, retry_failed=settings.retry_failed)
     del known  # 100,000 entries: free them before the worker loads the batch
     uploads = needed_sources((s.inputs for _, s in keyed), media.sources)
@@ -268,6 +273,54 @@ def _prepared(
     return Prepared(
         manifest, techniques, problems, plan, fresh, uploads, summary, workspace_id=workspace
     )
+
+
+def _against_ledger(
+    manifest: Manifest,
+    settings: Settings,
+    ledger: Ledger,
+    techniques: dict[str, Technique],
+    keyed: list[tuple[JobKey, JobSpec]],
+    known: Mapping[JobKey, Known],
+    where: tuple[str, dict[int, int]],
+    problems: list[ManifestError],
+) -> list[tuple[JobKey, JobSpec]]:
+    """The batch's jobs as the ledger knows them: each row id keeps its earlier key
+    (``plan.keep_earlier_keys``), and a new job whose file name a saved file of the
+    batch has is dropped as a row problem (``jobs.check_saved_names``)."""
+    keyed = keep_earlier_keys(keyed, known, ledger.occurrences(manifest.name))
+    new = [(k, s) for k, s in keyed if k not in known]
+    if not new:
+        return keyed
+    mine = {k: known[k] for k, _ in keyed if k in known}  # not an edited row's old job
+    saved, output_ids = _saved_names(ledger, manifest, settings, mine)
+    kept = check_saved_names(manifest, new, saved, output_ids, techniques, where, problems)
+    if len(kept) == len(new):
+        return keyed
+    dropped = {k for k, _ in new} - {k for k, _ in kept}
+    return [(k, s) for k, s in keyed if k not in dropped]
+
+
+def _saved_names(
+    ledger: Ledger, manifest: Manifest, settings: Settings, known: Mapping[JobKey, Known]
+) -> tuple[dict[str, str], dict[str, set[tuple[str, ...]]]]:
+    """The names of the files the jobs in ``known`` saved in the batch's results folder
+    (-> whose), and the output ids the batch's runs returned, per technique (one tuple
+    per job)."""
+    results = Results(results_location(manifest, settings))
+    saved: dict[str, str] = {}
+    by_job: dict[tuple[JobKey, str], list[str]] = {}
+    for key, technique, output_id, path in ledger.saved_files(manifest.name):
+        by_job.setdefault((key, technique), []).append(output_id)
+        name = results.name_of(path)
+        if name is not None and key in known:
+            state, _, row_id, row_index = known[key]
+            row = row_id if row_id is not None else f"row {row_index + 1}"
+            saved.setdefault(name, f"{row} ({technique}, {state.value})")
+    output_ids: dict[str, set[tuple[str, ...]]] = {}
+    for (_, technique), ids in by_job.items():
+        output_ids.setdefault(technique, set()).add(tuple(ids))
+    return saved, output_ids
 
 
 def _remember(

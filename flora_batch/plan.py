@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .keys import job_key
 from .types import JobKey, JobSpec, JobState, Technique
@@ -160,6 +160,82 @@ def _plan(
         cost_by_technique=costs,
         total_cost=round(math.fsum(costs.values()), 6),
     )
+
+
+def keep_earlier_keys(
+    jobs: Sequence[tuple[JobKey, JobSpec]],
+    known: Mapping[JobKey, Known],
+    occurrences: Mapping[JobKey, int],
+) -> list[tuple[JobKey, JobSpec]]:
+    """Each row id keeps the job the ledger has for it, whatever key the rows give now.
+
+    Identical jobs of a manifest with an id column are keyed by their row id
+    (``keys.BY_ROW_ID``); older ledgers numbered them by row order (occurrence n), and
+    a job alone with its inputs has its occurrence-0 key until a twin row appears.  So
+    a job whose key the ledger does not know, or knows for another row id, takes the
+    key of the ledger job of the same row id (or, for a ledger job recorded without
+    an id column, the same row position), technique and inputs: the same paid run,
+    never bought again.  A key another job of the batch produces is never taken.
+
+    Args:
+        jobs: the batch's keyed jobs, in row order (``jobs.build_keyed_jobs``).
+        known: this batch's ledger entries (``Ledger.known_slots``).
+        occurrences: the ledger's ``occurrence`` of the jobs where it is not 0.
+    """
+    out = list(jobs)
+    lost = [i for i, (key, spec) in enumerate(out) if not _still_its_own(key, spec, known)]
+    if not lost:
+        return out
+    by_row = _ledger_rows(known)
+    taken = {key for key, _ in out}
+    for i in lost:
+        spec = out[i][1]
+        earlier = _earlier_key(spec, by_row, known, occurrences, taken)
+        if earlier is not None:
+            out[i] = (earlier, replace(spec, occurrence=occurrences.get(earlier, 0)))
+            taken.add(earlier)
+    return out
+
+
+def _still_its_own(key: JobKey, spec: JobSpec, known: Mapping[JobKey, Known]) -> bool:
+    """No earlier key to look for: no row id, or the ledger has this key for this row."""
+    if spec.row_id is None:
+        return True
+    entry = known.get(key)
+    return entry is not None and entry[2] in (None, spec.row_id)
+
+
+def _ledger_rows(known: Mapping[JobKey, Known]) -> dict[tuple[str, str], list[JobKey]]:
+    """The ledger's keys by row (``_slot``), done ones first, then in flight, then the rest."""
+    rank = {JobState.DONE: 0, **dict.fromkeys(IN_FLIGHT, 1)}
+    by_row: dict[tuple[str, str], list[JobKey]] = {}
+    for key in sorted(known, key=lambda k: (rank.get(known[k][0], 2), k)):
+        _, technique, row_id, row_index = known[key]
+        by_row.setdefault(_slot(technique, row_id, row_index), []).append(key)
+    return by_row
+
+
+def _earlier_key(
+    spec: JobSpec,
+    by_row: Mapping[tuple[str, str], list[JobKey]],
+    known: Mapping[JobKey, Known],
+    occurrences: Mapping[JobKey, int],
+    taken: set[JobKey],
+) -> JobKey | None:
+    """The ledger job of this row (by id, else by position when it had no id) made of the
+    same inputs under another numbering, if any."""
+    candidates = [
+        *by_row.get(_slot(spec.technique, spec.row_id, spec.row_index), []),
+        *(
+            k
+            for k in by_row.get(_slot(spec.technique, None, spec.row_index), [])
+            if known[k][2] is None
+        ),
+    ]
+    for key in candidates:
+        if key not in taken and job_key(replace(spec, occurrence=occurrences.get(key, 0))) == key:
+            return key
+    return None
 
 
 def _keyed(specs: Sequence[JobSpec]) -> list[tuple[JobKey, JobSpec]]:

@@ -64,6 +64,28 @@ class LedgerQueries(UploadLedger):
                 found.append(SavedJob(JobKey(last[0]), last[1], last[2], tuple(files)))
         return found
 
+    def occurrences(self, batch: str) -> dict[JobKey, int]:
+        """``key -> occurrence`` of the jobs of ``batch`` whose occurrence is not 0: the
+        identical jobs, numbered by row order or (-1) told apart by row id
+        (``plan.keep_earlier_keys``)."""
+        c = jobs_table.c
+        query = select(c.key, c.occurrence).where(c.batch == batch, c.occurrence != 0)
+        with self._read() as conn:
+            return {JobKey(k): int(n) for k, n in conn.execute(query)}
+
+    def saved_files(self, batch: str) -> list[tuple[JobKey, str, str, str]]:
+        """``(key, technique, output_id, path)`` of every file saved for a job of ``batch``:
+        the names a new job must not take (``jobs.check_saved_names``)."""
+        j, o = jobs_table.c, outputs.c
+        query = (
+            select(j.key, j.technique, o.output_id, o.path)
+            .select_from(jobs_table.join(outputs, o.job_key == j.key))
+            .where(j.batch == batch, o.sha256.is_not(None), o.path.is_not(None))
+            .order_by(j.key, o.output_id)
+        )
+        with self._read() as conn:
+            return [(JobKey(k), t, oid, path) for k, t, oid, path in conn.execute(query)]
+
     def counts(self, batch: str | None = None) -> dict[JobState, int]:
         """How many jobs are in each state (every state present, zeros included)."""
         c = jobs_table.c
