@@ -50,8 +50,9 @@ from .ledger import Ledger
 from .ledger.leases import BatchRow, Leases, worker_lock
 from .manifest import Manifest
 from .object_results import ObjectResults, is_object_url, open_results
-from .pipeline import Prepared, ledger_location, prepare, results_location
+from .pipeline import Prepared, ledger_location, note_gone, prepare, results_location
 from .pipeline import _reopen as reopen_jobs
+from .plan import gone_keys, superseded_meta
 from .results import Results
 from .types import IOSlot, JobRecord, JobState, Technique, cost_unit
 from .worker import Outcome, Pacer, Worker
@@ -122,6 +123,7 @@ async def submit_batch(
         quotes = {slug: t.run_cost for slug, t in prepared.techniques.items()}
         new = ledger.record_planned(prepared.new_jobs(), quoted_cost=quotes, now=clock())
         retried = reopen_jobs(ledger, prepared, settings, clock)
+        note_gone(ledger, manifest.name, prepared.plan)  # workers finish them apart
         concurrency = settings.concurrency or manifest.concurrency or DEFAULT_CONCURRENCY
         max_cost = settings.max_cost if settings.max_cost is not None else manifest.max_cost
         row = BatchRow(
@@ -392,6 +394,9 @@ class _Crew:
             clock=self.clock,
             refill=lambda n: self._claim(batch.name, n),
             pacer=SharedPacer(self.leases, batch, worker_id, local, self.clock),
+            # Jobs of rows edited or removed before the last `submit`: their files go
+            # under _superseded/, as `run` puts them, apart from the rows' new jobs.
+            superseded=gone_keys(self.ledger.get_meta(superseded_meta(batch.name))),
         )
         self.stopper.worker = worker
         if self.stopper.event.is_set():

@@ -13,7 +13,8 @@ import json
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -24,8 +25,9 @@ from . import errors as E
 from . import scaffold, userconfig
 from . import status as st
 from .config import Settings, check_api_key
+from .naming import SUPERSEDED_FOLDER
 from .techniques import list_lines, list_techniques, show_lines, technique_dict
-from .types import money
+from .types import JobRecord, JobState, money
 from .wire import DEFAULT_BASE_URL
 
 if TYPE_CHECKING:  # the client and the ledger are imported when a command needs them
@@ -259,6 +261,13 @@ def plan_lines(data: dict[str, Any], unit: str, *, skipped: list[Any], over: boo
     note = f" ({'; '.join(notes)})" if notes else ""
     lines.append(f"  estimated cost {money(data['estimated_cost'], unit)}{note}")
     lines += plan_upload_lines(data.get("uploads"))
+    flying = data.get("superseded_in_flight")
+    if flying:
+        folder = f"{data['results']}/{SUPERSEDED_FOLDER}/"
+        lines.append(
+            f"  {flying} job(s) of edited or removed rows have runs in flight: they will be "
+            f"finished and saved under {folder} (never bought again)"
+        )
     lines += [f"  results {data['results']}", f"  ledger  {data['ledger']}"]
     lines += [f"  skipped {problem}" for problem in skipped[:20]]
     if over:
@@ -287,6 +296,22 @@ def plan_upload_lines(up: dict[str, int] | None) -> list[str]:
         f"{up['uploaded']} already uploaded, {up['to_upload']} to upload "
         f"({size_text(up['bytes_to_upload'])}){again}"
     ]
+
+
+def superseded_lines(records: Sequence[JobRecord], results: Path) -> list[str]:
+    """The run summary's lines about the jobs of edited or removed rows whose paid runs
+    it finished (``BatchResult.superseded``): apart from the rows' counts."""
+    if not records:
+        return []
+    states = Counter(r.state.value for r in records)
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+    lines = [
+        f"  superseded {len(records)} job(s) of edited or removed rows: their paid runs "
+        f"finished ({counts}); files in {results / SUPERSEDED_FOLDER}"
+    ]
+    for rec in [r for r in records if r.state is JobState.UNRESOLVED][:10]:
+        lines.append(f"  UNRESOLVED {rec.source or rec.key} ({rec.technique}, superseded)")
+    return lines
 
 
 def upload_lines(report: Any) -> list[str]:
@@ -471,15 +496,16 @@ def report(
         records = led.jobs(batch=batch)
         uploads = led.uploads()
         unit = led.cost_unit({r.batch for r in records})
+        gone = st.superseded_keys(led, {r.batch for r in records})
     if m is not None:
         from .pipeline import results_location
         from .rows import load_rows
 
         _, rows = load_rows(m.rows, m.path)
-        lines = rp.join(rows, [u.slug for u in m.uses], records, m.id_column)
+        lines = rp.join(rows, [u.slug for u in m.uses], records, m.id_column, gone)
         root = results or results_location(m, Settings())
     else:
-        lines = rp.lines_from_ledger(records)
+        lines = rp.lines_from_ledger(records, gone)
         root = results or rp.common_root(records)
     written = rp.write_report(
         lines,

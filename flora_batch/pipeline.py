@@ -12,6 +12,7 @@ import dataclasses
 import gc
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,7 +34,16 @@ from .errors import (
 from .jobs import build_keyed_jobs, check_manifest, check_saved_names
 from .ledger import Ledger
 from .manifest import Manifest
-from .plan import Known, Plan, keep_earlier_keys, plan_keyed, plan_known
+from .plan import (
+    RUN_IN_FLIGHT,
+    Known,
+    Plan,
+    gone_text,
+    keep_earlier_keys,
+    plan_keyed,
+    plan_known,
+    superseded_meta,
+)
 from .results import Results
 from .rows import load_rows
 from .sources import MediaInputs, UploadSource, UploadSummary, needed_sources, summarise
@@ -98,6 +108,9 @@ class BatchResult:
     unresolved: list[JobRecord] = field(default_factory=list)
     failed: list[JobRecord] = field(default_factory=list)
     uploads: UploadReport | None = None
+    #: Jobs of edited or removed rows whose paid run this run finished (``Plan.superseded``),
+    #: as they ended; not counted in ``outcome.counts``, which are the rows' jobs.
+    superseded: list[JobRecord] = field(default_factory=list)
 
     def __repr__(self) -> str:
         return f"<BatchResult {self.prepared!r}: {dict(self.outcome.counts)}>"
@@ -407,6 +420,8 @@ async def run_batch(
             with _no_gc():
                 jobs = _jobs_of(ledger, prepared, _NOT_DONE)
                 saved = _saved_of(ledger, prepared)
+            note_gone(ledger, prepared.manifest.name, prepared.plan)
+            superseded = _superseded_of(ledger, prepared)
             worker = Worker(
                 ledger,
                 client,
@@ -418,11 +433,13 @@ async def run_batch(
                 clock=clock,
                 progress=_with_uploads(progress, uploader),
                 resolve_inputs=uploader.resolve_inputs if uploader else None,
+                superseded=frozenset(r.key for r in superseded),
             )
             if on_worker is not None:
                 on_worker(worker)
-            outcome = await _work(worker, uploader, jobs, saved, prepared.manifest.name)
+            outcome = await _work(worker, uploader, (jobs, superseded), saved, prepared)
         final = _jobs_of(ledger, prepared, _ENDED_BADLY)
+        ended = _as_ended(ledger, superseded, outcome)
         return BatchResult(
             prepared,
             outcome,
@@ -432,6 +449,7 @@ async def run_batch(
             unresolved=[j for j in final if j.state is JobState.UNRESOLVED],
             failed=[j for j in final if j.state is JobState.FAILED],
             uploads=uploader.report if uploader else None,
+            superseded=ended,
         )
     finally:
         ledger.release_runner_lock()
@@ -461,17 +479,22 @@ def _uploader(
 async def _work(
     worker: Worker,
     uploader: Uploader | None,
-    jobs: list[JobRecord],
+    jobs: tuple[list[JobRecord], list[JobRecord]],
     saved: list[SavedJob],
-    batch: str,
+    prepared: Prepared,
 ) -> Outcome:
-    """The worker, with the upload stage beside it; a fatal upload error stops the batch."""
+    """The worker, with the upload stage beside it; a fatal upload error stops the batch.
+
+    ``jobs``: the rows' jobs, and the superseded ones in flight (finished, not uploaded for).
+    """
+    mine, superseded = jobs
+    batch = prepared.manifest.name
     if uploader is None:
-        return await worker.run(jobs, saved, batch=batch)
-    uploader.plan(jobs)
+        return await worker.run([*mine, *superseded], saved, batch=batch)
+    uploader.plan(mine)
     stage = asyncio.ensure_future(uploader.run(worker.stop_event))
     try:
-        outcome = await worker.run(jobs, saved, batch=batch)
+        outcome = await worker.run([*mine, *superseded], saved, batch=batch)
     finally:
         stage.cancel()
         (ended,) = await asyncio.gather(stage, return_exceptions=True)
@@ -537,6 +560,35 @@ def _saved_of(ledger: Ledger, prepared: Prepared) -> list[SavedJob]:
     """This manifest's done jobs, light: a resume of 100,000 only checks their files."""
     wanted = set(prepared.keys)
     return [s for s in ledger.saved_jobs(prepared.manifest.name) if s.key in wanted]
+
+
+def note_gone(ledger: Ledger, batch: str, plan: Plan) -> None:
+    """Leave ``plan.gone()`` (the keys no row produces) in the ledger for ``status``,
+    ``report`` and cluster workers, which read no manifest (``plan.superseded_meta``)."""
+    gone = gone_text(plan)
+    name = superseded_meta(batch)
+    if ledger.get_meta(name) != gone:
+        ledger.set_meta(name, gone)
+
+
+def _superseded_of(ledger: Ledger, prepared: Prepared) -> list[JobRecord]:
+    """The jobs of edited or removed rows whose paid run may be in flight
+    (``Plan.superseded``), for the worker to finish."""
+    wanted = set(prepared.plan.superseded)
+    if not wanted:
+        return []
+    found = ledger.jobs(batch=prepared.manifest.name, states=RUN_IN_FLIGHT)
+    return [r for r in found if r.key in wanted]
+
+
+def _as_ended(ledger: Ledger, superseded: list[JobRecord], outcome: Outcome) -> list[JobRecord]:
+    """The superseded jobs as they are now, taken out of ``outcome.counts`` (the rows')."""
+    if not superseded:
+        return []
+    ended = [ledger.get(r.key) for r in superseded]
+    outcome.counts.subtract(r.state for r in ended)
+    outcome.counts += Counter()  # drop the states left at zero
+    return ended
 
 
 def _jobs_of(

@@ -26,6 +26,8 @@ IN_FLIGHT = frozenset(
         JobState.NEEDS_RECONCILE,
     }
 )
+#: States of a job whose paid run may exist and is not finished (a create may have left).
+RUN_IN_FLIGHT = IN_FLIGHT - {JobState.PLANNED}
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,12 @@ class Plan:
     row produces any more and that no edit explains (the row was deleted).  A ledger
     key that no row produces is in exactly one of ``changed`` (as the old key) or
     ``retired``.
+
+    ``superseded`` holds the ledger keys no row produces (in ``changed`` or
+    ``retired``) whose paid run may be in flight (``RUN_IN_FLIGHT``): ``run`` drives them
+    to their end whatever their row says now (polled, reconciled, downloaded under
+    ``_superseded/``), never buying them again.  A superseded job still ``planned`` was
+    never sent and is left unbought.
 
     ``cost_by_technique`` and ``total_cost`` estimate what running the plan would
     charge: ``run_cost`` for each new job, each job planned but never sent, and, with
@@ -58,6 +66,28 @@ class Plan:
     retired: tuple[JobKey, ...]
     cost_by_technique: dict[str, float]
     total_cost: float
+    superseded: tuple[JobKey, ...] = ()
+
+    def gone(self) -> tuple[JobKey, ...]:
+        """Every ledger key of the batch that no row produces: edited rows' old jobs
+        (``changed``), then deleted rows' (``retired``)."""
+        return tuple(dict.fromkeys([*(old for old, _ in self.changed), *self.retired]))
+
+
+def superseded_meta(batch: str) -> str:
+    """The ledger ``meta`` row where ``run`` and ``submit`` leave ``Plan.gone()`` for
+    ``status``, ``report`` and cluster workers, which read no manifest (``gone_text``)."""
+    return f"superseded:{batch}"
+
+
+def gone_text(plan: Plan) -> str | None:
+    """``plan.gone()`` as the ``superseded_meta`` row holds it: one key a line (None: none)."""
+    return "\n".join(plan.gone()) or None
+
+
+def gone_keys(text: str | None) -> frozenset[JobKey]:
+    """The keys a ``superseded_meta`` row holds (``gone_text``)."""
+    return frozenset(JobKey(k) for k in (text or "").split("\n") if k)
 
 
 def make_plan(
@@ -147,6 +177,7 @@ def _plan(
     billed = set(billable)
     slugs = [specs[k].technique if k in specs else known[k][1] for k in keys if k in billed]
     costs = _costs(slugs, techniques)
+    gone = dict.fromkeys([*(old for old, _ in changed), *retired])
     return Plan(
         batch=batch,
         keys=tuple(keys),
@@ -159,6 +190,7 @@ def _plan(
         retired=retired,
         cost_by_technique=costs,
         total_cost=round(math.fsum(costs.values()), 6),
+        superseded=tuple(k for k in gone if known[k][0] in RUN_IN_FLIGHT),
     )
 
 

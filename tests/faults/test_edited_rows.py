@@ -8,12 +8,23 @@ with its own file, and no key is charged twice or for nothing.
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from fault_helpers import FAST, creates, ledger_path, read_jobs, run_cli
-from inproc import CrashingTransport, fast_settings, run_once
+from fault_helpers import (
+    FAST,
+    check_promise,
+    creates,
+    kill_when,
+    ledger_path,
+    read_jobs,
+    run_cli,
+    sha256_of,
+    tree,
+)
+from inproc import CrashingTransport, fast_settings, run_crashing, run_once
 
 from flora_batch.client import FloraClient
 from flora_batch.emulator import Emulator, EmulatorConfig
@@ -189,3 +200,131 @@ def test_plan_and_run_exit_2_before_buying_a_file_name_a_saved_file_has(serve, t
         assert "products.csv:3: an output file of" in ended.out
         assert "1 problem(s); nothing was submitted." in ended.out
     assert creates(server.emulator) == 1
+
+
+# -- hole 6: a row edited (or deleted) while its paid run is in flight ----------------------
+
+LAMP = {"sku": "B2", "title": "Lamp", "image_url": "https://media.flora.ai/demo/lamp.jpg"}
+CUP = "https://media.flora.ai/demo/cup.jpg"
+
+
+@pytest.mark.parametrize(
+    ("mode", "crash", "edit"),
+    [
+        ("replay", ("create", 1, "after"), "edit"),  # left submitting: resent with its key
+        ("conflict", ("create", 1, "after"), "edit"),  # submitting -> 409 -> reconciled
+        ("replay", ("media", 1, "before"), "edit"),  # left running: its run completed
+        ("replay", ("media", 1, "before"), "delete"),
+    ],
+)
+async def test_a_run_in_flight_for_an_edited_row_is_finished_and_saved_apart(
+    tmp_path: Path, mode: str, crash: tuple[str, int, str], edit: str
+):
+    """Killed with A1's paid run in flight, A1 edited (or deleted): the old run is polled
+    and downloaded under _superseded/, never bought again, and its quote is settled."""
+    emu = Emulator(EmulatorConfig(speed=1000.0, idempotency=mode))  # type: ignore[arg-type]
+    transport = CrashingTransport(emu)
+    manifest = write_batch(tmp_path / "b", [{"sku": "A1", **MUG}, {**LAMP, "label": "x"}])
+    config = fast_settings(emu, concurrency=1)
+    assert await run_crashing(manifest, config, transport, crash) is None
+    [old] = [j for j in read_jobs(manifest) if j.row_id == "A1"]
+    assert old.state in (JobState.SUBMITTING, JobState.RUNNING)
+    edited = [{"sku": "A1", **MUG, "image_url": CUP}] if edit == "edit" else []
+    write_rows(manifest.parent, [*edited, {**LAMP, "label": "x"}])
+    result = await run_once(manifest, fast_settings(emu), transport)
+    jobs = {j.key: j for j in read_jobs(manifest)}
+    assert jobs[old.key].state is JobState.DONE
+    assert [r.key for r in result.superseded] == [old.key]
+    assert result.outcome.counts[JobState.DONE] == 1 + len(edited)
+    assert sorted(emu.charges_by_key().values()) == [1] * (2 + len(edited))
+    assert emu.charges_by_key()[old.key] == 1
+    spent, reserved = Ledger.open(ledger_path(manifest)).money()
+    assert reserved == 0 and abs(spent - emu.total_charged()) < 1e-9
+    saved = manifest.parent / "results/_superseded/A1/studio-shot-output_1.png"
+    assert jobs[old.key].outputs[0].path == str(saved)
+    assert sha256_of(saved) == emu.served_media[(jobs[old.key].run_id or "", "output_1")]
+    mine = ["A1/studio-shot-output_1.png"] if edited else []
+    assert files(manifest) == sorted(
+        [*mine, "B2/studio-shot-output_1.png", "_superseded/A1/studio-shot-output_1.png"]
+    )
+    creates_after = creates(emu)
+    again = await run_once(manifest, fast_settings(emu), transport)
+    assert creates(emu) == creates_after and again.superseded == []
+
+
+async def test_a_planned_job_of_an_edited_row_is_never_bought(tmp_path: Path):
+    """A job never sent (budget stop) whose row is then edited is left unbought."""
+    emu = emulator()
+    transport = CrashingTransport(emu)
+    manifest = write_batch(tmp_path / "b", [{"sku": "A1", **MUG}, {**LAMP, "label": "x"}])
+    capped = await run_once(manifest, fast_settings(emu, max_cost=0.07, concurrency=1), transport)
+    assert capped.outcome.stopped == "budget"
+    [waiting] = [j for j in read_jobs(manifest) if j.state is JobState.PLANNED]
+    write_rows(manifest.parent, [{"sku": "A1", **MUG}, {**LAMP, "label": "x", "title": "Desk"}])
+    result = await run_once(manifest, fast_settings(emu), transport)
+    assert waiting.key not in emu.charges_by_key()
+    assert [j.state for j in read_jobs(manifest) if j.key == waiting.key] == [JobState.PLANNED]
+    assert result.superseded == [] and result.outcome.counts[JobState.DONE] == 2
+
+
+async def test_plan_names_the_runs_in_flight_of_edited_rows(tmp_path: Path):
+    """`plan` (in-process) lists the superseded jobs with a run in flight, before any run."""
+    emu = emulator()
+    transport = CrashingTransport(emu)
+    manifest = write_batch(tmp_path / "b", [{"sku": "A1", **MUG}, {**LAMP, "label": "x"}])
+    config = fast_settings(emu, concurrency=1)
+    await run_crashing(manifest, config, transport, ("media", 1, "before"))
+    [old] = [j for j in read_jobs(manifest) if j.row_id == "A1"]
+    write_rows(manifest.parent, [{"sku": "A1", **MUG, "image_url": CUP}, {**LAMP, "label": "x"}])
+    prepared, _ = await plan_batch(load_manifest(manifest), config, transport=transport)
+    assert prepared.plan.superseded == (old.key,)
+    assert prepared.plan.changed == ((old.key, prepared.plan.new[0]),)
+
+
+def test_a_killed_run_then_an_edit_the_cli_says_so_finishes_and_counts_apart(
+    serve, tmp_path: Path
+):
+    """kill -9 with runs in flight, a row edited: `plan` says its run will be finished under
+    _superseded/, `run` does it (exit 0) and counts it apart, `status` and `report` too."""
+    server = serve(speed=20.0)  # studio-shot takes ~1.5 s: both runs are in flight at the kill
+    emu = server.emulator
+    manifest = write_batch(tmp_path / "b", [{"sku": "A1", **MUG}, {**LAMP, "label": "x"}])
+    before = tree(manifest.parent)
+    args = ["run", str(manifest), "--min-poll", "0.1", "--rate", "0"]
+    killed = kill_when(server, args, tmp_path / "1.log", lambda: creates(emu) >= 2)
+    assert killed.killed
+    [old] = [j for j in read_jobs(manifest) if j.row_id == "A1"]
+    assert old.state in (JobState.SUBMITTING, JobState.RUNNING)
+    write_rows(manifest.parent, [{"sku": "A1", **MUG, "image_url": CUP}, {**LAMP, "label": "x"}])
+    planned = run_cli(server, ["plan", str(manifest)], tmp_path / "2.log")
+    assert planned.code == 0, planned.out
+    results = manifest.parent / "results"
+    assert (
+        f"1 job(s) of edited or removed rows have runs in flight: they will be finished and "
+        f"saved under {results}/_superseded/" in planned.out
+    )
+    done = run_cli(server, args, tmp_path / "4.log")
+    assert done.code == 0, done.out
+    assert "mugs: 2 of 2 jobs done" in done.out
+    assert "superseded 1 job(s) of edited or removed rows: their paid runs finished (1 done)" in (
+        done.out
+    )
+    jobs = check_promise(server, manifest, before)
+    assert {j.key: j.state for j in jobs}[old.key] is JobState.DONE
+    assert len(emu.charges_by_key()) == 3
+    looked = run_cli(server, ["status", str(manifest), "--json"], tmp_path / "5.log")
+    status = json.loads(looked.out)
+    assert (status["states"]["done"], status["superseded"], status["finished"]) == (
+        2,
+        {"done": 1},
+        True,
+    )
+    assert run_cli(server, ["report", str(manifest)], tmp_path / "6.log").code == 0
+    with open(results / "_report" / "results.csv", encoding="utf-8-sig") as fh:
+        table = list(csv.DictReader(fh))
+    assert [(r["sku"], r["status"]) for r in table] == [
+        ("A1", "done"),
+        ("B2", "done"),
+        ("A1", "done (superseded)"),
+    ]
+    assert table[2]["output:output_1"] == "_superseded/A1/studio-shot-output_1.png"
