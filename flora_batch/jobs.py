@@ -362,8 +362,8 @@ def _check_output_names(
 def check_saved_names(
     m: Manifest,
     new: list[tuple[JobKey, JobSpec]],
-    saved: Mapping[str, str],
-    output_ids: Mapping[str, set[tuple[str, ...]]],
+    saved: tuple[Mapping[str, JobKey], Callable[[JobKey], str]],
+    output_ids: Mapping[str, tuple[str, ...]],
     techniques: Mapping[str, Technique],
     where: tuple[str, dict[int, int]],
     errors: list[ManifestError],
@@ -375,29 +375,32 @@ def check_saved_names(
     repeat, a column the name uses is edited), and a new job taking that name would
     be paid for and then refused at download (``Downloads._claim``).  So before
     anything is bought, each new job's names are compared with the saved files'
-    names (``saved``: name in the results folder -> whose file), ignoring case and the
-    extension (it comes from the content type served).  A run's output ids come from
+    names (``saved``: name in the results folder -> the job whose file it is, and how
+    to name that job in a message), ignoring case and the extension (it comes from the
+    content type served).  A run's output ids come from
     FLORA, not from the technique's slots: each job is named with its slot ids and with
-    every set of output ids the batch's runs of its technique returned
-    (``output_ids``: technique -> output ids of one job, in the ledger's order).
+    the output ids the batch's runs of its technique returned (``output_ids``:
+    technique -> output ids, in the ledger's order, ``Ledger.output_ids``).
     Located like the other row problems; ``where`` is ``(rows file, line by row index)``.
     """
-    taken = {_loose(name): f"{name!r}, saved before for {owner}" for name, owner in saved.items()}
+    names, whose = saved
+    taken = {_loose(name): (name, key) for name, key in names.items()}
     if not taken:
         return new
     source, lines = where
     kept: list[tuple[JobKey, JobSpec]] = []
     for key, spec in new:
         slots = tuple(slot.id for slot in techniques[spec.technique].outputs)
-        ids = {slots, *output_ids.get(spec.technique, ())}
+        ids = {slots, output_ids.get(spec.technique, ())}
         clash = next((c for c in _names_of(m, spec, key, ids) if _loose(c) in taken), None)
         if clash is None:
             kept.append((key, spec))
             continue
+        name, owner = taken[_loose(clash)]
         msg = (
-            f"an output file of {spec.source} ({spec.technique}) would be named "
-            f"{taken[_loose(clash)]} (names are compared ignoring case and extension): "
-            "make output.name unique, e.g. with the id column or {row}"
+            f"an output file of {spec.source} ({spec.technique}) would be named {name!r}, "
+            f"saved before for {whose(owner)} (names are compared ignoring case and "
+            "extension): make output.name unique, e.g. with the id column or {row}"
         )
         errors.append(ManifestError(msg, path=source, line=lines.get(spec.row_index)))
     return kept

@@ -77,6 +77,9 @@ class Prepared:
     upload_summary: UploadSummary | None = None
     workspace_id: str | None = None
     memo: bool = False
+    #: The batch's done jobs, light, when planning read them (new jobs' names were
+    #: checked against their files): ``run`` takes them from here (``_saved_of``).
+    saved: list[SavedJob] | None = None
 
     @property
     def keys(self) -> tuple[JobKey, ...]:
@@ -266,8 +269,9 @@ def _prepared(
     where = (str(manifest.rows.path or manifest.path), {row.index: row.line for row in rows})
     del rows  # the specs share the rows' cells; the list itself is no longer needed
     known = ledger.known_slots(manifest.name) if ledger is not None else {}
+    saved = None
     if ledger is not None:
-        keyed = _against_ledger(
+        keyed, saved = _against_ledger(
             manifest, settings, ledger, techniques, keyed, known, where, problems
         )
     skip = settings.skip_invalid or manifest.skip_invalid
@@ -284,7 +288,15 @@ def _prepared(
     held = ledger.uploads(uploads) if ledger is not None and uploads else {}
     summary = summarise(uploads, held, workspace) if uploads else None
     return Prepared(
-        manifest, techniques, problems, plan, fresh, uploads, summary, workspace_id=workspace
+        manifest,
+        techniques,
+        problems,
+        plan,
+        fresh,
+        uploads,
+        summary,
+        workspace_id=workspace,
+        saved=saved,
     )
 
 
@@ -297,43 +309,55 @@ def _against_ledger(
     known: Mapping[JobKey, Known],
     where: tuple[str, dict[int, int]],
     problems: list[ManifestError],
-) -> list[tuple[JobKey, JobSpec]]:
+) -> tuple[list[tuple[JobKey, JobSpec]], list[SavedJob] | None]:
     """The batch's jobs as the ledger knows them: each row id keeps its earlier key
     (``plan.keep_earlier_keys``), and a new job whose file name a saved file of the
-    batch has is dropped as a row problem (``jobs.check_saved_names``)."""
+    batch has is dropped as a row problem (``jobs.check_saved_names``).  Also the
+    batch's done jobs, if they were read for that (``Prepared.saved``)."""
     keyed = keep_earlier_keys(keyed, known, ledger.occurrences(manifest.name))
     new = [(k, s) for k, s in keyed if k not in known]
     if not new:
-        return keyed
-    mine = {k: known[k] for k, _ in keyed if k in known}  # not an edited row's old job
-    saved, output_ids = _saved_names(ledger, manifest, settings, mine)
-    kept = check_saved_names(manifest, new, saved, output_ids, techniques, where, problems)
-    if len(kept) == len(new):
-        return keyed
-    dropped = {k for k, _ in new} - {k for k, _ in kept}
-    return [(k, s) for k, s in keyed if k not in dropped]
+        return keyed, None
+    saved = ledger.saved_jobs(manifest.name)
+    names = _saved_names(saved, results_location(manifest, settings), keyed)
+    ids = ledger.output_ids(manifest.name) if names else {}
+    kept = check_saved_names(
+        manifest, new, (names, _whose(known)), ids, techniques, where, problems
+    )
+    if len(kept) < len(new):
+        dropped = {k for k, _ in new} - {k for k, _ in kept}
+        keyed = [(k, s) for k, s in keyed if k not in dropped]
+    return keyed, saved
 
 
 def _saved_names(
-    ledger: Ledger, manifest: Manifest, settings: Settings, known: Mapping[JobKey, Known]
-) -> tuple[dict[str, str], dict[str, set[tuple[str, ...]]]]:
-    """The names of the files the jobs in ``known`` saved in the batch's results folder
-    (-> whose), and the output ids the batch's runs returned, per technique (one tuple
-    per job)."""
-    results = Results(results_location(manifest, settings))
-    saved: dict[str, str] = {}
-    by_job: dict[tuple[JobKey, str], list[str]] = {}
-    for key, technique, output_id, path in ledger.saved_files(manifest.name):
-        by_job.setdefault((key, technique), []).append(output_id)
-        name = results.name_of(path)
-        if name is not None and key in known:
-            state, _, row_id, row_index = known[key]
-            row = row_id if row_id is not None else f"row {row_index + 1}"
-            saved.setdefault(name, f"{row} ({technique}, {state.value})")
-    output_ids: dict[str, set[tuple[str, ...]]] = {}
-    for (_, technique), ids in by_job.items():
-        output_ids.setdefault(technique, set()).add(tuple(ids))
-    return saved, output_ids
+    saved: list[SavedJob],
+    root: Path,
+    keyed: list[tuple[JobKey, JobSpec]],
+) -> dict[str, JobKey]:
+    """The names of the files that the done jobs the rows still produce saved in the
+    results folder ``root`` (an edited row's old job is not one), -> whose file."""
+    name_of = Results(root).name_of
+    mine = {k for k, _ in keyed}
+    names: dict[str, JobKey] = {}
+    for job in saved:
+        if job.key in mine:
+            for path, _, _ in job.files:
+                name = name_of(path) if path else None
+                if name is not None:
+                    names.setdefault(name, job.key)
+    return names
+
+
+def _whose(known: Mapping[JobKey, Known]) -> Callable[[JobKey], str]:
+    """How a clash names the job that saved a file: its row and technique, its state."""
+
+    def describe(key: JobKey) -> str:
+        state, technique, row_id, row_index = known[key]
+        row = row_id if row_id is not None else f"row {row_index + 1}"
+        return f"{row} ({technique}, {state.value})"
+
+    return describe
 
 
 def _remember(
@@ -559,7 +583,10 @@ _NOT_DONE = frozenset(JobState) - {JobState.DONE}
 def _saved_of(ledger: Ledger, prepared: Prepared) -> list[SavedJob]:
     """This manifest's done jobs, light: a resume of 100,000 only checks their files."""
     wanted = set(prepared.keys)
-    return [s for s in ledger.saved_jobs(prepared.manifest.name) if s.key in wanted]
+    found = prepared.saved
+    if found is None:
+        found = ledger.saved_jobs(prepared.manifest.name)
+    return [s for s in found if s.key in wanted]
 
 
 def note_gone(ledger: Ledger, batch: str, plan: Plan) -> None:

@@ -73,18 +73,22 @@ class LedgerQueries(UploadLedger):
         with self._read() as conn:
             return {JobKey(k): int(n) for k, n in conn.execute(query)}
 
-    def saved_files(self, batch: str) -> list[tuple[JobKey, str, str, str]]:
-        """``(key, technique, output_id, path)`` of every file saved for a job of ``batch``:
-        the names a new job must not take (``jobs.check_saved_names``)."""
+    def output_ids(self, batch: str) -> dict[str, tuple[str, ...]]:
+        """``technique -> output ids`` (distinct, in the database's order) that the runs of
+        ``batch`` returned: the names a new job's files will get (``jobs.check_saved_names``)."""
         j, o = jobs_table.c, outputs.c
         query = (
-            select(j.key, j.technique, o.output_id, o.path)
+            select(j.technique, o.output_id)
+            .distinct()
             .select_from(jobs_table.join(outputs, o.job_key == j.key))
-            .where(j.batch == batch, o.sha256.is_not(None), o.path.is_not(None))
-            .order_by(j.key, o.output_id)
+            .where(j.batch == batch)
+            .order_by(j.technique, o.output_id)
         )
+        found: dict[str, list[str]] = {}
         with self._read() as conn:
-            return [(JobKey(k), t, oid, path) for k, t, oid, path in conn.execute(query)]
+            for technique, output_id in conn.execute(query):
+                found.setdefault(technique, []).append(output_id)
+        return {technique: tuple(ids) for technique, ids in found.items()}
 
     def counts(self, batch: str | None = None) -> dict[JobState, int]:
         """How many jobs are in each state (every state present, zeros included)."""
