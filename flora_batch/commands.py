@@ -2,7 +2,7 @@
 
 Thin click commands over ``techniques``, ``scaffold``, ``status`` and ``report``;
 ``cli.py`` registers them (``COMMANDS``) and calls ``apply_config`` from its group.
-They read the pipeline's own ledger (``pipeline.ledger_location``), never a copy of it,
+They read the pipeline's own ledger (``locations.ledger_location``), never a copy of it,
 and none of them pays for anything.
 """
 
@@ -335,8 +335,8 @@ def _target(
     manifest: Path | None, ledger: str | None, batch: str | None
 ) -> tuple[str, str | None, Manifest | None]:
     """``(ledger url, batch, manifest)`` from ``MANIFEST`` or ``--ledger``
-    (``pipeline.ledger_location``: the same ledger ``run`` writes)."""
-    from .pipeline import ledger_location
+    (``locations.ledger_location``: the same ledger ``run`` writes)."""
+    from .locations import ledger_location
 
     if manifest is None:
         return ledger_location(None, Settings(ledger=ledger)), batch, None
@@ -353,7 +353,7 @@ def _open_ledger(url: str) -> Iterator[Ledger]:
     """The ledger at ``url`` (a ``ledger_location``); a usage error, not a new empty
     ledger, if there is none."""
     from .ledger import Ledger
-    from .pipeline import ledger_exists
+    from .locations import ledger_exists
 
     if url != ":memory:" and not ledger_exists(url):
         raise E.UsageError(f"no ledger at {url}: nothing has run yet (flora-batch run ...)")
@@ -367,7 +367,7 @@ def _open_ledger(url: str) -> Iterator[Ledger]:
 def committed(url: str, batch: str) -> tuple[float, float]:
     """``(spent, reserved)`` of ``batch`` so far (``url``: a ``ledger_location``); zeros
     when its ledger does not exist yet."""
-    from .pipeline import ledger_exists
+    from .locations import ledger_exists
 
     if not ledger_exists(url):
         return 0.0, 0.0
@@ -498,7 +498,7 @@ def report(
         unit = led.cost_unit({r.batch for r in records})
         gone = st.superseded_keys(led, {r.batch for r in records})
     if m is not None:
-        from .pipeline import results_location
+        from .locations import results_location
         from .rows import load_rows
 
         _, rows = load_rows(m.rows, m.path)

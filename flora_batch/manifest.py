@@ -90,7 +90,7 @@ class TechniqueUse:
 class Manifest:
     """A validated manifest; every path in it is already resolved against its folder.
 
-    All but ``ledger``, kept as written: ``pipeline.ledger_location`` decides where the
+    All but ``ledger``, kept as written: ``locations.ledger_location`` decides where the
     ledger is (a flag, the environment or the config file may name another), and reads
     a relative path from the manifest's folder there.
 

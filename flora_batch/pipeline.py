@@ -12,8 +12,7 @@ import dataclasses
 import gc
 import logging
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,30 +21,26 @@ import httpx
 
 from . import memo, retrying
 from .client import FloraClient
-from .config import Settings, check_workspace_id
+from .config import Settings
 from .errors import (
     AuthError,
     FloraError,
     InsufficientCredits,
     ManifestError,
     ManifestProblems,
-    UsageError,
 )
-from .jobs import build_keyed_jobs, check_manifest, check_saved_names
+from .jobs import build_keyed_jobs, check_manifest
 from .ledger import Ledger
+from .locations import ledger_exists, ledger_location, results_location, workspace_location
 from .manifest import Manifest
 from .plan import (
-    RUN_IN_FLIGHT,
-    Known,
     Plan,
-    gone_text,
-    keep_earlier_keys,
     plan_keyed,
     plan_known,
-    superseded_meta,
 )
 from .results import Results
 from .rows import load_rows
+from .settling import as_ended, note_gone, settle_jobs, superseded_in_flight
 from .sources import MediaInputs, UploadSource, UploadSummary, needed_sources, summarise
 from .types import JobKey, JobRecord, JobSpec, JobState, SavedJob, Technique, cost_unit
 from .uploads import FileProbe, Uploader, UploadReport
@@ -117,57 +112,6 @@ class BatchResult:
 
     def __repr__(self) -> str:
         return f"<BatchResult {self.prepared!r}: {dict(self.outcome.counts)}>"
-
-
-def ledger_location(manifest: Manifest | None, settings: Settings) -> str:
-    """Where a command's ledger is: every command that opens one asks this function.
-
-    ``settings.ledger`` first: the ``--ledger`` flag, else ``FLORA_LEDGER``, else the
-    config file's ``ledger`` (click ranks the three when it fills the option); then the
-    manifest's ``ledger:``, relative to the manifest's folder; then ``<name>.ledger.db``
-    beside the manifest.  A path's ``~`` is expanded wherever it was written (a config
-    file or a quoted flag is not expanded by any shell); a URL is used as given.
-
-    Raises:
-        UsageError: no manifest and no ledger named anywhere.
-    """
-    if settings.ledger:
-        return ledger_path(settings.ledger)
-    if manifest is None:
-        raise UsageError(
-            "give a MANIFEST or --ledger URL (the ledger of a batch; or FLORA_LEDGER, or "
-            "ledger in the config file)"
-        )
-    if manifest.ledger:
-        return ledger_path(manifest.ledger, manifest.path.parent)
-    return str(manifest.path.parent / f"{manifest.name}.ledger.db")
-
-
-def ledger_path(written: str, base: Path | None = None) -> str:
-    """A ledger as written, made a location: ``~`` expanded, a relative path under ``base``.
-
-    A URL (``postgresql://``, ``sqlite:///...``, ``sqlite:...``) and ``:memory:`` are kept
-    as they are: ``Ledger.open`` reads them (and expands ``~`` in a SQLite URL's path).
-    """
-    if "://" in written or written.startswith("sqlite:") or written == ":memory:":
-        return written
-    path = Path(written).expanduser()
-    return str(base / path if base is not None else path)
-
-
-def ledger_exists(location: str) -> bool:
-    """Whether a ledger is there to read: a URL is assumed to be; a file must exist."""
-    return "://" in location or (location != ":memory:" and Path(location).exists())
-
-
-def workspace_location(manifest: Manifest, settings: Settings) -> str | None:
-    """The workspace input files are uploaded to: flag or environment, then manifest."""
-    return check_workspace_id(settings.workspace_id) or manifest.workspace_id
-
-
-def results_location(manifest: Manifest, settings: Settings) -> Path:
-    """Flag, then the manifest's ``output.dir``."""
-    return settings.results or manifest.output_dir
 
 
 async def fetch_techniques(client: FloraClient, manifest: Manifest) -> dict[str, Technique]:
@@ -271,7 +215,7 @@ def _prepared(
     known = ledger.known_slots(manifest.name) if ledger is not None else {}
     saved = None
     if ledger is not None:
-        keyed, saved = _against_ledger(
+        keyed, saved = settle_jobs(
             manifest, settings, ledger, techniques, keyed, known, where, problems
         )
     skip = settings.skip_invalid or manifest.skip_invalid
@@ -298,66 +242,6 @@ def _prepared(
         workspace_id=workspace,
         saved=saved,
     )
-
-
-def _against_ledger(
-    manifest: Manifest,
-    settings: Settings,
-    ledger: Ledger,
-    techniques: dict[str, Technique],
-    keyed: list[tuple[JobKey, JobSpec]],
-    known: Mapping[JobKey, Known],
-    where: tuple[str, dict[int, int]],
-    problems: list[ManifestError],
-) -> tuple[list[tuple[JobKey, JobSpec]], list[SavedJob] | None]:
-    """The batch's jobs as the ledger knows them: each row id keeps its earlier key
-    (``plan.keep_earlier_keys``), and a new job whose file name a saved file of the
-    batch has is dropped as a row problem (``jobs.check_saved_names``).  Also the
-    batch's done jobs, if they were read for that (``Prepared.saved``)."""
-    keyed = keep_earlier_keys(keyed, known, ledger.occurrences(manifest.name))
-    new = [(k, s) for k, s in keyed if k not in known]
-    if not new:
-        return keyed, None
-    saved = ledger.saved_jobs(manifest.name)
-    names = _saved_names(saved, results_location(manifest, settings), keyed)
-    ids = ledger.output_ids(manifest.name) if names else {}
-    kept = check_saved_names(
-        manifest, new, (names, _whose(known)), ids, techniques, where, problems
-    )
-    if len(kept) < len(new):
-        dropped = {k for k, _ in new} - {k for k, _ in kept}
-        keyed = [(k, s) for k, s in keyed if k not in dropped]
-    return keyed, saved
-
-
-def _saved_names(
-    saved: list[SavedJob],
-    root: Path,
-    keyed: list[tuple[JobKey, JobSpec]],
-) -> dict[str, JobKey]:
-    """The names of the files that the done jobs the rows still produce saved in the
-    results folder ``root`` (an edited row's old job is not one), -> whose file."""
-    name_of = Results(root).name_of
-    mine = {k for k, _ in keyed}
-    names: dict[str, JobKey] = {}
-    for job in saved:
-        if job.key in mine:
-            for path, _, _ in job.files:
-                name = name_of(path) if path else None
-                if name is not None:
-                    names.setdefault(name, job.key)
-    return names
-
-
-def _whose(known: Mapping[JobKey, Known]) -> Callable[[JobKey], str]:
-    """How a clash names the job that saved a file: its row and technique, its state."""
-
-    def describe(key: JobKey) -> str:
-        state, technique, row_id, row_index = known[key]
-        row = row_id if row_id is not None else f"row {row_index + 1}"
-        return f"{row} ({technique}, {state.value})"
-
-    return describe
 
 
 def _remember(
@@ -445,7 +329,7 @@ async def run_batch(
                 jobs = _jobs_of(ledger, prepared, _NOT_DONE)
                 saved = _saved_of(ledger, prepared)
             note_gone(ledger, prepared.manifest.name, prepared.plan)
-            superseded = _superseded_of(ledger, prepared)
+            superseded = superseded_in_flight(ledger, prepared.manifest.name, prepared.plan)
             worker = Worker(
                 ledger,
                 client,
@@ -463,7 +347,7 @@ async def run_batch(
                 on_worker(worker)
             outcome = await _work(worker, uploader, (jobs, superseded), saved, prepared)
         final = _jobs_of(ledger, prepared, _ENDED_BADLY)
-        ended = _as_ended(ledger, superseded, outcome)
+        ended = as_ended(ledger, superseded, outcome)
         return BatchResult(
             prepared,
             outcome,
@@ -587,35 +471,6 @@ def _saved_of(ledger: Ledger, prepared: Prepared) -> list[SavedJob]:
     if found is None:
         found = ledger.saved_jobs(prepared.manifest.name)
     return [s for s in found if s.key in wanted]
-
-
-def note_gone(ledger: Ledger, batch: str, plan: Plan) -> None:
-    """Leave ``plan.gone()`` (the keys no row produces) in the ledger for ``status``,
-    ``report`` and cluster workers, which read no manifest (``plan.superseded_meta``)."""
-    gone = gone_text(plan)
-    name = superseded_meta(batch)
-    if ledger.get_meta(name) != gone:
-        ledger.set_meta(name, gone)
-
-
-def _superseded_of(ledger: Ledger, prepared: Prepared) -> list[JobRecord]:
-    """The jobs of edited or removed rows whose paid run may be in flight
-    (``Plan.superseded``), for the worker to finish."""
-    wanted = set(prepared.plan.superseded)
-    if not wanted:
-        return []
-    found = ledger.jobs(batch=prepared.manifest.name, states=RUN_IN_FLIGHT)
-    return [r for r in found if r.key in wanted]
-
-
-def _as_ended(ledger: Ledger, superseded: list[JobRecord], outcome: Outcome) -> list[JobRecord]:
-    """The superseded jobs as they are now, taken out of ``outcome.counts`` (the rows')."""
-    if not superseded:
-        return []
-    ended = [ledger.get(r.key) for r in superseded]
-    outcome.counts.subtract(r.state for r in ended)
-    outcome.counts += Counter()  # drop the states left at zero
-    return ended
 
 
 def _jobs_of(

@@ -311,7 +311,7 @@ def gather(ledger: Ledger, batch: str | None, now: float) -> Status:
 
 def superseded_keys(ledger: Ledger, batches: Iterable[str]) -> frozenset[str]:
     """The keys of these batches that no row produced at their last run (``status`` and
-    ``report`` read no manifest: ``pipeline.note_gone`` left them in the ledger)."""
+    ``report`` read no manifest: ``settling.note_gone`` left them in the ledger)."""
     found: set[str] = set()
     for batch in batches:
         found.update(gone_keys(ledger.get_meta(superseded_meta(batch))))

@@ -10,8 +10,8 @@ from unit_support import MANIFEST, PRODUCTS_CSV, located
 
 from flora_batch.config import Settings
 from flora_batch.errors import ManifestError, ManifestProblems, UsageError
+from flora_batch.locations import ledger_location
 from flora_batch.manifest import load_manifest, manifest_from_rows
-from flora_batch.pipeline import ledger_location
 from flora_batch.rows import load_rows
 
 Write = Callable[[str, str | bytes], Path]
@@ -36,7 +36,7 @@ def test_full_manifest_loads(tmp_path: Path, write: Write) -> None:
     assert m.output_dir == tmp_path / "sub" / "out"
     assert m.output_name == "{sku}/{technique}-{output_id}{ext}"
     assert (m.max_cost, m.concurrency, m.skip_invalid) == (5.0, 8, True)
-    assert m.ledger == "state.db"  # as written: pipeline.ledger_location resolves it
+    assert m.ledger == "state.db"  # as written: locations.ledger_location resolves it
     assert ledger_location(m, Settings()) == str(tmp_path / "sub" / "state.db")
     assert m.lines["id"] == 4
     assert m.lines["output.name"] == 10
