@@ -238,13 +238,16 @@ def _still_its_own(key: JobKey, spec: JobSpec, known: Mapping[JobKey, Known]) ->
 
 
 def _ledger_rows(known: Mapping[JobKey, Known]) -> dict[tuple[str, str], list[JobKey]]:
-    """The ledger's keys by row (``_slot``), done ones first, then in flight, then the rest."""
-    rank = {JobState.DONE: 0, **dict.fromkeys(IN_FLIGHT, 1)}
+    """The ledger's keys by row (``_slot``)."""
     by_row: dict[tuple[str, str], list[JobKey]] = {}
-    for key in sorted(known, key=lambda k: (rank.get(known[k][0], 2), k)):
-        _, technique, row_id, row_index = known[key]
+    for key, (_, technique, row_id, row_index) in known.items():
         by_row.setdefault(_slot(technique, row_id, row_index), []).append(key)
     return by_row
+
+
+#: Which of a row's earlier jobs to keep when several match: done, then in flight, then
+#: the rest (failed, unresolved), then by key.
+_RANK = {JobState.DONE: 0, **dict.fromkeys(IN_FLIGHT, 1)}
 
 
 def _earlier_key(
@@ -256,15 +259,13 @@ def _earlier_key(
 ) -> JobKey | None:
     """The ledger job of this row (by id, else by position when it had no id) made of the
     same inputs under another numbering, if any."""
-    candidates = [
-        *by_row.get(_slot(spec.technique, spec.row_id, spec.row_index), []),
-        *(
-            k
-            for k in by_row.get(_slot(spec.technique, None, spec.row_index), [])
-            if known[k][2] is None
-        ),
-    ]
-    for key in candidates:
+    by_id = sorted(
+        by_row.get(_slot(spec.technique, spec.row_id, spec.row_index), []),
+        key=lambda k: (_RANK.get(known[k][0], 2), k),
+    )
+    at = by_row.get(_slot(spec.technique, None, spec.row_index), [])
+    by_position = (k for k in at if known[k][2] is None)
+    for key in [*by_id, *by_position]:
         if key not in taken and job_key(replace(spec, occurrence=occurrences.get(key, 0))) == key:
             return key
     return None
