@@ -135,8 +135,9 @@ def _common_run_options(fn: Any) -> Any:
         ),
         click.option(
             "--ledger",
+            envvar="FLORA_LEDGER",
             help="Ledger: a SQLite file path or a SQLAlchemy URL "
-            "(default: <name>.ledger.db beside the manifest).",
+            "(env FLORA_LEDGER; default: <name>.ledger.db beside the manifest).",
         ),
         click.option(
             "--results",
@@ -395,11 +396,17 @@ def _exit_code(result: BatchResult) -> int:
         return out.error.exit_code
     if out.stopped == "budget" and out.counts[JobState.PLANNED]:
         return E.EXIT_BUDGET
-    if result.unresolved or out.counts[JobState.NEEDS_RECONCILE]:
+    if result.unresolved or out.counts[JobState.NEEDS_RECONCILE] or _unsettled(result):
         return E.EXIT_UNRESOLVED
     if result.failed or out.stuck:
         return E.EXIT_FAILED_JOBS
     return E.EXIT_OK
+
+
+def _unsettled(result: BatchResult) -> bool:
+    """A superseded job whose run nobody can identify: money only you can settle."""
+    waiting = (JobState.UNRESOLVED, JobState.NEEDS_RECONCILE)
+    return any(r.state in waiting for r in result.superseded)
 
 
 def _summarise(result: BatchResult, *, demo: bool) -> None:
@@ -433,6 +440,8 @@ def _summarise(result: BatchResult, *, demo: bool) -> None:
     for skipped in prep.skipped[:20]:
         click.echo(f"  skipped {skipped}")
     for line in upload_lines(result.uploads) if result.uploads is not None else ():
+        click.echo(line)
+    for line in superseded_lines(result.superseded, result.results_dir):
         click.echo(line)
     hint = _stop_hint(out.stopped, out.error)
     if hint:
@@ -508,6 +517,7 @@ def plan(
         "unresolved": len(p.unresolved),
         "changed": len(p.changed),
         "retired": len(p.retired),
+        "superseded_in_flight": len(p.superseded),
         "cost_by_technique": p.cost_by_technique,
         "estimated_cost": p.total_cost,
         "spent": spent,
@@ -528,7 +538,14 @@ def plan(
 
 
 # The operator's toolbox (techniques, init, status, report) and plan's helpers.
-from .commands import COMMANDS, apply_config, committed, plan_lines, upload_lines  # noqa: E402
+from .commands import (  # noqa: E402
+    COMMANDS,
+    apply_config,
+    committed,
+    plan_lines,
+    superseded_lines,
+    upload_lines,
+)
 
 for _command in COMMANDS:
     cli.add_command(_command)

@@ -48,11 +48,14 @@ from .config import DEFAULT_CONCURRENCY, Settings
 from .errors import FloraError, LedgerError, UsageError
 from .ledger import Ledger
 from .ledger.leases import BatchRow, Leases, worker_lock
+from .locations import ledger_location, results_location
 from .manifest import Manifest
 from .object_results import ObjectResults, is_object_url, open_results
-from .pipeline import Prepared, ledger_location, prepare, results_location
+from .pipeline import Prepared, prepare
 from .pipeline import _reopen as reopen_jobs
+from .plan import gone_keys, superseded_meta
 from .results import Results
+from .settling import note_gone
 from .types import IOSlot, JobRecord, JobState, Technique, cost_unit
 from .worker import Outcome, Pacer, Worker
 
@@ -122,6 +125,7 @@ async def submit_batch(
         quotes = {slug: t.run_cost for slug, t in prepared.techniques.items()}
         new = ledger.record_planned(prepared.new_jobs(), quoted_cost=quotes, now=clock())
         retried = reopen_jobs(ledger, prepared, settings, clock)
+        note_gone(ledger, manifest.name, prepared.plan)  # workers finish them apart
         concurrency = settings.concurrency or manifest.concurrency or DEFAULT_CONCURRENCY
         max_cost = settings.max_cost if settings.max_cost is not None else manifest.max_cost
         row = BatchRow(
@@ -278,7 +282,7 @@ async def serve(
     clock: Clock = time.time,
 ) -> Served:
     """Work submitted batches until idle (``exit_when_idle``), stopped, or out of runtime."""
-    url = settings.ledger or ""
+    url = ledger_location(None, settings) if settings.ledger else ""  # "": refused below
     require_postgres(url)
     stopper = stopper or Stopper()
     served = Served(options.worker_id)
@@ -392,6 +396,9 @@ class _Crew:
             clock=self.clock,
             refill=lambda n: self._claim(batch.name, n),
             pacer=SharedPacer(self.leases, batch, worker_id, local, self.clock),
+            # Jobs of rows edited or removed before the last `submit`: their files go
+            # under _superseded/, as `run` puts them, apart from the rows' new jobs.
+            superseded=gone_keys(self.ledger.get_meta(superseded_meta(batch.name))),
         )
         self.stopper.worker = worker
         if self.stopper.event.is_set():

@@ -87,7 +87,11 @@ def _api_key() -> str | None:
 
 @click.command("submit", epilog=SUBMIT_EXAMPLES)
 @click.argument("manifest", type=click.Path(path_type=Path))
-@click.option("--ledger", help="The shared ledger: postgresql://... (default: the manifest's).")
+@click.option(
+    "--ledger",
+    envvar="FLORA_LEDGER",
+    help="The shared ledger: postgresql://... (env FLORA_LEDGER; default: the manifest's).",
+)
 @_base_url
 @click.option(
     "--results",
@@ -200,7 +204,11 @@ def _show_submitted(done: Submitted, *, as_json: bool) -> None:
 
 
 @click.command("worker", epilog=WORKER_EXAMPLES)
-@click.option("--ledger", help="The shared ledger: postgresql://...")
+@click.option(
+    "--ledger",
+    envvar="FLORA_LEDGER",
+    help="The shared ledger: postgresql://... (env FLORA_LEDGER).",
+)
 @_base_url
 @click.option("--batch", help="Work only this batch (default: every batch, oldest first).")
 @click.option(

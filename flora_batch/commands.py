@@ -2,7 +2,7 @@
 
 Thin click commands over ``techniques``, ``scaffold``, ``status`` and ``report``;
 ``cli.py`` registers them (``COMMANDS``) and calls ``apply_config`` from its group.
-They read the pipeline's own ledger (``pipeline.ledger_location``), never a copy of it,
+They read the pipeline's own ledger (``locations.ledger_location``), never a copy of it,
 and none of them pays for anything.
 """
 
@@ -13,7 +13,8 @@ import json
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -24,8 +25,9 @@ from . import errors as E
 from . import scaffold, userconfig
 from . import status as st
 from .config import Settings, check_api_key
+from .naming import SUPERSEDED_FOLDER
 from .techniques import list_lines, list_techniques, show_lines, technique_dict
-from .types import money
+from .types import JobRecord, JobState, money
 from .wire import DEFAULT_BASE_URL
 
 if TYPE_CHECKING:  # the client and the ledger are imported when a command needs them
@@ -259,6 +261,13 @@ def plan_lines(data: dict[str, Any], unit: str, *, skipped: list[Any], over: boo
     note = f" ({'; '.join(notes)})" if notes else ""
     lines.append(f"  estimated cost {money(data['estimated_cost'], unit)}{note}")
     lines += plan_upload_lines(data.get("uploads"))
+    flying = data.get("superseded_in_flight")
+    if flying:
+        folder = f"{data['results']}/{SUPERSEDED_FOLDER}/"
+        lines.append(
+            f"  {flying} job(s) of edited or removed rows have runs in flight: they will be "
+            f"finished and saved under {folder} (never bought again)"
+        )
     lines += [f"  results {data['results']}", f"  ledger  {data['ledger']}"]
     lines += [f"  skipped {problem}" for problem in skipped[:20]]
     if over:
@@ -289,6 +298,22 @@ def plan_upload_lines(up: dict[str, int] | None) -> list[str]:
     ]
 
 
+def superseded_lines(records: Sequence[JobRecord], results: Path) -> list[str]:
+    """The run summary's lines about the jobs of edited or removed rows whose paid runs
+    it finished (``BatchResult.superseded``): apart from the rows' counts."""
+    if not records:
+        return []
+    states = Counter(r.state.value for r in records)
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+    lines = [
+        f"  superseded {len(records)} job(s) of edited or removed rows: their paid runs "
+        f"finished ({counts}); files in {results / SUPERSEDED_FOLDER}"
+    ]
+    for rec in [r for r in records if r.state is JobState.UNRESOLVED][:10]:
+        lines.append(f"  UNRESOLVED {rec.source or rec.key} ({rec.technique}, superseded)")
+    return lines
+
+
 def upload_lines(report: Any) -> list[str]:
     """The run summary's lines about input files (an ``uploads.UploadReport``)."""
     if not report.files and not report.failed:
@@ -309,15 +334,15 @@ def upload_lines(report: Any) -> list[str]:
 def _target(
     manifest: Path | None, ledger: str | None, batch: str | None
 ) -> tuple[str, str | None, Manifest | None]:
-    """``(ledger url, batch, manifest)`` from ``MANIFEST`` or ``--ledger``."""
+    """``(ledger url, batch, manifest)`` from ``MANIFEST`` or ``--ledger``
+    (``locations.ledger_location``: the same ledger ``run`` writes)."""
+    from .locations import ledger_location
+
     if manifest is None:
-        if not ledger:
-            raise E.UsageError("give a MANIFEST or --ledger URL (the ledger of a batch)")
-        return ledger, batch, None
+        return ledger_location(None, Settings(ledger=ledger)), batch, None
     if manifest.suffix.lower() not in (".yaml", ".yml"):
         raise E.UsageError(f"{manifest} is not a manifest (.yaml): use --ledger for a rows file")
     from .manifest import load_manifest
-    from .pipeline import ledger_location
 
     m = load_manifest(manifest)
     return ledger_location(m, Settings(ledger=ledger)), m.name, m
@@ -325,10 +350,12 @@ def _target(
 
 @contextmanager
 def _open_ledger(url: str) -> Iterator[Ledger]:
-    """The ledger at ``url``; a usage error (not a new empty ledger) if there is none."""
+    """The ledger at ``url`` (a ``ledger_location``); a usage error, not a new empty
+    ledger, if there is none."""
     from .ledger import Ledger
+    from .locations import ledger_exists
 
-    if "://" not in url and url != ":memory:" and not Path(url).expanduser().exists():
+    if url != ":memory:" and not ledger_exists(url):
         raise E.UsageError(f"no ledger at {url}: nothing has run yet (flora-batch run ...)")
     ledger = Ledger.open(url)
     try:
@@ -338,8 +365,11 @@ def _open_ledger(url: str) -> Iterator[Ledger]:
 
 
 def committed(url: str, batch: str) -> tuple[float, float]:
-    """``(spent, reserved)`` of ``batch`` so far; zeros when its ledger does not exist yet."""
-    if "://" not in url and not Path(url).expanduser().exists():
+    """``(spent, reserved)`` of ``batch`` so far (``url``: a ``ledger_location``); zeros
+    when its ledger does not exist yet."""
+    from .locations import ledger_exists
+
+    if not ledger_exists(url):
         return 0.0, 0.0
     with _open_ledger(url) as ledger:
         return ledger.money(batch)
@@ -348,7 +378,11 @@ def committed(url: str, batch: str) -> tuple[float, float]:
 def _ledger_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.argument("manifest", required=False, type=click.Path(path_type=Path)),
-        click.option("--ledger", help="A ledger path or SQLAlchemy URL (default: the manifest's)."),
+        click.option(
+            "--ledger",
+            envvar="FLORA_LEDGER",
+            help="A ledger path or SQLAlchemy URL (env FLORA_LEDGER; default: the manifest's).",
+        ),
         click.option("--batch", help="With --ledger: only this batch (default: every batch)."),
         click.option(
             "--demo", is_flag=True, help="Changes nothing: this command reads only the ledger."
@@ -462,15 +496,16 @@ def report(
         records = led.jobs(batch=batch)
         uploads = led.uploads()
         unit = led.cost_unit({r.batch for r in records})
+        gone = st.superseded_keys(led, {r.batch for r in records})
     if m is not None:
-        from .pipeline import results_location
+        from .locations import results_location
         from .rows import load_rows
 
         _, rows = load_rows(m.rows, m.path)
-        lines = rp.join(rows, [u.slug for u in m.uses], records, m.id_column)
+        lines = rp.join(rows, [u.slug for u in m.uses], records, m.id_column, gone)
         root = results or results_location(m, Settings())
     else:
-        lines = rp.lines_from_ledger(records)
+        lines = rp.lines_from_ledger(records, gone)
         root = results or rp.common_root(records)
     written = rp.write_report(
         lines,

@@ -15,7 +15,7 @@ from typing import TypedDict
 from . import retrying
 from .client import Downloaded
 from .errors import ApiError, FloraError, NotFound, ResponseRefused, ResultsError
-from .naming import ext_for, render_output_name
+from .naming import SUPERSEDED_FOLDER, ext_for, render_output_name
 from .types import JobKey, JobRecord, JobState, OutputRecord, RunInfo
 from .workstate import WorkerState
 
@@ -218,7 +218,8 @@ class Downloads(WorkerState):
         return fresh
 
     def _name(self, rec: JobRecord, out: OutputRecord, index: int, ctype: str | None) -> str:
-        return render_output_name(
+        """The output's name: its job's, under ``SUPERSEDED_FOLDER`` for a superseded job."""
+        name = render_output_name(
             rec.output_name,
             {k: str(v) for k, v in rec.row.items()},
             technique=rec.technique,
@@ -228,3 +229,4 @@ class Downloads(WorkerState):
             row_number=rec.row_index + 1,
             key=rec.key.split(":")[-1][:12],
         )
+        return f"{SUPERSEDED_FOLDER}/{name}" if rec.key in self.superseded else name

@@ -10,12 +10,13 @@ functions of their arguments: no I/O (a ``MediaResolver`` may read input files).
 from __future__ import annotations
 
 import unicodedata
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from .errors import ManifestError
-from .keys import job_key, normalise
+from .keys import BY_ROW_ID, job_key, normalise
 from .naming import OUTPUT_FIELDS, ext_for, render_output_name, render_template, template_fields
 from .rows import Row
 from .types import IOSlot, JobKey, JobSpec, RunInput, Technique
@@ -145,8 +146,10 @@ def build_jobs(
     only that job, so ``skip_invalid`` can run the rest.  Row problems are located at
     ``rows_file:line:column`` (the manifest for inline rows).
 
-    Identical jobs (same technique and inputs after normalising) get ``occurrence``
-    0, 1, 2... in row order, so each is paid for once and only once.
+    Identical jobs (same technique and inputs after normalising) are told apart so
+    each is paid for once and only once: by their row id when the manifest has an id
+    column (``keys.BY_ROW_ID``: inserting, deleting or moving a twin row changes no
+    other row's key), else by ``occurrence`` 0, 1, 2... in row order.
 
     ``media``, when given, decides what a media input sends (``MediaResolver``): a
     local file or a web image becomes an upload placeholder that the key hashes.
@@ -185,7 +188,7 @@ def build_keyed_jobs(
             inputs = _render_inputs(binds, row, source, (allowed_hosts, media), errors)
             if inputs is not None:
                 specs.append(_spec(m, slug, inputs, row, ids[row.index], source))
-    keyed = _numbered(specs)
+    keyed = _numbered(specs, by_id=m.id_column is not None)
     del specs
     lines = {row.index: row.line for row in rows}
     return _check_output_names(m, keyed, techniques, (source, lines), errors), errors
@@ -209,12 +212,16 @@ def _spec(
 
 
 def number_occurrences(specs: Sequence[JobSpec]) -> list[JobSpec]:
-    """Give identical jobs (same key at occurrence 0) occurrences 0, 1, 2... in order."""
-    return [spec for _, spec in _numbered([replace(s, occurrence=0) for s in specs])]
+    """Tell identical jobs (same key at occurrence 0) apart as ``build_jobs`` does: by
+    row id when every job has one, else occurrences 0, 1, 2... in order."""
+    by_id = bool(specs) and all(s.row_id is not None for s in specs)
+    return [spec for _, spec in _numbered([replace(s, occurrence=0) for s in specs], by_id=by_id)]
 
 
-def _numbered(specs: Sequence[JobSpec]) -> list[tuple[JobKey, JobSpec]]:
-    """Specs at occurrence 0 numbered apart, with their keys (hashed again only if n > 0)."""
+def _numbered(specs: Sequence[JobSpec], *, by_id: bool) -> list[tuple[JobKey, JobSpec]]:
+    """Specs at occurrence 0 told apart, with their keys (hashed again only if identical)."""
+    if by_id:
+        return _by_row_id(specs)
     seen: dict[JobKey, int] = {}
     out: list[tuple[JobKey, JobSpec]] = []
     for spec in specs:
@@ -226,6 +233,21 @@ def _numbered(specs: Sequence[JobSpec]) -> list[tuple[JobKey, JobSpec]]:
             out.append((job_key(spec), spec))
         else:
             out.append((key, spec))
+    return out
+
+
+def _by_row_id(specs: Sequence[JobSpec]) -> list[tuple[JobKey, JobSpec]]:
+    """Identical specs (each with its row id) keyed by their row id; the others as they are."""
+    keyed = [(job_key(spec), spec) for spec in specs]
+    count = Counter(key for key, _ in keyed)
+    if len(count) == len(keyed):
+        return keyed
+    out: list[tuple[JobKey, JobSpec]] = []
+    for key, spec in keyed:
+        if count[key] > 1:
+            spec = replace(spec, occurrence=BY_ROW_ID)
+            key = job_key(spec)
+        out.append((key, spec))
     return out
 
 
@@ -337,6 +359,86 @@ def _check_output_names(
     return kept
 
 
+def check_saved_names(
+    m: Manifest,
+    new: list[tuple[JobKey, JobSpec]],
+    saved: tuple[Mapping[str, JobKey], Callable[[JobKey], str]],
+    output_ids: Mapping[str, tuple[str, ...]],
+    techniques: Mapping[str, Technique],
+    where: tuple[str, dict[int, int]],
+    errors: list[ManifestError],
+) -> list[tuple[JobKey, JobSpec]]:
+    """Drop new jobs whose output file would take the name of a file the batch saved.
+
+    ``_check_output_names`` compares the names the rows render now; a job already
+    done keeps the file it saved under the name its row had then (rows move, ids
+    repeat, a column the name uses is edited), and a new job taking that name would
+    be paid for and then refused at download (``Downloads._claim``).  So before
+    anything is bought, each new job's names are compared with the saved files'
+    names (``saved``: name in the results folder -> the job whose file it is, and how
+    to name that job in a message), ignoring case and the extension (it comes from the
+    content type served).  A run's output ids come from
+    FLORA, not from the technique's slots: each job is named with its slot ids and with
+    the output ids the batch's runs of its technique returned (``output_ids``:
+    technique -> output ids, in the ledger's order, ``Ledger.output_ids``).
+    Located like the other row problems; ``where`` is ``(rows file, line by row index)``.
+    """
+    names, whose = saved
+    taken = {_loose(name): (name, key) for name, key in names.items()}
+    if not taken:
+        return new
+    source, lines = where
+    kept: list[tuple[JobKey, JobSpec]] = []
+    for key, spec in new:
+        slots = tuple(slot.id for slot in techniques[spec.technique].outputs)
+        ids = {slots, output_ids.get(spec.technique, ())}
+        clash = next((c for c in _names_of(m, spec, key, ids) if _loose(c) in taken), None)
+        if clash is None:
+            kept.append((key, spec))
+            continue
+        name, owner = taken[_loose(clash)]
+        msg = (
+            f"an output file of {spec.source} ({spec.technique}) would be named {name!r}, "
+            f"saved before for {whose(owner)} (names are compared ignoring case and "
+            "extension): make output.name unique, e.g. with the id column or {row}"
+        )
+        errors.append(ManifestError(msg, path=source, line=lines.get(spec.row_index)))
+    return kept
+
+
+def _names_of(
+    m: Manifest, spec: JobSpec, key: JobKey, output_ids: set[tuple[str, ...]]
+) -> list[str]:
+    """The job's output names with each set of output ids it may get (rendering passed)."""
+    names: list[str] = []
+    for ids in sorted(output_ids):
+        for index, output_id in enumerate(ids):
+            names.append(_render_name(m, spec, key, output_id, ".bin", index))
+    return names
+
+
+def _render_name(
+    m: Manifest, spec: JobSpec, key: JobKey, output_id: str, ext: str, index: int
+) -> str:
+    return render_output_name(
+        m.output_name,
+        spec.row,
+        technique=spec.technique,
+        output_id=output_id,
+        ext=ext,
+        index=index,
+        row_number=spec.row_index + 1,
+        key=key,
+    )
+
+
+def _loose(name: str) -> str:
+    """How a planned name meets a saved one: folded, without the last extension."""
+    head, _, last = _folded(name).rpartition("/")
+    stem = last.rsplit(".", 1)[0] if "." in last[1:] else last
+    return f"{head}/{stem}" if head else stem
+
+
 class _NameSet:
     """Output paths taken so far, compared case-insensitively, files and folders both."""
 
@@ -349,16 +451,7 @@ class _NameSet:
         names: list[tuple[str, list[str], str, str]] = []  # (folded, its folders, name, owner)
         for position, slot in enumerate(technique.outputs):
             try:
-                name = render_output_name(
-                    m.output_name,
-                    spec.row,
-                    technique=spec.technique,
-                    output_id=slot.id,
-                    ext=ext_for(slot.type),
-                    index=position,
-                    row_number=spec.row_index + 1,
-                    key=key,
-                )
+                name = _render_name(m, spec, key, slot.id, ext_for(slot.type), position)
             except ManifestError as exc:
                 return [f"output.name: {exc.message}"]
             owner = f"{spec.source} ({spec.technique} output {slot.id!r})"

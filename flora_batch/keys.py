@@ -18,13 +18,29 @@ digested with BLAKE2b (16 bytes, hex).  Every string is normalised first: surrou
 whitespace stripped, then Unicode NFC, so ``"Café"`` typed on a Mac and on Windows
 gives one key.
 
+Identical jobs (the same material at occurrence 0) are told apart in one of two ways
+(``jobs.build_keyed_jobs`` decides):
+
+* without an ``id`` column, by ``occurrence`` 0, 1, 2... in row order (``fk1:``);
+* with one, by the row's id: such a job has ``occurrence`` ``BY_ROW_ID`` (-1, as the
+  ledger's ``occurrence`` column records it) and its material holds
+  ``"occurrence": {"id": <row id>}`` instead of a number; its key is tagged ``fk2:``.
+  Numbering by order gave an inserted identical row the key of the row after it, so
+  keys moved down the group and the last row bought a file another row already had
+  (issue #16).  A job alone with its inputs keeps its ``fk1:`` occurrence-0 key either
+  way, and no ``fk1:`` material was changed: every key an older flora-batch made is
+  still the key of the same material.  A ledger job that a row id had under another
+  key (occurrence n by order, or occurrence 0 before a twin row appeared) stays that
+  row's job: ``plan.keep_earlier_keys`` finds it, and nothing is bought again.
+
 A media input that is a local file or a web image off FLORA's input hosts is hashed as
 its upload placeholder (``asset:sha256:<hex>`` of the file's bytes, or
 ``asset:url:<normalized url>``; ``sources.py``), never as the asset URL it is sent as, so
 re-uploading a file never changes a job's key.
 
 What is *not* hashed: the row's position (reordering rows keeps every key), the
-``id`` column's value (``row_id``), columns no input template uses, the output naming
+``id`` column's value (``row_id``) except to tell identical jobs apart, columns no
+input template uses, the output naming
 template and folder, ``max_cost``/``concurrency``/``ledger``, the rows file's name or
 format, YAML comments, key order and whitespace, and the order of the inputs.
 """
@@ -41,6 +57,10 @@ from .types import JobKey, JobSpec
 
 #: Version tag of the key derivation below.  Bump it only with a new derivation.
 KEY_PREFIX = "fk1:"
+#: Tag of the keys of identical jobs told apart by their row id (``BY_ROW_ID``).
+ID_KEY_PREFIX = "fk2:"
+#: ``JobSpec.occurrence`` of an identical job told apart by its row id, not its order.
+BY_ROW_ID = -1
 _DIGEST_SIZE = 16
 
 
@@ -76,25 +96,39 @@ def normalise(value: str) -> str:
 
 
 def key_material(spec: JobSpec) -> dict[str, Any]:
-    """Exactly what ``job_key`` hashes; see the module docstring for what is left out."""
+    """Exactly what ``job_key`` hashes; see the module docstring for what is left out.
+
+    Raises:
+        ValueError: ``occurrence`` is ``BY_ROW_ID`` but the job has no row id.
+    """
     inputs = sorted([normalise(i.id), normalise(i.type), normalise(i.value)] for i in spec.inputs)
     return {
         "batch": normalise(spec.batch),
         "technique": normalise(spec.technique),
         "inputs": inputs,
-        "occurrence": spec.occurrence,
+        "occurrence": _occurrence(spec),
     }
 
 
+def _occurrence(spec: JobSpec) -> int | dict[str, str]:
+    if spec.occurrence != BY_ROW_ID:
+        return spec.occurrence
+    if spec.row_id is None:
+        raise ValueError("a job told apart by its row id needs a row id")
+    return {"id": normalise(spec.row_id)}
+
+
 def job_key(spec: JobSpec) -> JobKey:
-    """The job's identity and first idempotency key: ``"fk1:"`` + 32 hex digits.
+    """The job's identity and first idempotency key: ``"fk1:"`` + 32 hex digits
+    (``"fk2:"`` for an identical job told apart by its row id).
 
     Args:
         spec: the job; only the fields listed in the module docstring matter.
     """
     data = canonical_json(key_material(spec)).encode("utf-8")
     digest = hashlib.blake2b(data, digest_size=_DIGEST_SIZE).hexdigest()
-    return JobKey(KEY_PREFIX + digest)
+    prefix = ID_KEY_PREFIX if spec.occurrence == BY_ROW_ID else KEY_PREFIX
+    return JobKey(prefix + digest)
 
 
 def attempt_key(key: str, attempt: int) -> str:

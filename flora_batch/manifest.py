@@ -90,6 +90,10 @@ class TechniqueUse:
 class Manifest:
     """A validated manifest; every path in it is already resolved against its folder.
 
+    All but ``ledger``, kept as written: ``locations.ledger_location`` decides where the
+    ledger is (a flag, the environment or the config file may name another), and reads
+    a relative path from the manifest's folder there.
+
     ``lines`` maps manifest keys (``"id"``, ``"output.name"``, ...) to their line, so
     problems found later, against the rows, can point at the manifest.
     """
@@ -157,7 +161,7 @@ def _manifest(r: Reader, top: dict[str, Node], first_line: int) -> Manifest | No
     rows = _rows(r, top["rows"], base) if "rows" in top else None
     id_column = r.text(top.get("id"), "id")
     out_dir, out_name = _output(r, top.get("output"), base, name, id_column)
-    max_cost, concurrency, ledger, skip_invalid = _limits(r, top, base)
+    max_cost, concurrency, ledger, skip_invalid = _limits(r, top)
     workspace_id, asset_folder = _assets(r, top.get("assets"))
     if name is None or rows is None or not uses or r.problems:
         return None
@@ -386,13 +390,9 @@ def _output(
     return base / out_dir, template or default_output_name(id_column)
 
 
-def _limits(
-    r: Reader, top: dict[str, Node], base: Path
-) -> tuple[float | None, int | None, str | None, bool]:
-    """max_cost, concurrency, ledger (a path is resolved, a URL kept) and skip_invalid."""
+def _limits(r: Reader, top: dict[str, Node]) -> tuple[float | None, int | None, str | None, bool]:
+    """max_cost, concurrency, ledger (as written) and skip_invalid."""
     ledger = r.text(top.get("ledger"), "ledger")
-    if ledger is not None and "://" not in ledger and not ledger.startswith("sqlite:"):
-        ledger = str(base / ledger)
     return (
         read_number(r, top.get("max_cost"), "max_cost"),
         read_count(r, top.get("concurrency")),

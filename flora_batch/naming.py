@@ -29,6 +29,9 @@ MAX_COMPONENT_BYTES = 200
 KEY_DIGITS = 12
 #: The results folder's temporary area (``results.TMP_DIR``): no output may land in it.
 RESERVED_FOLDER = ".flora-tmp"
+#: Where the files of superseded jobs go (runs of edited or removed rows, finished anyway:
+#: ``Downloads._name``); no name rendered from a row may start with it.
+SUPERSEDED_FOLDER = "_superseded"
 #: Fields every output template may use besides the row's columns.  They win over a
 #: column of the same name.
 OUTPUT_FIELDS = ("technique", "output_id", "ext", "index", "row", "key")
@@ -207,7 +210,8 @@ def render_output_name(
        short one), so long names stay distinct.
     6. If nothing is left, the name is ``row-{row}-{output_id}{ext}``.
     7. A first component that is ``.flora-tmp`` (any case: the results folder's
-       temporary area, swept on every run) gets a ``_`` prefix.
+       temporary area, swept on every run) or ``_superseded`` (where the files of
+       superseded jobs go) gets a ``_`` prefix.
 
     Raises:
         ManifestError: the template is invalid or names a missing column.
@@ -226,7 +230,8 @@ def render_output_name(
     )
     path = _clean_path(render_template(template, fields))
     path = path or _clean_path(f"row-{row_number}-{output_id}{ext}") or "_"
-    return "_" + path if path.split("/", 1)[0].casefold() == RESERVED_FOLDER else path
+    first = path.split("/", 1)[0].casefold()
+    return "_" + path if first in (RESERVED_FOLDER, SUPERSEDED_FOLDER) else path
 
 
 def _flatten(value: str) -> str:

@@ -21,14 +21,26 @@ import httpx
 
 from . import memo, retrying
 from .client import FloraClient
-from .config import Settings, check_workspace_id
-from .errors import AuthError, FloraError, InsufficientCredits, ManifestError, ManifestProblems
+from .config import Settings
+from .errors import (
+    AuthError,
+    FloraError,
+    InsufficientCredits,
+    ManifestError,
+    ManifestProblems,
+)
 from .jobs import build_keyed_jobs, check_manifest
 from .ledger import Ledger
+from .locations import ledger_exists, ledger_location, results_location, workspace_location
 from .manifest import Manifest
-from .plan import Plan, plan_keyed, plan_known
+from .plan import (
+    Plan,
+    plan_keyed,
+    plan_known,
+)
 from .results import Results
 from .rows import load_rows
+from .settling import as_ended, note_gone, settle_jobs, superseded_in_flight
 from .sources import MediaInputs, UploadSource, UploadSummary, needed_sources, summarise
 from .types import JobKey, JobRecord, JobSpec, JobState, SavedJob, Technique, cost_unit
 from .uploads import FileProbe, Uploader, UploadReport
@@ -60,6 +72,9 @@ class Prepared:
     upload_summary: UploadSummary | None = None
     workspace_id: str | None = None
     memo: bool = False
+    #: The batch's done jobs, light, when planning read them (new jobs' names were
+    #: checked against their files): ``run`` takes them from here (``_saved_of``).
+    saved: list[SavedJob] | None = None
 
     @property
     def keys(self) -> tuple[JobKey, ...]:
@@ -91,28 +106,12 @@ class BatchResult:
     unresolved: list[JobRecord] = field(default_factory=list)
     failed: list[JobRecord] = field(default_factory=list)
     uploads: UploadReport | None = None
+    #: Jobs of edited or removed rows whose paid run this run finished (``Plan.superseded``),
+    #: as they ended; not counted in ``outcome.counts``, which are the rows' jobs.
+    superseded: list[JobRecord] = field(default_factory=list)
 
     def __repr__(self) -> str:
         return f"<BatchResult {self.prepared!r}: {dict(self.outcome.counts)}>"
-
-
-def ledger_location(manifest: Manifest, settings: Settings) -> str:
-    """Flag, then manifest, then ``<name>.ledger.db`` beside the manifest."""
-    if settings.ledger:
-        return settings.ledger
-    if manifest.ledger:
-        return manifest.ledger
-    return str(manifest.path.parent / f"{manifest.name}.ledger.db")
-
-
-def workspace_location(manifest: Manifest, settings: Settings) -> str | None:
-    """The workspace input files are uploaded to: flag or environment, then manifest."""
-    return check_workspace_id(settings.workspace_id) or manifest.workspace_id
-
-
-def results_location(manifest: Manifest, settings: Settings) -> Path:
-    """Flag, then the manifest's ``output.dir``."""
-    return settings.results or manifest.output_dir
 
 
 async def fetch_techniques(client: FloraClient, manifest: Manifest) -> dict[str, Technique]:
@@ -211,11 +210,17 @@ def _prepared(
         raise ManifestProblems(fatal)
     media = MediaInputs(FileProbe(manifest.path.parent), uploads=workspace is not None)
     keyed, problems = build_keyed_jobs(manifest, columns, rows, techniques, media=media)
+    where = (str(manifest.rows.path or manifest.path), {row.index: row.line for row in rows})
     del rows  # the specs share the rows' cells; the list itself is no longer needed
+    known = ledger.known_slots(manifest.name) if ledger is not None else {}
+    saved = None
+    if ledger is not None:
+        keyed, saved = settle_jobs(
+            manifest, settings, ledger, techniques, keyed, known, where, problems
+        )
     skip = settings.skip_invalid or manifest.skip_invalid
     if problems and (media.needs_workspace or not skip):  # no workspace: no run at all
         raise ManifestProblems(problems)
-    known = ledger.known_slots(manifest.name) if ledger is not None else {}
     plan = plan_keyed(keyed, known, techniques, retry_failed=settings.retry_failed)
     del known  # 100,000 entries: free them before the worker loads the batch
     uploads = needed_sources((s.inputs for _, s in keyed), media.sources)
@@ -227,7 +232,15 @@ def _prepared(
     held = ledger.uploads(uploads) if ledger is not None and uploads else {}
     summary = summarise(uploads, held, workspace) if uploads else None
     return Prepared(
-        manifest, techniques, problems, plan, fresh, uploads, summary, workspace_id=workspace
+        manifest,
+        techniques,
+        problems,
+        plan,
+        fresh,
+        uploads,
+        summary,
+        workspace_id=workspace,
+        saved=saved,
     )
 
 
@@ -276,17 +289,13 @@ async def plan_batch(
 ) -> tuple[Prepared, str]:
     """A dry run: validation and the plan, reading (never writing) an existing ledger."""
     url = ledger_location(manifest, settings)
-    ledger = Ledger.open(url) if _ledger_exists(url) else None
+    ledger = Ledger.open(url) if ledger_exists(url) else None
     try:
         async with FloraClient(settings.base_url, settings.api_key, transport=transport) as client:
             return await prepare(manifest, client, ledger, settings), url
     finally:
         if ledger is not None:
             ledger.close()
-
-
-def _ledger_exists(url: str) -> bool:
-    return "://" in url or Path(url).exists()
 
 
 async def run_batch(
@@ -319,6 +328,8 @@ async def run_batch(
             with _no_gc():
                 jobs = _jobs_of(ledger, prepared, _NOT_DONE)
                 saved = _saved_of(ledger, prepared)
+            note_gone(ledger, prepared.manifest.name, prepared.plan)
+            superseded = superseded_in_flight(ledger, prepared.manifest.name, prepared.plan)
             worker = Worker(
                 ledger,
                 client,
@@ -330,11 +341,13 @@ async def run_batch(
                 clock=clock,
                 progress=_with_uploads(progress, uploader),
                 resolve_inputs=uploader.resolve_inputs if uploader else None,
+                superseded=frozenset(r.key for r in superseded),
             )
             if on_worker is not None:
                 on_worker(worker)
-            outcome = await _work(worker, uploader, jobs, saved, prepared.manifest.name)
+            outcome = await _work(worker, uploader, (jobs, superseded), saved, prepared)
         final = _jobs_of(ledger, prepared, _ENDED_BADLY)
+        ended = as_ended(ledger, superseded, outcome)
         return BatchResult(
             prepared,
             outcome,
@@ -344,6 +357,7 @@ async def run_batch(
             unresolved=[j for j in final if j.state is JobState.UNRESOLVED],
             failed=[j for j in final if j.state is JobState.FAILED],
             uploads=uploader.report if uploader else None,
+            superseded=ended,
         )
     finally:
         ledger.release_runner_lock()
@@ -373,17 +387,22 @@ def _uploader(
 async def _work(
     worker: Worker,
     uploader: Uploader | None,
-    jobs: list[JobRecord],
+    jobs: tuple[list[JobRecord], list[JobRecord]],
     saved: list[SavedJob],
-    batch: str,
+    prepared: Prepared,
 ) -> Outcome:
-    """The worker, with the upload stage beside it; a fatal upload error stops the batch."""
+    """The worker, with the upload stage beside it; a fatal upload error stops the batch.
+
+    ``jobs``: the rows' jobs, and the superseded ones in flight (finished, not uploaded for).
+    """
+    mine, superseded = jobs
+    batch = prepared.manifest.name
     if uploader is None:
-        return await worker.run(jobs, saved, batch=batch)
-    uploader.plan(jobs)
+        return await worker.run([*mine, *superseded], saved, batch=batch)
+    uploader.plan(mine)
     stage = asyncio.ensure_future(uploader.run(worker.stop_event))
     try:
-        outcome = await worker.run(jobs, saved, batch=batch)
+        outcome = await worker.run([*mine, *superseded], saved, batch=batch)
     finally:
         stage.cancel()
         (ended,) = await asyncio.gather(stage, return_exceptions=True)
@@ -445,7 +464,10 @@ _NOT_DONE = frozenset(JobState) - {JobState.DONE}
 def _saved_of(ledger: Ledger, prepared: Prepared) -> list[SavedJob]:
     """This manifest's done jobs, light: a resume of 100,000 only checks their files."""
     wanted = set(prepared.keys)
-    return [s for s in ledger.saved_jobs(prepared.manifest.name) if s.key in wanted]
+    found = prepared.saved
+    if found is None:
+        found = ledger.saved_jobs(prepared.manifest.name)
+    return [s for s in found if s.key in wanted]
 
 
 def _jobs_of(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .keys import job_key
 from .types import JobKey, JobSpec, JobState, Technique
@@ -26,6 +26,8 @@ IN_FLIGHT = frozenset(
         JobState.NEEDS_RECONCILE,
     }
 )
+#: States of a job whose paid run may exist and is not finished (a create may have left).
+RUN_IN_FLIGHT = IN_FLIGHT - {JobState.PLANNED}
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,12 @@ class Plan:
     row produces any more and that no edit explains (the row was deleted).  A ledger
     key that no row produces is in exactly one of ``changed`` (as the old key) or
     ``retired``.
+
+    ``superseded`` holds the ledger keys no row produces (in ``changed`` or
+    ``retired``) whose paid run may be in flight (``RUN_IN_FLIGHT``): ``run`` drives them
+    to their end whatever their row says now (polled, reconciled, downloaded under
+    ``_superseded/``), never buying them again.  A superseded job still ``planned`` was
+    never sent and is left unbought.
 
     ``cost_by_technique`` and ``total_cost`` estimate what running the plan would
     charge: ``run_cost`` for each new job, each job planned but never sent, and, with
@@ -58,6 +66,28 @@ class Plan:
     retired: tuple[JobKey, ...]
     cost_by_technique: dict[str, float]
     total_cost: float
+    superseded: tuple[JobKey, ...] = ()
+
+    def gone(self) -> tuple[JobKey, ...]:
+        """Every ledger key of the batch that no row produces: edited rows' old jobs
+        (``changed``), then deleted rows' (``retired``)."""
+        return tuple(dict.fromkeys([*(old for old, _ in self.changed), *self.retired]))
+
+
+def superseded_meta(batch: str) -> str:
+    """The ledger ``meta`` row where ``run`` and ``submit`` leave ``Plan.gone()`` for
+    ``status``, ``report`` and cluster workers, which read no manifest (``gone_text``)."""
+    return f"superseded:{batch}"
+
+
+def gone_text(plan: Plan) -> str | None:
+    """``plan.gone()`` as the ``superseded_meta`` row holds it: one key a line (None: none)."""
+    return "\n".join(plan.gone()) or None
+
+
+def gone_keys(text: str | None) -> frozenset[JobKey]:
+    """The keys a ``superseded_meta`` row holds (``gone_text``)."""
+    return frozenset(JobKey(k) for k in (text or "").split("\n") if k)
 
 
 def make_plan(
@@ -147,6 +177,7 @@ def _plan(
     billed = set(billable)
     slugs = [specs[k].technique if k in specs else known[k][1] for k in keys if k in billed]
     costs = _costs(slugs, techniques)
+    gone = dict.fromkeys([*(old for old, _ in changed), *retired])
     return Plan(
         batch=batch,
         keys=tuple(keys),
@@ -159,7 +190,85 @@ def _plan(
         retired=retired,
         cost_by_technique=costs,
         total_cost=round(math.fsum(costs.values()), 6),
+        superseded=tuple(k for k in gone if known[k][0] in RUN_IN_FLIGHT),
     )
+
+
+def keep_earlier_keys(
+    jobs: Sequence[tuple[JobKey, JobSpec]],
+    known: Mapping[JobKey, Known],
+    occurrences: Mapping[JobKey, int],
+) -> list[tuple[JobKey, JobSpec]]:
+    """Each row id keeps the job the ledger has for it, whatever key the rows give now.
+
+    Identical jobs of a manifest with an id column are keyed by their row id
+    (``keys.BY_ROW_ID``); older ledgers numbered them by row order (occurrence n), and
+    a job alone with its inputs has its occurrence-0 key until a twin row appears.  So
+    a job whose key the ledger does not know, or knows for another row id, takes the
+    key of the ledger job of the same row id (or, for a ledger job recorded without
+    an id column, the same row position), technique and inputs: the same paid run,
+    never bought again.  A key another job of the batch produces is never taken.
+
+    Args:
+        jobs: the batch's keyed jobs, in row order (``jobs.build_keyed_jobs``).
+        known: this batch's ledger entries (``Ledger.known_slots``).
+        occurrences: the ledger's ``occurrence`` of the jobs where it is not 0.
+    """
+    out = list(jobs)
+    lost = [i for i, (key, spec) in enumerate(out) if not _still_its_own(key, spec, known)]
+    if not lost:
+        return out
+    by_row = _ledger_rows(known)
+    taken = {key for key, _ in out}
+    for i in lost:
+        spec = out[i][1]
+        earlier = _earlier_key(spec, by_row, known, occurrences, taken)
+        if earlier is not None:
+            out[i] = (earlier, replace(spec, occurrence=occurrences.get(earlier, 0)))
+            taken.add(earlier)
+    return out
+
+
+def _still_its_own(key: JobKey, spec: JobSpec, known: Mapping[JobKey, Known]) -> bool:
+    """No earlier key to look for: no row id, or the ledger has this key for this row."""
+    if spec.row_id is None:
+        return True
+    entry = known.get(key)
+    return entry is not None and entry[2] in (None, spec.row_id)
+
+
+def _ledger_rows(known: Mapping[JobKey, Known]) -> dict[tuple[str, str], list[JobKey]]:
+    """The ledger's keys by row (``_slot``)."""
+    by_row: dict[tuple[str, str], list[JobKey]] = {}
+    for key, (_, technique, row_id, row_index) in known.items():
+        by_row.setdefault(_slot(technique, row_id, row_index), []).append(key)
+    return by_row
+
+
+#: Which of a row's earlier jobs to keep when several match: done, then in flight, then
+#: the rest (failed, unresolved), then by key.
+_RANK = {JobState.DONE: 0, **dict.fromkeys(IN_FLIGHT, 1)}
+
+
+def _earlier_key(
+    spec: JobSpec,
+    by_row: Mapping[tuple[str, str], list[JobKey]],
+    known: Mapping[JobKey, Known],
+    occurrences: Mapping[JobKey, int],
+    taken: set[JobKey],
+) -> JobKey | None:
+    """The ledger job of this row (by id, else by position when it had no id) made of the
+    same inputs under another numbering, if any."""
+    by_id = sorted(
+        by_row.get(_slot(spec.technique, spec.row_id, spec.row_index), []),
+        key=lambda k: (_RANK.get(known[k][0], 2), k),
+    )
+    at = by_row.get(_slot(spec.technique, None, spec.row_index), [])
+    by_position = (k for k in at if known[k][2] is None)
+    for key in [*by_id, *by_position]:
+        if key not in taken and job_key(replace(spec, occurrence=occurrences.get(key, 0))) == key:
+            return key
+    return None
 
 
 def _keyed(specs: Sequence[JobSpec]) -> list[tuple[JobKey, JobSpec]]:

@@ -44,11 +44,16 @@ class Line:
     technique: str
     record: JobRecord | None
     group: str = ""  # lines of one input row share it (one contact-sheet card per row)
+    superseded: bool = False  # a job of a row since edited or removed (``Plan.gone()``)
 
     @property
     def status(self) -> str:
-        """The job's state, or ``not run`` for a row the ledger has no job for."""
-        return self.record.state.value if self.record else "not run"
+        """The job's state, or ``not run`` for a row the ledger has no job for; a
+        superseded job's state says so (``done (superseded)``)."""
+        if self.record is None:
+            return "not run"
+        state = self.record.state.value
+        return f"{state} (superseded)" if self.superseded else state
 
 
 def _matches(rec: JobRecord, slug: str, row: Row, id_column: str | None) -> bool:
@@ -71,24 +76,44 @@ def join(
     techniques: Sequence[str],
     records: Iterable[JobRecord],
     id_column: str | None,
+    superseded: frozenset[str] = frozenset(),
 ) -> list[Line]:
-    """Each row through each technique, in input order, with its job record (or None)."""
+    """Each row through each technique, in input order, with its job record (or None).
+
+    The jobs in ``superseded`` (of rows since edited or removed) are never a row's: they
+    follow the rows, one line each, marked, so a row shows its own job and no other.
+    """
     by_slug: dict[str, list[JobRecord]] = {}
+    gone: list[JobRecord] = []
     for rec in records:
-        by_slug.setdefault(rec.technique, []).append(rec)
+        if rec.key in superseded:
+            gone.append(rec)
+        else:
+            by_slug.setdefault(rec.technique, []).append(rec)
     lines: list[Line] = []
     for row in rows:
         for slug in techniques:
             found = [r for r in by_slug.get(slug, []) if _matches(r, slug, row, id_column)]
             lines.append(Line(row.index + 1, row.values, slug, _best(found, row), str(row.index)))
-    return lines
+    return lines + lines_from_ledger(gone, frozenset(r.key for r in gone))
 
 
-def lines_from_ledger(records: Iterable[JobRecord]) -> list[Line]:
-    """Report lines straight from the ledger (no manifest): each job with the row it kept."""
+def lines_from_ledger(
+    records: Iterable[JobRecord], superseded: frozenset[str] = frozenset()
+) -> list[Line]:
+    """Report lines straight from the ledger (no manifest): each job with the row it kept
+    (those in ``superseded`` marked so)."""
     ordered = sorted(records, key=lambda r: (r.batch, r.row_index, r.technique, r.key))
     return [
-        Line(r.row_index + 1, r.row, r.technique, r, f"{r.batch}:{r.row_index}") for r in ordered
+        Line(
+            r.row_index + 1,
+            r.row,
+            r.technique,
+            r,
+            f"{r.batch}:{r.row_index}" + (f":{r.key}" if r.key in superseded else ""),
+            superseded=r.key in superseded,
+        )
+        for r in ordered
     ]
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .plan import gone_keys, superseded_meta
 from .sources import upload_keys
 from .types import JobRecord, JobState, UploadRecord, money
 
@@ -122,21 +123,26 @@ class Status:
     uploads: Mapping[str, int] = field(default_factory=dict)  # input files by upload state
     workers: tuple[Holder, ...] = ()  # who holds which unfinished jobs (`flora-batch worker`)
     unit: str = "usd"  # what ``spent`` and ``reserved`` count: usd, credits (Ledger.cost_unit)
+    #: Jobs of edited or removed rows (``Plan.gone()`` at the last run), by state: not in
+    #: ``counts``; the next run finishes those with a run in flight.
+    superseded: Mapping[JobState, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
-        """Every job."""
+        """Every job of the rows (superseded ones apart)."""
         return sum(self.counts.values())
 
     @property
     def in_flight(self) -> int:
-        """Jobs whose run may exist and is not finished."""
-        return sum(self.counts[s] for s in IN_FLIGHT)
+        """Jobs whose run may exist and is not finished, superseded ones too."""
+        return sum(self.counts[s] + self.superseded.get(s, 0) for s in IN_FLIGHT)
 
     @property
     def finished(self) -> bool:
-        """There are jobs and every one is in a terminal state (nothing more happens on its own)."""
-        return self.total > 0 and all(n == 0 or s.terminal for s, n in self.counts.items())
+        """There are jobs and every one is in a terminal state (nothing more happens on its
+        own), superseded ones too."""
+        states = [*self.counts.items(), *self.superseded.items()]
+        return self.total > 0 and all(n == 0 or s.terminal for s, n in states)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON shape, for ``status --json``."""
@@ -158,6 +164,7 @@ class Status:
             "now": self.now,
             "uploads": dict(self.uploads),
             "workers": [w.as_dict(self.now) for w in self.workers],
+            "superseded": {s.value: n for s, n in self.superseded.items() if n},
         }
 
 
@@ -253,15 +260,21 @@ def compute(
     now: float,
     uploads: Iterable[UploadRecord] = (),
     unit: str = "usd",
+    superseded: frozenset[str] = frozenset(),
 ) -> Status:
     """The status of ``records`` (one batch, or every batch of a ledger); ``unit`` is
-    what their money counts (``Ledger.cost_unit``)."""
+    what their money counts (``Ledger.cost_unit``).  The jobs in ``superseded`` (of rows
+    edited or removed) are counted apart, and their failures are not the rows'."""
     counts = dict.fromkeys(JobState, 0)
+    apart: dict[JobState, int] = {}
     for rec in records:
-        counts[rec.state] += 1
+        if rec.key in superseded:
+            apart[rec.state] = apart.get(rec.state, 0) + 1
+        else:
+            counts[rec.state] += 1
     keys = {r.key for r in records}
     mine = [e for e in events if e["job_key"] in keys]
-    remaining = sum(n for s, n in counts.items() if not s.terminal)
+    remaining = sum(n for s, n in [*counts.items(), *apart.items()] if not s.terminal)
     per_minute, eta = throughput(mine, remaining, now)
     if not any(counts[s] for s in IN_FLIGHT):
         eta = None if remaining else eta  # nothing is running: no end in sight
@@ -274,12 +287,13 @@ def compute(
         per_minute=per_minute,
         eta=eta,
         oldest=oldest_in_flight(records, now),
-        failures=failures(records),
+        failures=failures(r for r in records if r.key not in superseded),
         last_event=max((e["at"] for e in mine), default=None),
         now=now,
         uploads=upload_counts(records, uploads),
         workers=holders(records),
         unit=unit,
+        superseded=apart,
     )
 
 
@@ -287,8 +301,21 @@ def gather(ledger: Ledger, batch: str | None, now: float) -> Status:
     """Read one batch (or every batch, ``batch=None``) from the ledger and compute its status."""
     records = ledger.jobs(batch=batch)
     uploads = ledger.uploads().values()
-    unit = ledger.cost_unit({r.batch for r in records})
-    return compute(ledger.url, records, ledger.events(), ledger.money(batch), now, uploads, unit)
+    batches = {r.batch for r in records}
+    unit = ledger.cost_unit(batches)
+    gone = superseded_keys(ledger, batches)
+    return compute(
+        ledger.url, records, ledger.events(), ledger.money(batch), now, uploads, unit, gone
+    )
+
+
+def superseded_keys(ledger: Ledger, batches: Iterable[str]) -> frozenset[str]:
+    """The keys of these batches that no row produced at their last run (``status`` and
+    ``report`` read no manifest: ``settling.note_gone`` left them in the ledger)."""
+    found: set[str] = set()
+    for batch in batches:
+        found.update(gone_keys(ledger.get_meta(superseded_meta(batch))))
+    return frozenset(found)
 
 
 # --- text ------------------------------------------------------------------------------
@@ -330,6 +357,11 @@ def lines(s: Status, *, max_rows: int = 10) -> list[str]:
     if s.uploads:
         files = " · ".join(f"{n} {state}" for state, n in sorted(s.uploads.items()))
         out.append(f"  uploads  {sum(s.uploads.values())} input files: {files}")
+    if any(s.superseded.values()):
+        gone = " · ".join(f"{n} {state.value}" for state, n in sorted(s.superseded.items()) if n)
+        flying = sum(s.superseded.get(state, 0) for state in IN_FLIGHT)
+        note = f"; {flying} in flight: the next run finishes them" if flying else ""
+        out.append(f"  superseded  {gone} (jobs of edited or removed rows{note})")
     waiting = s.counts[JobState.PLANNED]
     if waiting and not s.in_flight:
         out.append(f"  idle     {waiting} jobs waiting: run the batch again to continue")

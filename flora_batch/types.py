@@ -111,7 +111,8 @@ class JobSpec:
 
     ``row`` holds the row's cells as strings, for naming outputs and for the report;
     ``row_index`` is the row's position in the input (0-based), ``occurrence`` tells
-    identical rows apart.
+    identical rows apart: 0, 1, 2... in row order, or -1 (``keys.BY_ROW_ID``) for an
+    identical job told apart by its ``row_id``.
     """
 
     batch: str

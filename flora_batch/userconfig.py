@@ -11,8 +11,10 @@
     asset_folder = "batch-inputs"  # the workspace library folder for them
 
 Precedence is flags > environment (``FLORA_BASE_URL``, ``FLORA_API_KEY``,
-``FLORA_WORKSPACE_ID``) > this file > built-in defaults; for ``workspace_id`` and
-``asset_folder`` a manifest's ``assets:`` also ranks above this file.  The CLI hands
+``FLORA_WORKSPACE_ID``, ``FLORA_LEDGER``) > this file > built-in defaults; for
+``workspace_id`` and ``asset_folder`` a manifest's ``assets:`` also ranks above this
+file, while ``ledger`` ranks above a manifest's ``ledger:``.  A ledger path's ``~`` is
+expanded (``locations.ledger_location``, which every command asks).  The CLI hands
 the file's values to click as each command's ``default_map``, which click ranks exactly
 there.  An API key in a file that its group or others can read is refused (exit 2),
 never used.

@@ -134,6 +134,7 @@ class WorkerState:
         resolve_inputs: InputResolver | None = None,
         refill: Refill | None = None,
         pacer: Pacer | None = None,
+        superseded: frozenset[JobKey] = frozenset(),
     ) -> None:
         self.ledger = ledger
         self.client = client
@@ -146,6 +147,9 @@ class WorkerState:
         self.resolve_inputs = resolve_inputs
         self.pacer = pacer or Pacer(concurrency, settings.submit_rate, clock)
         self.refill = refill
+        #: Jobs of edited or removed rows whose paid run is finished anyway; their files
+        #: go under ``naming.SUPERSEDED_FOLDER`` (``Downloads._name``), apart from the rows'.
+        self.superseded = superseded
         self._refill_at = 0.0
         self.stop_event = asyncio.Event()
         self.jobs: dict[JobKey, JobRecord] = {}

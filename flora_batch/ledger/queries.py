@@ -64,6 +64,32 @@ class LedgerQueries(UploadLedger):
                 found.append(SavedJob(JobKey(last[0]), last[1], last[2], tuple(files)))
         return found
 
+    def occurrences(self, batch: str) -> dict[JobKey, int]:
+        """``key -> occurrence`` of the jobs of ``batch`` whose occurrence is not 0: the
+        identical jobs, numbered by row order or (-1) told apart by row id
+        (``plan.keep_earlier_keys``)."""
+        c = jobs_table.c
+        query = select(c.key, c.occurrence).where(c.batch == batch, c.occurrence != 0)
+        with self._read() as conn:
+            return {JobKey(k): int(n) for k, n in conn.execute(query)}
+
+    def output_ids(self, batch: str) -> dict[str, tuple[str, ...]]:
+        """``technique -> output ids`` (distinct, in the database's order) that the runs of
+        ``batch`` returned: the names a new job's files will get (``jobs.check_saved_names``)."""
+        j, o = jobs_table.c, outputs.c
+        query = (
+            select(j.technique, o.output_id)
+            .distinct()
+            .select_from(jobs_table.join(outputs, o.job_key == j.key))
+            .where(j.batch == batch)
+            .order_by(j.technique, o.output_id)
+        )
+        found: dict[str, list[str]] = {}
+        with self._read() as conn:
+            for technique, output_id in conn.execute(query):
+                found.setdefault(technique, []).append(output_id)
+        return {technique: tuple(ids) for technique, ids in found.items()}
+
     def counts(self, batch: str | None = None) -> dict[JobState, int]:
         """How many jobs are in each state (every state present, zeros included)."""
         c = jobs_table.c

@@ -162,6 +162,41 @@ def test_a_dead_workers_submitting_job_is_sent_again_only_with_its_key(
     check_exclusive(events)
 
 
+@pg
+def test_a_dead_workers_run_of_an_edited_row_is_finished_under_superseded(
+    serve, pg_url: str, tmp_path: Path
+):
+    """A worker died with a paid create in flight; the row is then edited and submitted
+    again: the next worker finishes the old run into _superseded/ (its key, charged once)
+    and buys the edited row once, each file under its own name."""
+    server = serve()
+    manifest = write_batch(tmp_path / "b", 1)
+    submit(server, manifest, pg_url)
+    with Ledger.open(pg_url) as ledger:
+        (job,) = Leases(ledger).claim("mugs", "ghost", 1, now=time.time(), lease=1.0)
+        ledger.worker_id = "ghost"
+        ledger.mark_submitting(job.key, now=time.time())
+    asyncio.run(_create(server, job))  # the create lands; "ghost" dies before noting it
+    rows = manifest.parent / "products.csv"
+    rows.write_text(rows.read_text().replace("mug-1.jpg", "cup-1.jpg"))
+    submit(server, manifest, pg_url)
+    fleet = Fleet(server, pg_url, tmp_path / "logs")
+    try:
+        fleet.start("heir", "--lease", "2", "--exit-when-idle")
+        assert fleet.wait("heir", 60) == 0, fleet.describe()
+    finally:
+        fleet.stop_all()
+    jobs, _ = read(pg_url)
+    check_charged_once(server.emulator, jobs)
+    check_outputs(server.emulator, jobs, lambda p: Path(p).read_bytes())
+    results = tmp_path / "b" / "results"
+    paths = {j.key: j.outputs[0].path for j in jobs}
+    assert paths[job.key] == str(results / "_superseded/SKU-0001/studio-shot-output_1.png")
+    (new,) = [k for k in paths if k != job.key]
+    assert paths[new] == str(results / "SKU-0001/studio-shot-output_1.png")
+    assert sorted(server.emulator.charges_by_key().values()) == [1, 1]
+
+
 async def _create(server, job) -> str:
     async with FloraClient(server.base_url, server.api_key) as client:
         return (await client.create_run(job.technique, job.inputs, job.idempotency_key)).run_id

@@ -44,6 +44,7 @@ HOSTILE = [
     "\u202eevil.exe",
     "line\nbreak",
     ".flora-tmp",
+    "_Superseded",  # where superseded jobs' files go: no row may name into it
     "~root",
     "Case",
     "CASE",  # differs from "Case" only in case: a clash
@@ -70,7 +71,8 @@ TEMPLATES = [
 def test_no_name_leaves_the_results_folder(
     tmp_path: Path, template: str, sku: str, title: str, ext: str
 ) -> None:
-    """Any cells and template: the target is strictly inside the root, never in .flora-tmp."""
+    """Any cells and template: the target is strictly inside the root, never in .flora-tmp
+    nor in _superseded (the superseded jobs' folder)."""
     name = render_output_name(
         template,
         {"sku": sku, "title": title},
@@ -84,7 +86,7 @@ def test_no_name_leaves_the_results_folder(
     root = tmp_path / "results"
     target = Results(root).target(name)
     assert root.resolve() in target.parents
-    assert target.relative_to(root.resolve()).parts[0].casefold() != TMP_DIR
+    assert target.relative_to(root.resolve()).parts[0].casefold() not in (TMP_DIR, "_superseded")
     assert all(len(part.encode()) <= 255 for part in target.parts)
 
 
@@ -195,6 +197,7 @@ def test_hostile_cells_and_planted_links_end_to_end(emulator: Any, tmp_path: Pat
         "_NUL/output_1.png",
         "_con.txt/output_1.png",
         "_.flora-tmp/output_1.png",
+        "__Superseded/output_1.png",
         "line_break/output_1.png",
         "Case/output_1.png",
     } <= names

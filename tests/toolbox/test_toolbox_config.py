@@ -116,3 +116,50 @@ def test_config_location_and_default_map(tmp_path: Path):
     assert mapping["run"] == {"base_url": "u", "ledger": "l", "concurrency": 3}
     assert mapping["techniques"]["show"] == {"base_url": "u"}
     assert mapping["status"] == {"ledger": "l"}
+
+
+def _home_env(tmp: Path, server, **extra: str) -> dict[str, str]:
+    """A user whose HOME is a fresh folder under ``tmp`` (``~`` means it)."""
+    home = tmp / "home"
+    home.mkdir(exist_ok=True)
+    return _plain_env(
+        tmp, HOME=str(home), FLORA_BASE_URL=server.base_url, FLORA_API_KEY=server.api_key, **extra
+    )
+
+
+def test_a_config_ledger_under_home_is_the_one_run_plan_and_status_read(
+    emulator, run_cli, tmp_path: Path
+):
+    """`ledger = "~/..."` in the file: run writes it under HOME; plan and status see it done."""
+    server = emulator()
+    _config(tmp_path, 'ledger = "~/flora/ledger.db"\n')
+    manifest = write_batch(tmp_path / "b")
+    user = _home_env(tmp_path, server)
+    assert run_cli("run", str(manifest), *FAST, env=user, cwd=tmp_path).code == 0
+    assert (tmp_path / "home" / "flora" / "ledger.db").is_file()
+    assert not list(tmp_path.rglob("~"))
+    plan = as_json(run_cli("plan", str(manifest), "--json", env=user, cwd=tmp_path))
+    assert (plan["new"], plan["done"]) == (0, 6)
+    assert plan["ledger"] == str(tmp_path / "home" / "flora" / "ledger.db")
+    status = as_json(run_cli("status", str(manifest), "--json", env=user, cwd=tmp_path))
+    assert status["states"]["done"] == 6
+    alone = as_json(run_cli("status", "--json", env=user, cwd=tmp_path))
+    assert alone["states"]["done"] == 6
+
+
+@pytest.mark.parametrize("where", ["manifest", "environment"])
+def test_a_ledger_under_home_from_the_manifest_or_environment(
+    where, emulator, run_cli, tmp_path: Path
+):
+    """`ledger: ~/...` in a manifest, or FLORA_LEDGER=~/...: one ledger under HOME for all."""
+    server = emulator()
+    extra = "ledger: ~/shop.db\n" if where == "manifest" else ""
+    manifest = write_batch(tmp_path / "b", extra=extra)
+    user = _home_env(tmp_path, server, **({} if extra else {"FLORA_LEDGER": "~/shop.db"}))
+    assert run_cli("run", str(manifest), *FAST, env=user, cwd=tmp_path).code == 0
+    assert (tmp_path / "home" / "shop.db").is_file()
+    assert not list(tmp_path.rglob("~"))
+    plan = as_json(run_cli("plan", str(manifest), "--json", env=user, cwd=tmp_path))
+    assert (plan["new"], plan["done"]) == (0, 6)
+    status = as_json(run_cli("status", str(manifest), "--json", env=user, cwd=tmp_path))
+    assert status["states"]["done"] == 6

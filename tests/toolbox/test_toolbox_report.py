@@ -135,3 +135,16 @@ def test_join_prefers_the_job_made_from_the_rows_current_cells():
     lines = join(rows, ["t"], [old, new, first], "id")
     assert [line.record for line in lines] == [first, new]
     assert join(rows, ["t", "u"], [], "id")[3] == Line(2, rows[1].values, "u", None, "1")
+
+
+def test_a_superseded_job_is_never_a_rows_and_follows_the_rows_marked():
+    """A job of a row since edited (``Plan.gone()``) is not matched to the row, even when
+    the row has no job of its own yet; it follows the rows, its status marked superseded."""
+    rows = [Row(0, {"id": "a", "x": "new"}, 2)]
+    old = _record(0, "a", 5.0, {"id": "a", "x": "old"})
+    lines = join(rows, ["t"], [old], "id", frozenset({old.key}))
+    assert [(line.record, line.status) for line in lines] == [
+        (None, "not run"),
+        (old, "done (superseded)"),
+    ]
+    assert lines[1].superseded and lines[1].group != lines[0].group

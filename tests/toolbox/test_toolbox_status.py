@@ -12,7 +12,8 @@ from toolbox_helpers import PRODUCTS, as_json, env, run_batch, write_batch
 
 from flora_batch.emulator import FaultPlan
 from flora_batch.ledger import Ledger
-from flora_batch.status import WINDOW, throughput
+from flora_batch.status import WINDOW, compute, lines, throughput
+from flora_batch.types import JobKey, JobRecord, JobState
 
 
 def test_status_of_a_half_done_batch(emulator, run_cli, tmp_path: Path):
@@ -113,3 +114,23 @@ def test_throughput_only_counts_the_recent_window():
     assert throughput(old, remaining=3, now=10.0 + 2 * WINDOW) == (0.0, None)
     assert throughput(old, remaining=0, now=5000.0)[1] == 0.0
     assert throughput(_events(("a", "planned", 1.0)), remaining=1, now=2.0) == (None, None)
+
+
+def test_jobs_of_edited_rows_are_counted_apart_and_are_not_the_rows_failures():
+    """Superseded jobs (``Plan.gone()``) leave the rows' counts and failures; one still in
+    flight keeps the batch unfinished and says the next run finishes it."""
+    def job(key: str, state: JobState) -> JobRecord:
+        return JobRecord(
+            key=JobKey(key), idempotency_key=key, batch="b", technique="t", row_index=0,
+            row_id="a", state=state, inputs=(), row={}, output_name="", error_code="boom",
+        )
+
+    records = [job("new", JobState.DONE), job("1", JobState.FAILED), job("2", JobState.RUNNING)]
+    status = compute("l.db", records, [], (0.0, 0.0), 10.0, superseded=frozenset({"1", "2"}))
+    assert status.total == 1 and status.counts[JobState.DONE] == 1
+    assert status.failures == () and status.in_flight == 1 and not status.finished
+    assert status.as_dict()["superseded"] == {"failed": 1, "running": 1}
+    assert (
+        "  superseded  1 failed · 1 running (jobs of edited or removed rows; 1 in flight: "
+        "the next run finishes them)"
+    ) in lines(status)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from unit_support import CATALOG, MANIFEST, PRODUCTS_CSV, located
 
-from flora_batch.keys import job_key
+from flora_batch.keys import BY_ROW_ID, job_key
 from flora_batch.manifest import (
     Manifest,
     TechniqueUse,
@@ -179,8 +179,9 @@ def test_row_with_every_input_empty(jobs_for: Jobs) -> None:
     assert errors == ["products.csv:3: every input of this row is empty"]
 
 
-def test_identical_rows_are_numbered(jobs_for: Jobs) -> None:
-    """Rows with the same inputs get occurrence 0, 1, 2 in row order, hence distinct keys."""
+def test_identical_rows_are_told_apart_by_id_else_numbered(jobs_for: Jobs) -> None:
+    """Rows with the same inputs are told apart by their ids (BY_ROW_ID), or without an id
+    column get occurrence 0, 1, 2 in row order: distinct keys either way."""
     csv = (
         "sku,title,image_url,colour\n"
         "A1,Mug,https://media.flora.ai/p/a.jpg,red\n"
@@ -190,7 +191,12 @@ def test_identical_rows_are_numbered(jobs_for: Jobs) -> None:
     )
     _, specs, errors = jobs_for(csv=csv)
     assert errors == []
-    assert [(s.row_id, s.occurrence) for s in specs] == [("A1", 0), ("B2", 0), ("C3", 1), ("D4", 2)]
+    told = [(s.row_id, s.occurrence) for s in specs]
+    assert told == [("A1", BY_ROW_ID), ("B2", 0), ("C3", BY_ROW_ID), ("D4", BY_ROW_ID)]
+    assert len({job_key(s) for s in specs}) == 4
+    _, specs, errors = jobs_for(MANIFEST.replace("id: sku\n", ""), csv=csv)
+    assert errors == []
+    assert [s.occurrence for s in specs] == [0, 0, 1, 2]
     assert len({job_key(s) for s in specs}) == 4
 
 

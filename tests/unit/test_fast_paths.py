@@ -23,7 +23,7 @@ from flora_batch import naming, sources
 from flora_batch.cells import MAX_CELL_BYTES, rows_from_cells
 from flora_batch.errors import ManifestError
 from flora_batch.jobs import build_jobs, build_keyed_jobs, number_occurrences
-from flora_batch.keys import canonical_json, job_key
+from flora_batch.keys import BY_ROW_ID, canonical_json, job_key
 from flora_batch.ledger import records
 from flora_batch.manifest import load_manifest
 from flora_batch.plan import Known, make_plan, plan_keyed
@@ -45,14 +45,17 @@ def test_keyed_jobs_carry_their_own_keys(write: Write) -> None:
     assert errors == again == []
     assert [spec for _, spec in keyed] == specs
     assert [key for key, _ in keyed] == [job_key(spec) for spec in specs]
-    assert [spec.occurrence for spec in specs] == [0, 0, 0, 1]
+    assert [spec.occurrence for spec in specs] == [BY_ROW_ID, 0, 0, BY_ROW_ID]  # id: sku
 
 
 def test_number_occurrences_counts_identical_jobs() -> None:
-    """Identical jobs get 0, 1, 2... whatever occurrence they came with; others stay 0."""
+    """Identical jobs get 0, 1, 2... whatever occurrence they came with; others stay 0.
+    When every job has a row id, identical ones are told apart by it instead."""
     same, other = make_spec(), make_spec((("product", "imageUrl", "https://media.flora.ai/y"),))
     numbered = number_occurrences([same, other, replace(same, occurrence=5), same])
     assert [s.occurrence for s in numbered] == [0, 0, 1, 2]
+    ids = [replace(s, row_id=f"R{n}") for n, s in enumerate([same, other, same])]
+    assert [s.occurrence for s in number_occurrences(ids)] == [BY_ROW_ID, 0, BY_ROW_ID]
 
 
 def test_plan_keyed_matches_make_plan() -> None:

@@ -13,7 +13,14 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from unit_support import CATALOG, make_spec
 
-from flora_batch.keys import attempt_key, canonical_json, job_key, key_material, normalise
+from flora_batch.keys import (
+    BY_ROW_ID,
+    attempt_key,
+    canonical_json,
+    job_key,
+    key_material,
+    normalise,
+)
 from flora_batch.manifest import build_jobs, load_manifest
 from flora_batch.rows import load_rows
 from flora_batch.types import JobSpec, RunInput
@@ -45,6 +52,23 @@ def test_key_format_and_golden_value() -> None:
     )
     assert re.fullmatch(r"fk1:[0-9a-f]{32}", job_key(spec))
     assert job_key(spec) == "fk1:d9613e191d7e677507932002efe4dfa0"
+
+
+def test_a_twin_told_apart_by_its_row_id_has_an_fk2_key_pinned_forever() -> None:
+    """Occurrence BY_ROW_ID hashes {"id": <row id>} in place of the number, tagged fk2:."""
+    spec = make_spec(
+        (("product", "imageUrl", "https://media.flora.ai/x.png"),),
+        row_id=" A1 ",
+        occurrence=BY_ROW_ID,
+    )
+    assert canonical_json(key_material(spec)) == (
+        '{"batch":"spring","inputs":[["product","imageUrl","https://media.flora.ai/x.png"]],'
+        '"occurrence":{"id":"A1"},"technique":"studio-shot"}'
+    )
+    assert job_key(spec) == "fk2:516a1d66e5f45ad3b49418d20fd803bf"
+    assert job_key(replace(spec, occurrence=0)) == "fk1:d9613e191d7e677507932002efe4dfa0"
+    with pytest.raises(ValueError, match="row id"):
+        job_key(replace(spec, row_id=None))
 
 
 def test_key_material_is_exactly_the_documented_fields() -> None:
@@ -190,26 +214,57 @@ def _keys(tmp: Path, rows: list[dict[str, str]], id_line: str = "id: sku\n") -> 
 def test_row_order_keeps_the_set_of_keys(
     tmp_path_factory: pytest.TempPathFactory, order: list[int]
 ) -> None:
-    """Reordering rows keeps every distinct row's key, and the set of keys."""
+    """Reordering rows keeps every row's key (twins too, told apart by id), and without
+    an id column the set of keys."""
     tmp = tmp_path_factory.mktemp("order")
     base = _keys(tmp, ROWS)
     moved = _keys(tmp, [ROWS[i] for i in order])
-    assert set(moved.values()) == set(base.values())
-    assert moved["B2"] == base["B2"]
+    assert moved == base
+    plain = _keys(tmp, ROWS, id_line="")
+    assert set(_keys(tmp, [ROWS[i] for i in order], id_line="").values()) == set(plain.values())
 
 
-def test_unrelated_columns_and_id_do_not_matter(tmp_path: Path) -> None:
-    """Editing a column no input uses, or dropping the id column, keeps the keys."""
+TWIN = {"url": "https://media.flora.ai/a.png", "colour": "red", "note": "t"}
+
+
+@settings(max_examples=40, deadline=None)
+@given(at=st.integers(0, len(ROWS)), drop=st.sampled_from(["A1", "C3", "D4", None]))
+def test_inserting_or_deleting_a_twin_row_moves_no_other_key(
+    tmp_path_factory: pytest.TempPathFactory, at: int, drop: str | None
+) -> None:
+    """With an id column, a twin row inserted anywhere (or one of three deleted) leaves the
+    key of every other row as it was: keys no longer shift down a group of twins."""
+    tmp = tmp_path_factory.mktemp("twins")
+    base = _keys(tmp, ROWS)
+    grown = [*ROWS[:at], {"sku": "Z9", **TWIN}, *ROWS[at:]]
+    edited = [row for row in grown if row["sku"] != drop]
+    after = _keys(tmp, edited)
+    assert {sku: key for sku, key in after.items() if sku != "Z9"} == {
+        sku: key for sku, key in base.items() if sku != drop
+    }
+
+
+def test_unrelated_columns_do_not_matter_and_the_id_only_tells_twins_apart(
+    tmp_path: Path,
+) -> None:
+    """Editing a column no input uses keeps the keys; dropping the id column keeps every
+    key but those of identical rows, which it numbered apart by row order instead."""
     base = _keys(tmp_path, ROWS)
     edited = [{**row, "note": row["note"] + "!"} for row in ROWS]
     assert _keys(tmp_path, edited) == base
-    assert set(_keys(tmp_path, ROWS, id_line="").values()) == set(base.values())
+    plain = _keys(tmp_path, ROWS, id_line="")
+    assert plain["B2"] == base["B2"]
+    assert {plain[s][:4] for s in ("A1", "C3", "D4")} == {"fk1:"}
+    assert {base[s][:4] for s in ("A1", "C3", "D4")} == {"fk2:"}
 
 
 def test_identical_rows_get_distinct_keys(tmp_path: Path) -> None:
-    """A1, C3 and D4 render the same inputs: occurrences 0, 1, 2 give three keys."""
+    """A1, C3 and D4 render the same inputs: their ids (or, without an id column,
+    occurrences 0, 1, 2) give three keys."""
     keys = _keys(tmp_path, ROWS)
     assert len({keys["A1"], keys["C3"], keys["D4"]}) == 3
+    plain = _keys(tmp_path, ROWS, id_line="")
+    assert len({plain["A1"], plain["C3"], plain["D4"]}) == 3
 
 
 def test_run_input_equality_is_by_value() -> None:

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from unit_support import MANIFEST, PRODUCTS_CSV, located
 
-from flora_batch.errors import ManifestError, ManifestProblems
+from flora_batch.config import Settings
+from flora_batch.errors import ManifestError, ManifestProblems, UsageError
+from flora_batch.locations import ledger_location
 from flora_batch.manifest import load_manifest, manifest_from_rows
 from flora_batch.rows import load_rows
 
@@ -34,7 +36,8 @@ def test_full_manifest_loads(tmp_path: Path, write: Write) -> None:
     assert m.output_dir == tmp_path / "sub" / "out"
     assert m.output_name == "{sku}/{technique}-{output_id}{ext}"
     assert (m.max_cost, m.concurrency, m.skip_invalid) == (5.0, 8, True)
-    assert m.ledger == str(tmp_path / "sub" / "state.db")
+    assert m.ledger == "state.db"  # as written: locations.ledger_location resolves it
+    assert ledger_location(m, Settings()) == str(tmp_path / "sub" / "state.db")
     assert m.lines["id"] == 4
     assert m.lines["output.name"] == 10
 
@@ -63,6 +66,28 @@ def test_ledger_url_is_kept_as_given(write: Write) -> None:
     url = "postgresql://db.internal/flora"
     m = load_manifest(write("m.yaml", MANIFEST + f"ledger: {url}\n"))
     assert m.ledger == url
+
+
+def test_ledger_location_ranks_settings_then_manifest_then_default_and_expands_home(
+    tmp_path: Path, write: Write, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """settings.ledger beats the manifest's, which beats the default; ``~`` means HOME anywhere."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    write("products.csv", PRODUCTS_CSV)
+    text = MANIFEST.replace("products.csv", "../products.csv")
+    m = load_manifest(write("sub/m.yaml", text))
+    assert ledger_location(m, Settings()) == str(tmp_path / "sub" / "spring.ledger.db")
+    here = load_manifest(write("sub/h.yaml", text + "ledger: ~/flora/l.db\n"))
+    home = str(tmp_path / "home" / "flora" / "l.db")
+    assert ledger_location(here, Settings()) == home
+    assert ledger_location(here, Settings(ledger="~/x.db")) == str(tmp_path / "home" / "x.db")
+    assert ledger_location(None, Settings(ledger="~/flora/l.db")) == home
+    assert ledger_location(None, Settings(ledger="rel.db")) == "rel.db"  # the shell's folder
+    url = "postgresql://u:pa$$~@db/flora"
+    assert ledger_location(here, Settings(ledger=url)) == url
+    assert ledger_location(None, Settings(ledger="sqlite:///~/l.db")) == "sqlite:///~/l.db"
+    with pytest.raises(UsageError):
+        ledger_location(None, Settings())
 
 
 EMPTY = "m.yaml:1: the manifest is empty: it needs name, technique, rows and inputs"

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from unit_support import CATALOG, make_spec
 
+from flora_batch.jobs import number_occurrences
 from flora_batch.keys import job_key
-from flora_batch.plan import Known, make_plan, plan_keyed, plan_known
+from flora_batch.plan import Known, keep_earlier_keys, make_plan, plan_keyed, plan_known
 from flora_batch.types import JobKey, JobSpec, JobState
 
 
@@ -182,3 +185,111 @@ def test_plan_known_refuses_a_key_the_ledger_lacks() -> None:
     """Without a spec, a new key cannot be planned: that is ``plan_keyed``'s job."""
     with pytest.raises(ValueError, match="does not know"):
         plan_known("spring", [job_key(spec(0))], {}, CATALOG)
+
+
+# -- keep_earlier_keys: a row id keeps its job whatever the numbering --------------------
+
+TWIN_URL = "https://media.flora.ai/twin.png"
+
+
+def twins(ids: list[str], *, other: frozenset[str] = frozenset()) -> list[tuple[JobKey, JobSpec]]:
+    """Rows with these ids, all identical but those in ``other`` (each its own input), keyed
+    as build_keyed_jobs keys them for a manifest with an id column."""
+    url = {sku: f"https://media.flora.ai/{sku}.png" if sku in other else TWIN_URL for sku in ids}
+    specs = [spec(n, url[sku], row_id=sku) for n, sku in enumerate(ids)]
+    return [(job_key(s), s) for s in number_occurrences(specs)]
+
+
+Ledger = tuple[dict[JobKey, Known], dict[JobKey, int]]
+
+
+def ledger_of(jobs: list[tuple[JobKey, JobSpec]], state: JobState = JobState.DONE) -> Ledger:
+    """The ledger entries and non-zero occurrences these jobs would leave."""
+    entries = {k: (state, s.technique, s.row_id, s.row_index) for k, s in jobs}
+    return entries, {k: s.occurrence for k, s in jobs if s.occurrence}
+
+
+def by_order(ids: list[str]) -> list[tuple[JobKey, JobSpec]]:
+    """What flora-batch keyed identical rows as before #16: occurrence 0, 1, 2 by row order."""
+    specs = [spec(n, TWIN_URL, row_id=sku, occurrence=n) for n, sku in enumerate(ids)]
+    return [(job_key(s), s) for s in specs]
+
+
+def test_a_ledger_numbered_by_row_order_keeps_its_keys_and_only_the_inserted_row_is_new() -> None:
+    """Occurrence-n jobs of an old ledger stay their rows' jobs; the inserted twin is new."""
+    old = by_order(["A1", "A2", "A3"])
+    known, occurrences = ledger_of(old)
+    kept = keep_earlier_keys(twins(["A1", "A9", "A2", "A3"]), known, occurrences)
+    keys = {s.row_id: k for k, s in kept}
+    assert {sku: keys[sku] for sku in ("A1", "A2", "A3")} == {s.row_id: k for k, s in old}
+    assert keys["A9"].startswith("fk2:") and keys["A9"] not in known
+    assert all(job_key(s) == k for k, s in kept)
+    plan = plan_keyed(kept, known, CATALOG)
+    assert plan.new == (keys["A9"],) and plan.changed == () and plan.retired == ()
+
+
+def test_a_lone_row_keeps_its_key_when_a_twin_appears_and_after_the_twin_goes() -> None:
+    """A1 alone (fk1), A9 its twin added (A1 keeps fk1), A1 deleted: A9 keeps its fk2 key."""
+    alone = twins(["A1"])
+    known, occurrences = ledger_of(alone)
+    pair = keep_earlier_keys(twins(["A1", "A9"]), known, occurrences)
+    assert pair[0] == alone[0]
+    known, occurrences = ledger_of([*alone, pair[1]])
+    [(key, _)] = keep_earlier_keys(twins(["A9"]), known, occurrences)
+    assert key == pair[1][0] and key.startswith("fk2:")
+
+
+def test_a_renamed_lone_row_stays_its_job_and_no_key_is_taken_twice() -> None:
+    """A unique row whose id was renamed keeps its key (ids are not hashed for it), and a
+    ledger key another row produces is never taken."""
+    known, occurrences = ledger_of(twins(["B2"]))
+    assert keep_earlier_keys(twins(["B3"]), known, occurrences) == twins(["B3"])
+    old = by_order(["A1", "A2"])
+    known, occurrences = ledger_of(old)
+    jobs = twins(["A2", "A1"])  # swapped: A2's old key is occurrence 1, A1's occurrence 0
+    kept = keep_earlier_keys(jobs, known, occurrences)
+    assert {s.row_id: k for k, s in kept} == {s.row_id: k for k, s in old}
+    assert len({k for k, _ in kept}) == 2
+
+
+def test_a_job_recorded_without_an_id_column_is_found_by_its_row_position() -> None:
+    """An id column added to a batch of twins: each row keeps the job its position had."""
+    old = [(k, replace(s, row_id=None)) for k, s in by_order(["A1", "A2"])]
+    known, occurrences = ledger_of(old)
+    kept = keep_earlier_keys(twins(["A1", "A2"]), known, occurrences)
+    assert [k for k, _ in kept] == [k for k, _ in old]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    edits=st.lists(
+        st.tuples(st.sampled_from(["insert", "delete", "move", "edit"]), st.integers(0, 30)),
+        max_size=8,
+    ),
+    first=st.integers(1, 5),
+)
+def test_a_row_id_keeps_its_job_through_any_edits(edits: list[tuple[str, int]], first: int) -> None:
+    """Twin rows inserted, deleted, moved and edited between runs over a ledger numbered by
+    row order: a row gets the job the ledger records for its id and inputs, keys stay
+    distinct, and each key is its spec's."""
+    ids = [f"R{n}" for n in range(first)]
+    other: set[str] = set()
+    recorded = dict(by_order(ids))
+    fresh = iter(range(100, 200))
+    for kind, n in edits:
+        if kind == "insert":
+            ids.insert(n % (len(ids) + 1), f"R{next(fresh)}")
+        elif ids and kind == "delete":
+            ids.pop(n % len(ids))
+        elif ids and kind == "move":
+            ids.append(ids.pop(n % len(ids)))
+        elif ids:
+            other ^= {ids[n % len(ids)]}
+        had = {(s.row_id, job_key(replace(s, occurrence=0))): k for k, s in recorded.items()}
+        known, occurrences = ledger_of(list(recorded.items()))
+        jobs = keep_earlier_keys(twins(ids, other=frozenset(other)), known, occurrences)
+        assert len({k for k, _ in jobs}) == len(jobs)
+        for k, s in jobs:
+            assert job_key(s) == k
+            assert had.get((s.row_id, job_key(replace(s, occurrence=0))), k) == k, (s, ids)
+            recorded.setdefault(k, s)

@@ -12,10 +12,12 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+import pytest
 from worker_support import BreakMedia, SlowPolls, batch, settings, states
 
 from flora_batch import retrying, worker
 from flora_batch.emulator import Emulator, EmulatorConfig
+from flora_batch.errors import ManifestProblems
 from flora_batch.ledger import Ledger
 from flora_batch.manifest import load_manifest
 from flora_batch.pipeline import run_batch
@@ -168,7 +170,8 @@ async def test_a_file_whose_commit_was_lost_is_fetched_again_under_its_name(
 
 async def test_a_saved_file_is_never_overwritten_after_output_name_changes(tmp_path: Path) -> None:
     """Done jobs keep the names their files were saved under, whatever ``output.name``
-    says now: a new row whose new name is an old job's file is refused, the file kept."""
+    says now: a new row whose new name is an old job's file is refused before it is
+    bought (a located row problem; ``--skip-invalid`` runs the rest), the file kept."""
     emu = Emulator(EmulatorConfig(speed=200.0))
     manifest = batch(tmp_path, 2)
     with retrying.set_testing():
@@ -183,11 +186,13 @@ async def test_a_saved_file_is_never_overwritten_after_output_name_changes(tmp_p
             "S002,https://media.flora.ai/demo/cup-9.jpg,S000\n"
         )
         manifest.write_text(manifest.read_text().replace("{sku}-", "{label}-"))
-        again = await run_batch(
-            load_manifest(manifest), settings(emu, 3), transport=SlowPolls(emu)
-        )
+        with pytest.raises(ManifestProblems) as refused:
+            await run_batch(load_manifest(manifest), settings(emu, 3), transport=SlowPolls(emu))
+        skipping = settings(emu, 3, skip_invalid=True)
+        again = await run_batch(load_manifest(manifest), skipping, transport=SlowPolls(emu))
     assert first.read_bytes() == kept
-    [reason] = again.outcome.stuck
-    assert "'S000-output_1.png'" in reason and "not overwritten" in reason
-    assert states(manifest) == [JobState.DONE, JobState.DONE, JobState.DOWNLOADING]
-    assert sorted(emu.charges_by_key().values()) == [1, 1, 1]
+    [reason] = refused.value.problems
+    assert reason.line == 4 and "'S000-output_1.png', saved before for S000" in str(reason)
+    assert [str(p) for p in again.prepared.skipped] == [str(reason)]
+    assert states(manifest) == [JobState.DONE, JobState.DONE]
+    assert sorted(emu.charges_by_key().values()) == [1, 1]
