@@ -223,7 +223,7 @@ def _demo_state_file(m: Any, ledger: str | None) -> Path:
     """Where ``run --demo``'s emulator keeps its state: ``<ledger>.demo-emulator.json``
     beside a SQLite ledger file, else ``<batch>.demo-emulator.json`` beside the manifest."""
     from .ledger.connect import resolve
-    from .pipeline import ledger_location
+    from .locations import ledger_location
 
     path = resolve(ledger_location(m, Settings(ledger=ledger))).sqlite_path
     if path is None:
