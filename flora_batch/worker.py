@@ -250,16 +250,16 @@ class Worker(Tracker, Reconciler):
                 self.budget.hold(rec.key, rec.technique, self._quote(rec))
                 self.budget.base -= self.budget.reserve(rec.technique, self._quote(rec))
             if rec.run_id is None and rec.submitted_at is not None:
-                # An earlier process may have sent creates any time since the first one,
-                # until it was last seen working (a create lands within a settle).
-                self.windows[rec.key] = [(rec.submitted_at, self._last_possible_send(now))]
+                # An earlier process may have sent creates any time since the first one
+                # until its last recorded send (``updated_at``: ``note_send``).
+                self.windows[rec.key] = [(rec.submitted_at, _last_send(rec, now))]
             if rec.run_id and rec.charged_cost is None and rec.state.terminal:
                 self._schedule(rec.key, now, "charge")  # the bill came late
             if rec.state is JobState.SUBMITTING:
-                # Its create may still be running at FLORA: sent again, with its key, only
-                # once it surely is not (two same-key creates may both run, CONTRACT §6).
+                # Its last create may still be running at FLORA: sent again, with its key,
+                # only once it surely is not (two same-key creates may both run, CONTRACT §6).
                 self._hold_gate(rec.key)
-                self._schedule(rec.key, now + self._settle(), "submit")
+                self._schedule(rec.key, _last_send(rec, now) + self._settle(), "submit")
             elif rec.state is JobState.RUNNING:
                 running.append(rec)
             else:
@@ -276,12 +276,6 @@ class Worker(Tracker, Reconciler):
         self.budget.highest = self.ledger.highest_bills()
         stored = self.ledger.get_meta(_OFFSET_META)
         self.stored_offset = float(stored) if stored else None
-
-    def _last_possible_send(self, now: float) -> float:
-        """The latest moment a create of an earlier process can have reached FLORA."""
-        if self.last_seen is None:
-            self.last_seen = self.ledger.last_event_at() or now
-        return min(now, self.last_seen + self._settle())
 
     def _load_saved(self, saved: Sequence[SavedJob]) -> None:
         """Done jobs, light: each file checked (one ``lstat``); a job with a file gone or a
@@ -471,6 +465,9 @@ class Worker(Tracker, Reconciler):
                 await self._to_reconcile(key, "key_expired", _EXPIRED)
                 return
             self.ledger.check_lease(key, now=self.clock())  # LeaseLost: another has it
+            if attempt > 1 or maybe_sent:  # a send again: on disk before it leaves
+                self.ledger.note_send(key, now=self.clock(), attempt=attempt, grouped=True)
+                await self._committed()
             sent_at = self.clock()
             try:
                 run = await self._fly(key, rec, inputs)
@@ -702,3 +699,9 @@ class Worker(Tracker, Reconciler):
             f"spent {spent:.4g}, above max_cost {cap:.4g}: a run's bill exceeded every bill "
             f"seen before for its technique when it was bought ({why})",
         ]
+
+
+def _last_send(rec: JobRecord, now: float) -> float:
+    """When the last create of a loaded ``submitting`` job may have left: its last record
+    (``mark_submitting`` or ``note_send``; every send is recorded before it leaves)."""
+    return min(now, rec.updated_at or rec.submitted_at or now)

@@ -215,9 +215,6 @@ class WorkerState:
         self.not_found: Counter[JobKey] = Counter()
         #: Run ids known to belong to jobs (the ledger's ``runs``, read when needed).
         self.known_runs: set[str] | None = None
-        #: When the last process that worked this ledger was last seen working (the
-        #: newest event): a create it sent cannot have left after that.
-        self.last_seen: float | None = None
         #: The server clock's offset as an earlier process measured it (ledger ``meta``).
         self.stored_offset: float | None = None
         #: Jobs this worker lost to another (LeaseLost): a refill never loads them again.

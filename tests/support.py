@@ -82,7 +82,7 @@ def fast_settings(emu: Emulator, **kw: Any) -> Settings:
         "min_poll": 0.01,
         "max_poll": 0.3,
         "submit_rate": 0.0,
-        "timeout": 3.0,
+        "timeout": 1.0,
         "history_lag": 0.5,
     }
     return Settings(**{**base, **kw})

@@ -62,6 +62,9 @@ RETRY_FAILED = Move("retry_failed", (S.FAILED,), S.PLANNED)
 #: the last one, ``save_output`` also takes ``MARK_DONE``).
 SAVE_OUTPUT = Move("save_output", (S.DOWNLOADING,), S.DOWNLOADING)
 
+#: Not a state change: a create sent again with the job's key (``note_send``).
+NOTE_SEND = Move("note_send", (S.SUBMITTING,), S.SUBMITTING, no_run=True)
+
 #: Every state change, for documentation and tests.
 ALL = (
     MARK_SUBMITTING,

@@ -137,12 +137,6 @@ class LedgerQueries(UploadLedger):
         with self._read() as conn:
             return {t: float(b) for t, b in conn.execute(highest_bills_query())}
 
-    def last_event_at(self) -> float | None:
-        """When the ledger last recorded anything (the newest event), if ever."""
-        with self._read() as conn:
-            at = conn.execute(select(func.max(events.c.at))).scalar_one_or_none()
-        return None if at is None else float(at)
-
     def known_runs(self) -> set[str]:
         """Every run id the ledger ever saw, in any batch and any attempt (``runs``).
 

@@ -217,6 +217,21 @@ class Ledger(LedgerQueries):
                 f"job {key}: cannot create a run: the lease of {self.worker_id} ran out", key=key
             )
 
+    def note_send(self, key: JobKey, *, now: float, attempt: int, grouped: bool = False) -> None:
+        """A create is about to be sent again with the job's key (no state change).
+
+        The job's ``updated_at`` becomes ``now``: so a later process knows when the last
+        create of a ``submitting`` job may have left (it waits a settle after that before
+        sending the key again, and looks for its run up to then).  Durable before the send,
+        like ``mark_submitting`` (``grouped``: the caller waits for ``on_commit``).
+        """
+        with self._tx(key, durable=True, grouped=grouped) as tx:
+            row = self._row(tx, key, "note_send", head=True)
+            self._check(row, mv.NOTE_SEND)
+            self._set(tx, key, updated_at=now)
+            state = row["state"]
+            self._log(tx, key, now, state, state, {"action": "send", "attempt": attempt})
+
     def note_request(self, key: JobKey, request_id: str) -> None:
         """Remember a request id FLORA gave for this job (no state change)."""
         with self._tx(key) as tx:

@@ -399,8 +399,8 @@ def test_sigterm_waits_out_a_create_in_the_air_before_handing_its_job_back(
     try:
         fleet.start("leaving", "--lease", "60")
         wait_for(lambda: emu.request_counts[CREATE] >= 1, 30, "the create in the air")
-        fleet.start("staying", "--lease", "60", "--exit-when-idle")
         assert fleet.terminate("leaving") == 0, fleet.describe()
+        fleet.start("staying", "--lease", "60", "--exit-when-idle")  # takes it at once
         assert fleet.wait("staying", 60) == 0, fleet.describe()
     finally:
         fleet.stop_all()

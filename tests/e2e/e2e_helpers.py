@@ -18,7 +18,7 @@ from support import emulators
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
-FAST = ["--min-poll", "0.05", "--rate", "0", "--timeout", "3"]
+FAST = ["--min-poll", "0.05", "--rate", "0", "--timeout", "2"]
 
 
 @dataclass

@@ -290,7 +290,7 @@ def test_a_killed_run_then_an_edit_the_cli_says_so_finishes_and_counts_apart(
     emu = server.emulator
     manifest = write_batch(tmp_path / "b", [{"sku": "A1", **MUG}, {**LAMP, "label": "x"}])
     before = tree(manifest.parent)
-    args = ["run", str(manifest), "--min-poll", "0.1", "--rate", "0"]
+    args = ["run", str(manifest), "--min-poll", "0.1", "--rate", "0", "--timeout", "2"]
     killed = kill_when(server, args, tmp_path / "1.log", lambda: creates(emu) >= 2)
     assert killed.killed
     [old] = [j for j in read_jobs(manifest) if j.row_id == "A1"]

@@ -356,7 +356,7 @@ def test_max_runtime_stops_with_130_and_the_next_run_finishes(serve, tmp_path: P
     server = serve(speed=20.0)  # studio-shot takes ~1.5 s: runs are in flight at the stop
     manifest = write_batch(tmp_path / "b", 4)
     before = tree(manifest.parent)
-    args = ["run", str(manifest), "--min-poll", "0.1", "--rate", "0", "--timeout", "3"]
+    args = ["run", str(manifest), "--min-poll", "0.1", "--rate", "0", "--timeout", "1.5"]
     stopped = run_cli(server, [*args, "--max-runtime", "0.5"], tmp_path / "1.log")
     assert stopped.code == 130, stopped.out
     assert JobState.RUNNING in states(manifest)
@@ -451,7 +451,7 @@ def test_lock_of_a_sigkilled_run_does_not_block_the_next(serve, tmp_path: Path):
     """kill -9 while holding the ledger: the next run starts at once and finishes."""
     server = serve(speed=20.0)
     manifest = write_batch(tmp_path / "b", 3)
-    args = ["run", str(manifest), "--min-poll", "0.1", "--rate", "0", "--timeout", "3"]
+    args = ["run", str(manifest), "--min-poll", "0.1", "--rate", "0", "--timeout", "1.5"]
     killed = kill_when(server, args, tmp_path / "1.log", lambda: creates(server.emulator) >= 1)
     assert killed.killed
     assert Path(f"{ledger_path(manifest)}.lock").exists()

@@ -24,7 +24,7 @@ import httpx
 import pytest
 from support import emulators
 
-FAST = ["--min-poll", "0.05", "--rate", "0", "--timeout", "3"]
+FAST = ["--min-poll", "0.05", "--rate", "0", "--timeout", "2"]
 #: The manifest every batch here uses, over ``p.csv`` (or ``rows``).
 MANIFEST = """\
 name: b

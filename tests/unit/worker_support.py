@@ -103,7 +103,7 @@ def settings(emu: Emulator, n: int, **kw: object) -> Settings:
         "submit_rate": 0.0,
         "concurrency": n,
         "progress": False,
-        "timeout": 3.0,
+        "timeout": 1.0,
         "history_lag": 0.5,
     }
     return Settings(**{**base, **kw})  # type: ignore[arg-type]
