@@ -161,8 +161,18 @@ class Tracker(Downloads):
         rec = self.jobs[key]
         typical = self.learned.typical(rec.technique)
         return polling.next_poll_delay(
-            run, rec, typical, self.settings, self.clock(), self.learned.offset
+            run, rec, typical, self.settings, self.clock(), self._offset_for(rec, run)
         )
+
+    def _offset_for(self, rec: JobRecord, run: RunInfo) -> float:
+        """The server clock's offset to read ``run``'s times with: measured, or stored by an
+        earlier process, else guessed from this run (stamped about when its job was first
+        sent): only the poll schedule uses the guess, never a decision about money."""
+        if self.learned.offset_known or self.stored_offset is not None:
+            return self.learned.offset
+        if run.created_at is not None and rec.submitted_at is not None:
+            return run.created_at / 1000.0 - rec.submitted_at
+        return 0.0
 
     def _completed(self, key: JobKey, run: RunInfo) -> bool:
         """A run completed: True, download its outputs now.

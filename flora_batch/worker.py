@@ -276,6 +276,8 @@ class Worker(Tracker, Reconciler):
         self.budget.highest = self.ledger.highest_bills()
         stored = self.ledger.get_meta(_OFFSET_META)
         self.stored_offset = float(stored) if stored else None
+        if self.stored_offset is not None and not self.learned.offset_known:
+            self.learned.offset = self.stored_offset  # until this process measures its own
 
     def _load_saved(self, saved: Sequence[SavedJob]) -> None:
         """Done jobs, light: each file checked (one ``lstat``); a job with a file gone or a

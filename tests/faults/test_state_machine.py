@@ -27,7 +27,7 @@ from fault_helpers import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from inproc import CrashingTransport, fast_settings, run_crashing, run_once
+from inproc import CrashingTransport, TravelClock, fast_settings, run_crashing, run_once
 
 from flora_batch import retrying
 from flora_batch.emulator import Emulator, EmulatorConfig, FaultPlan
@@ -76,12 +76,14 @@ async def crash_then_settle(
     """Run with each crash armed in turn, then run until no job is left in flight."""
     transport = CrashingTransport(emu)
     window = emu.config.key_window or 7200.0
-    # In-process answers take milliseconds: a lost create is waited out for ~1.5 s.
+    clock = emu.config.clock
+    assert isinstance(clock, TravelClock)
     config = fast_settings(emu, concurrency=concurrency, timeout=0.5, key_window=window)
     for crash in crashes:
-        await run_crashing(manifest, config, transport, crash)
+        await run_crashing(manifest, config, transport, crash, clock=clock)
+        clock.travel(2.0)  # the next process starts once a lost create is surely over
     for _ in range(5):
-        await run_once(manifest, config, transport)
+        await run_once(manifest, config, transport, clock=clock)
         if all(settled(j) for j in read_jobs(manifest)):
             return
     raise AssertionError(f"jobs still in flight: {[j.state for j in read_jobs(manifest)]}")
@@ -106,7 +108,8 @@ def test_no_interleaving_of_crashes_and_faults_charges_a_key_twice(
 ):
     """Crashes at any request, before or after the server acts, never double-charge a key,
     and every paid run ends matched to its job."""
-    emu = Emulator(EmulatorConfig(speed=1000, idempotency=mode, faults=plan, **worst))
+    clock = TravelClock()
+    emu = Emulator(EmulatorConfig(speed=1000, idempotency=mode, faults=plan, clock=clock, **worst))
     with tempfile.TemporaryDirectory() as tmp, retrying.set_testing():
         manifest = write_batch(Path(tmp) / "batch", n_rows)
         asyncio.run(crash_then_settle(emu, manifest, concurrency, crashes))

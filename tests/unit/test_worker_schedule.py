@@ -340,7 +340,9 @@ async def test_a_reconcile_never_adopts_the_run_of_a_job_loaded_light(tmp_path: 
         with Ledger.open(str(both.parent / "sched.ledger.db")) as ledger:
             ledger.record_planned([(key, spec)], quoted_cost={"studio-shot": 0.06}, now=1.0)
             ledger.mark_submitting(key, now=sent_before)  # its create "may have left"
-            ledger.mark_needs_reconcile(key, now=sent_before, reason="409 duplicate")
+            ledger.mark_needs_reconcile(
+                key, now=sent_before, reason="409 duplicate", code="idempotency_duplicate"
+            )
         result = await run_batch(load_manifest(both), quick, transport=SlowPolls(emu))
     assert result.outcome.counts[JobState.DONE] == 1
     with Ledger.open(str(both.parent / "sched.ledger.db")) as ledger:
