@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import and_, case, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import ColumnElement
 
 from ..types import JobKey, JobState, SavedJob
@@ -154,11 +155,20 @@ class LedgerQueries(UploadLedger):
             return [event_dict(r) for r in conn.execute(query).mappings()]
 
     def set_meta(self, name: str, value: str | None) -> None:
-        """Store a batch-level setting, replacing any earlier value."""
+        """Store a batch-level setting, replacing any earlier value.
+
+        Two processes may set one name at once (cluster workers on PostgreSQL): the insert
+        runs in a SAVEPOINT, and if the other one's row got there first, it is updated.
+        """
         with self._write() as conn:
             done = conn.execute(update(meta).where(meta.c.name == name).values(value=value))
-            if done.rowcount == 0:
-                conn.execute(insert(meta).values(name=name, value=value))
+            if done.rowcount:
+                return
+            try:
+                with conn.begin_nested():
+                    conn.execute(insert(meta).values(name=name, value=value))
+            except IntegrityError:
+                conn.execute(update(meta).where(meta.c.name == name).values(value=value))
 
     def get_meta(self, name: str) -> str | None:
         """A batch-level setting, or None."""

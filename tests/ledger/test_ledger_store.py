@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import sqlalchemy
 from ledger_support import OUTPUTS, QUOTES, JobFactory, Opener
 
 from flora_batch.errors import LedgerConflict, LedgerError
@@ -608,3 +609,28 @@ def test_a_lost_run_is_kept_reopened_or_bought_again_at_the_user_s_word(
     unidentified = job_in(S.UNRESOLVED)  # no run: nothing to poll again
     error = assert_unchanged(ledger, unidentified, lambda: ledger.reopen_lost(unidentified, now=1))
     assert "has no run" in str(error)
+
+
+def test_set_meta_survives_a_row_another_process_inserted_meanwhile(
+    open_ledger: Opener,
+) -> None:
+    """Two workers set one meta name at once: the one whose insert loses the race updates
+    the row the other inserted, instead of failing (a duplicate key on PostgreSQL)."""
+    mine = open_ledger()
+    if mine.url.startswith("sqlite"):
+        pytest.skip("SQLite's write lock (BEGIN IMMEDIATE) serialises the two already")
+    theirs = open_ledger()
+    raced: list[bool] = []
+
+    def meanwhile(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE META") and not raced:
+            raced.append(True)  # after our UPDATE found nothing, before our INSERT
+            theirs.set_meta("server-clock-offset", "1.0")
+
+    sqlalchemy.event.listen(mine._engine, "after_cursor_execute", meanwhile)
+    try:
+        mine.set_meta("server-clock-offset", "2.0")
+    finally:
+        sqlalchemy.event.remove(mine._engine, "after_cursor_execute", meanwhile)
+    assert raced and mine.get_meta("server-clock-offset") == "2.0"
+    theirs.close()
