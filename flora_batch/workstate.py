@@ -31,7 +31,7 @@ from .types import JobKey, JobRecord, JobState, RunInfo, RunInput, SavedJob, Tec
 
 Clock = Callable[[], float]
 #: Seconds added to the client's timeout before a create whose fate is unknown may be
-#: sent again with its key (``WorkerState._settle``).
+#: sent again with its key (``WorkerState._settle``; a quarter of a shorter timeout).
 SETTLE_MARGIN = 1.0
 ProgressHook = Callable[["Snapshot"], None]
 #: The upload stage's hook (``uploads.Uploader.resolve_inputs``): a job's inputs with its
@@ -232,7 +232,8 @@ class WorkerState:
         its key before this long after it left (two same-key creates that overlap at
         FLORA may both run, CONTRACT.md §6).
         """
-        return self.settings.timeout + SETTLE_MARGIN
+        timeout = self.settings.timeout
+        return timeout + min(SETTLE_MARGIN, timeout / 4)
 
     def _schedule(self, key: JobKey, when: float, kind: str) -> None:
         """Do ``kind`` (poll, charge, download, submit) for ``key`` at ``when``."""

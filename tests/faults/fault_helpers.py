@@ -32,7 +32,7 @@ from flora_batch.emulator import Emulator
 from flora_batch.ledger import Ledger
 from flora_batch.types import JobRecord, JobState
 
-FAST = ("--min-poll", "0.05", "--rate", "0", "--timeout", "1.5", "--history-lag", "0.5")
+FAST = ("--min-poll", "0.05", "--rate", "0", "--timeout", "1", "--history-lag", "0.25")
 CREATE = "POST /api/v1/techniques/{slug}/runs"
 LEDGER_SUFFIXES = ("", "-wal", "-shm", "-journal", ".lock")
 #: Exit codes after which re-running has nothing left to do (when no job is in flight).
