@@ -70,9 +70,18 @@ class Budget:
         """Whether one more run of ``technique`` may be bought now."""
         if self.cap is None:
             return True
-        if technique not in self.highest and self._quotes.get(technique):
-            return False  # its bill is unknown: one run at a time until one is read
+        if self.awaits_first_bill(technique):
+            return False
         return self.committed() + self.reserve(technique, quote) <= self.cap + EPSILON
+
+    def awaits_first_bill(self, technique: str) -> bool:
+        """Under a cap, a technique with no known bill is bought one run at a time: whether
+        one of its runs is held, so the next must wait for that bill (not a stop)."""
+        return (
+            self.cap is not None
+            and technique not in self.highest
+            and bool(self._quotes.get(technique))
+        )
 
     def holds(self, key: JobKey) -> bool:
         """Whether ``key``'s run is held (bought or being bought, bill unknown)."""

@@ -397,11 +397,7 @@ class Worker(Tracker, Reconciler):
     def _awaits_first_bill(self, rec: JobRecord) -> bool:
         """Under a cap, a technique with no known bill buys one run at a time: wait for its
         first bill before buying the next (a quote is not a bill, CONTRACT.md §4)."""
-        if rec.state is not JobState.PLANNED or self.budget.cap is None:
-            return False
-        return rec.technique not in self.budget.highest and not self.budget.allows(
-            rec.technique, 0.0
-        )
+        return rec.state is JobState.PLANNED and self.budget.awaits_first_bill(rec.technique)
 
     def _top_up(self, now: float) -> None:
         """Cluster mode: claim more jobs from the shared ledger while there is room."""
