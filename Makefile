@@ -31,7 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 docs: $(STAMP)  # docs/cli.md from --help (tests/toolbox/test_toolbox_docs.py checks it)
-	$(BIN)/python -m flora_batch.docs_cli > docs/cli.md.tmp && mv docs/cli.md.tmp docs/cli.md
+	$(BIN)/python -m flora_batch.cli.docs > docs/cli.md.tmp && mv docs/cli.md.tmp docs/cli.md
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -74,7 +74,7 @@ async def _serve(path: Path) -> None:
 
 
 async def _fetch_flora(url: str, dest: Path, clock: list[float]) -> dict[str, Any]:
-    from flora_batch.client import FloraClient
+    from flora_batch.remote.client import FloraClient
 
     async with FloraClient("http://127.0.0.1/api/v1", "sk_test_emulator") as client:
         await client.download(url.rsplit("/", 1)[0] + "/small", dest)
@@ -107,7 +107,7 @@ async def _fetch_httpx(url: str, dest: Path, clock: list[float]) -> dict[str, An
 def _fetch(spec: dict[str, Any]) -> dict[str, Any]:
     import httpx  # noqa: F401
 
-    import flora_batch.client  # noqa: F401  # imports before the clock
+    import flora_batch.remote.client  # noqa: F401  # imports before the clock
 
     dest = Path(spec["dest"])
     fn = _fetch_flora if spec["side"] == "flora" else _fetch_httpx
@@ -129,7 +129,7 @@ def _fetch(spec: dict[str, Any]) -> dict[str, Any]:
     sampler.join()
     out.update(wall=wall, cpu=cpu, rss_start=start_rss, rss_growth=peak[0] - start_rss)
     if spec["side"] == "flora" and spec.get("commit"):
-        from flora_batch.results import Results
+        from flora_batch.results.local import Results
 
         results = Results(dest.parent / "results")
         results.prepare()

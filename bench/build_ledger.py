@@ -25,13 +25,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flora_batch.client import FloraClient
 from flora_batch.config import Settings
-from flora_batch.jobs import build_keyed_jobs
 from flora_batch.ledger import Ledger
 from flora_batch.manifest import load_manifest
+from flora_batch.manifest.jobs import build_keyed_jobs
+from flora_batch.manifest.rows import load_rows
 from flora_batch.pipeline import prepare
-from flora_batch.rows import load_rows
+from flora_batch.remote.client import FloraClient
 from flora_batch.types import JobKey, JobSpec, RunOutput
 
 TINY = b"flora-bench-out\n"

@@ -2,7 +2,7 @@
 
 ``transport`` selects the HTTP stack behind the same ``FloraClient`` (``None`` is what
 ``client.py`` builds today).  A ``RecordingTransport`` wraps it to log every poll, for the
-polling scenario.  The poll policy is the one flora-batch ships (``flora_batch.polling``).
+polling scenario.  The poll policy is the one flora-batch ships (``flora_batch.worker.polling``).
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from typing import Any
 
 import httpx
 
-from flora_batch.client import default_transport
 from flora_batch.config import Settings
 from flora_batch.ledger import Ledger
 from flora_batch.manifest import load_manifest
 from flora_batch.pipeline import BatchResult, run_batch
+from flora_batch.remote.client import default_transport
 
 #: FloraClient's pool (client.py: max_connections=32, keep-alive the same); used when
 #: flora-batch runs on httpx's own transport (``FLORA_BATCH_HTTP=httpx``).
@@ -55,7 +55,7 @@ class RecordingTransport(httpx.AsyncBaseTransport):
 def make_transport(kind: str) -> httpx.AsyncBaseTransport | None:
     """A transport for FloraClient, by name.
 
-    ``default`` (None: what client.py ships, ``flora_batch.transport.AiohttpTransport``),
+    ``default`` (None: what client.py ships, ``flora_batch.remote.transport.AiohttpTransport``),
     ``httpx``/``httpcore`` (httpx's own, as ``FLORA_BATCH_HTTP=httpx`` gives), ``httpcoreN``
     (httpx's own with a pool of N) or ``aiohttp`` (the httpx-aiohttp package's).
     """
@@ -82,7 +82,7 @@ def gate_client(limit: int) -> None:
     """
     import asyncio
 
-    from flora_batch import client as client_mod
+    from flora_batch.remote import client as client_mod
 
     original_init = client_mod.FloraClient.__init__
 

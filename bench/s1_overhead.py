@@ -88,7 +88,7 @@ STACK: dict[str, tuple[str, dict[str, Any], str]] = {
         "uvicorn",
     ),
     "httpx + httpx-aiohttp transport": ("httpx", {"stack": "aiohttp"}, "uvicorn"),
-    "httpx + flora_batch.transport": ("httpx", {"stack": "flora"}, "uvicorn"),
+    "httpx + flora_batch.remote.transport": ("httpx", {"stack": "flora"}, "uvicorn"),
     "httpx HTTP/1.1 (Hypercorn)": (
         "httpx",
         {"stack": "http1-pool32", "sniffio": "absent"},

@@ -5,7 +5,7 @@ all in flight at once, time divided by ``SPEED`` (and min_poll/max_poll with it)
 poll flora-batch sends is logged by a transport wrapper; the emulator's state gives each
 run's true end.  A poll counts as "noticing" when it is the first answer after that end.
 The baseline polls every run every 2 s (scaled).  All figures are in real seconds
-(scaled back).  flora-batch runs its shipped policy (``flora_batch.polling``: predict
+(scaled back).  flora-batch runs its shipped policy (``flora_batch.worker.polling``: predict
 each run's end from its progress or from durations seen earlier, poll just after it).
 """
 

@@ -31,11 +31,12 @@ from pathlib import Path
 
 import httpx
 
-from flora_batch import retrying, workstate
+from flora_batch import retrying
 from flora_batch.config import Settings
 from flora_batch.emulator import Emulator, EmulatorConfig
 from flora_batch.manifest import load_manifest
 from flora_batch.pipeline import run_batch
+from flora_batch.worker import state as workstate
 
 from .common import write_manifest
 

@@ -101,7 +101,7 @@ def _client_kw(stack: str) -> dict[str, Any]:
 
         return {"transport": AiohttpTransport(limits=same_pool)}
     if stack == "flora":  # flora-batch's own aiohttp transport (client.py's default)
-        from flora_batch.transport import AiohttpTransport as FloraTransport
+        from flora_batch.remote.transport import AiohttpTransport as FloraTransport
 
         return {"transport": FloraTransport(max_connections=32)}
     if stack == "http2":
@@ -112,7 +112,7 @@ def _client_kw(stack: str) -> dict[str, Any]:
 
 
 def _flora_side(spec: dict[str, Any]) -> dict[str, Any]:
-    import flora_batch.transport  # noqa: F401  # aiohttp is imported before the clock
+    import flora_batch.remote.transport  # noqa: F401  # aiohttp is imported before the clock
     from bench.flora_side import run_flora
 
     return run_flora(

@@ -43,18 +43,18 @@ from typing import Any
 
 import httpx
 
-from .client import FloraClient
 from .config import DEFAULT_CONCURRENCY, Settings
 from .errors import FloraError, LedgerError, UsageError
 from .ledger import Ledger
 from .ledger.leases import BatchRow, Leases, worker_lock
 from .locations import ledger_location, results_location
 from .manifest import Manifest
-from .object_results import ObjectResults, is_object_url, open_results
 from .pipeline import Prepared, prepare
 from .pipeline import _reopen as reopen_jobs
 from .plan import gone_keys, superseded_meta
-from .results import Results
+from .remote.client import FloraClient
+from .results.local import Results
+from .results.objects import ObjectResults, is_object_url, open_results
 from .settling import note_gone
 from .types import IOSlot, JobRecord, JobState, Technique, cost_unit
 from .worker import Outcome, Pacer, Worker

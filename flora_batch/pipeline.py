@@ -20,7 +20,6 @@ from pathlib import Path
 import httpx
 
 from . import memo, retrying
-from .client import FloraClient
 from .config import Settings
 from .errors import (
     AuthError,
@@ -29,19 +28,20 @@ from .errors import (
     ManifestError,
     ManifestProblems,
 )
-from .jobs import build_keyed_jobs, check_manifest
 from .ledger import Ledger
 from .locations import ledger_exists, ledger_location, results_location, workspace_location
 from .manifest import Manifest
+from .manifest.jobs import build_keyed_jobs, check_manifest
+from .manifest.rows import load_rows
+from .manifest.sources import MediaInputs, UploadSource, UploadSummary, needed_sources, summarise
 from .plan import (
     Plan,
     plan_keyed,
     plan_known,
 )
-from .results import Results
-from .rows import load_rows
+from .remote.client import FloraClient
+from .results.local import Results
 from .settling import as_ended, note_gone, settle_jobs, superseded_in_flight
-from .sources import MediaInputs, UploadSource, UploadSummary, needed_sources, summarise
 from .types import JobKey, JobRecord, JobSpec, JobState, SavedJob, Technique, cost_unit
 from .uploads import FileProbe, Uploader, UploadReport
 from .worker import Outcome, ProgressHook, Snapshot, Worker

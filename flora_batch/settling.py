@@ -18,10 +18,10 @@ from pathlib import Path
 
 from .config import Settings
 from .errors import ManifestError
-from .jobs import check_saved_names
 from .ledger import Ledger
 from .locations import results_location
 from .manifest import Manifest
+from .manifest.jobs import check_saved_names
 from .plan import (
     RUN_IN_FLIGHT,
     Known,
@@ -30,9 +30,9 @@ from .plan import (
     keep_earlier_keys,
     superseded_meta,
 )
-from .results import Results
+from .results.local import Results
 from .types import JobKey, JobRecord, JobSpec, SavedJob, Technique
-from .workstate import Outcome
+from .worker.state import Outcome
 
 
 def settle_jobs(

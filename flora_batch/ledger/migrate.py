@@ -24,8 +24,6 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, inspect, text
 
-import flora_batch
-
 from ..errors import LedgerError, LedgerTooNew
 from .tables import VERSION_TABLE, metadata
 
@@ -43,7 +41,7 @@ _PG_MIGRATION_LOCK = int.from_bytes(
 
 def migrations_dir() -> Path:
     """The folder holding ``env.py``: inside the installed package, else the repository's."""
-    package = Path(flora_batch.__file__).parent
+    package = Path(__file__).parent.parent  # flora_batch/
     shipped = package / "_migrations"
     return shipped if shipped.is_dir() else package.parent / "migrations"
 

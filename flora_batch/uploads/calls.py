@@ -24,7 +24,6 @@ from pathlib import Path
 
 from .. import retrying
 from ..asset_wire import AssetInfo, UploadTarget
-from ..client import FloraClient
 from ..config import Settings
 from ..errors import (
     AuthError,
@@ -36,6 +35,7 @@ from ..errors import (
     TransportError,
     UploadError,
 )
+from ..remote.client import FloraClient
 from ..types import UploadRecord
 
 log = logging.getLogger("flora_batch.uploads")

@@ -14,7 +14,7 @@ import stat
 import warnings
 from pathlib import Path
 
-from ..sources import MAX_PIXELS, FileFacts, sniff
+from ..manifest.sources import MAX_PIXELS, FileFacts, sniff
 
 
 class FileProbe:

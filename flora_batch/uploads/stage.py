@@ -26,7 +26,6 @@ from typing import NoReturn
 
 from .. import retrying
 from ..asset_wire import SIGNED_URL, AssetInfo, create_body, form_fields
-from ..client import FloraClient
 from ..config import Settings
 from ..errors import (
     AuthError,
@@ -39,7 +38,7 @@ from ..errors import (
     UploadError,
 )
 from ..ledger import Ledger
-from ..sources import (
+from ..manifest.sources import (
     DIRECT_UPLOAD_LIMIT,
     FILE_PREFIX,
     IMAGE_TYPES,
@@ -52,6 +51,7 @@ from ..sources import (
     upload_keys,
     upload_name,
 )
+from ..remote.client import FloraClient
 from ..types import JobRecord, JobState, RunInput, UploadRecord, UploadState
 from .calls import AssetCalls
 from .probe import hash_file

@@ -30,11 +30,11 @@ from cluster_helpers import (
 )
 from sqlalchemy import update
 
-from flora_batch.client import FloraClient
 from flora_batch.emulator import FaultKind, FaultPlan
 from flora_batch.ledger import Ledger
 from flora_batch.ledger.leases import Leases
 from flora_batch.ledger.tables import jobs as jobs_table
+from flora_batch.remote.client import FloraClient
 from flora_batch.types import JobState
 
 pg = pytest.mark.postgres

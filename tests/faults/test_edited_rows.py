@@ -26,15 +26,15 @@ from fault_helpers import (
 )
 from inproc import CrashingTransport, fast_settings, run_crashing, run_once
 
-from flora_batch.client import FloraClient
 from flora_batch.emulator import Emulator, EmulatorConfig
 from flora_batch.errors import ManifestProblems
-from flora_batch.jobs import build_keyed_jobs
 from flora_batch.keys import job_key
 from flora_batch.ledger import Ledger
 from flora_batch.manifest import load_manifest
+from flora_batch.manifest.jobs import build_keyed_jobs
+from flora_batch.manifest.rows import load_rows
 from flora_batch.pipeline import fetch_techniques, plan_batch
-from flora_batch.rows import load_rows
+from flora_batch.remote.client import FloraClient
 from flora_batch.types import JobKey, JobSpec, JobState, RunInput
 
 pytestmark = pytest.mark.usefixtures("retry_fast")

@@ -21,13 +21,13 @@ from inproc import CrashingTransport, fast_settings, run_once
 from support import pg_schema
 
 from flora_batch import memo
-from flora_batch.client import FloraClient
 from flora_batch.config import Settings
 from flora_batch.emulator import Emulator, EmulatorConfig
 from flora_batch.ledger import Ledger
 from flora_batch.manifest import load_manifest
 from flora_batch.pipeline import Prepared, fetch_techniques, plan_batch, prepare
 from flora_batch.plan import Plan
+from flora_batch.remote.client import FloraClient
 from flora_batch.types import JobKey, JobState
 
 pytestmark = pytest.mark.usefixtures("retry_fast")

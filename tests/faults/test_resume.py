@@ -31,11 +31,11 @@ from inproc import (
     run_once,
 )
 
-from flora_batch.client import FloraClient
 from flora_batch.emulator import LIST_RUNS, MEDIA, POLL, Emulator, EmulatorConfig, FaultPlan
 from flora_batch.ledger import Ledger
 from flora_batch.manifest import load_manifest
 from flora_batch.pipeline import prepare
+from flora_batch.remote.client import FloraClient
 from flora_batch.types import JobState
 from flora_batch.worker import Worker
 

@@ -24,10 +24,10 @@ from fault_helpers import (
 )
 from inproc import CrashingTransport, TravelClock, fast_settings, run_crashing, run_once
 
-from flora_batch import worker
 from flora_batch.emulator import CREATE, Emulator, EmulatorConfig
 from flora_batch.ledger import Ledger
 from flora_batch.types import JobState
+from flora_batch.worker import loop as worker
 
 pytestmark = pytest.mark.usefixtures("retry_fast")
 
@@ -275,7 +275,7 @@ async def test_a_history_longer_than_the_old_page_limit_is_read_to_its_end(
 
 async def test_a_cut_history_is_not_complete(tmp_path: Path) -> None:
     """``technique_runs`` says whether it reached as far back as asked."""
-    from flora_batch.client import FloraClient
+    from flora_batch.remote.client import FloraClient
 
     emu = emulator(history_page_cap=2)
     now = emu.now()

@@ -18,7 +18,7 @@ from openpyxl import Workbook
 
 from flora_batch.errors import ManifestError, ManifestProblems
 from flora_batch.manifest import TOP_KEYS, build_jobs, check_manifest, load_manifest
-from flora_batch.rows import MAX_CELL_BYTES, RowsSource, load_rows
+from flora_batch.manifest.rows import MAX_CELL_BYTES, RowsSource, load_rows
 from flora_batch.types import IOSlot, Technique
 
 FUZZ = settings(

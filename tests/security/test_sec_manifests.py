@@ -29,7 +29,7 @@ from security_helpers import (
 from flora_batch.emulator import EmulatorConfig
 from flora_batch.emulator.serve import start_server
 from flora_batch.errors import ManifestError
-from flora_batch.rows import MAX_ROWS, load_rows
+from flora_batch.manifest.rows import MAX_ROWS, load_rows
 
 CSV = "sku,title,image_url\nA1,Mug,https://media.flora.ai/a.jpg\n"
 GOOD = MANIFEST.format(rows="p.csv", name="{sku}/{output_id}{ext}")
@@ -235,7 +235,7 @@ def test_a_million_rows_through_the_cli(server: Any, million: Path) -> None:
 
 def test_rows_file_over_the_size_limit_is_not_read(tmp_path: Path) -> None:
     """A rows file over MAX_FILE_BYTES is refused from its size alone (a sparse file here)."""
-    from flora_batch.rows import MAX_FILE_BYTES
+    from flora_batch.manifest.rows import MAX_FILE_BYTES
 
     path = tmp_path / "p.csv"
     with path.open("wb") as fh:
@@ -255,7 +255,7 @@ def test_row_limit_holds_for_every_format(
     """XLSX, JSONL and Parquet files over the row limit are refused the same way."""
     import pandas as pd
 
-    import flora_batch.rows as rows_module
+    import flora_batch.manifest.rows as rows_module
 
     monkeypatch.setattr(rows_module, "MAX_ROWS", 50)
     frame = pd.DataFrame({"sku": [f"S{i}" for i in range(60)], "title": ["Mug"] * 60})

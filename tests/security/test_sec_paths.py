@@ -26,8 +26,8 @@ from security_helpers import (
 )
 
 from flora_batch.errors import EXIT_LOCAL, ResultsError
-from flora_batch.naming import render_output_name
-from flora_batch.results import TMP_DIR, Results
+from flora_batch.manifest.naming import render_output_name
+from flora_batch.results.local import TMP_DIR, Results
 
 HOSTILE = [
     "SKU-1",

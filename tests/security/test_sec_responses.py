@@ -33,9 +33,9 @@ from flora_batch.errors import ResponseRefused
 from flora_batch.ledger import Ledger
 from flora_batch.manifest import load_manifest
 from flora_batch.pipeline import BatchResult, run_batch
-from flora_batch.sniff import media_problem
+from flora_batch.remote.sniff import media_problem
+from flora_batch.remote.url_policy import check_fetch_url, is_local
 from flora_batch.types import JobState
-from flora_batch.url_policy import check_fetch_url, is_local
 
 BASE = "https://flora.test/api/v1"
 CDN = "https://cdn.test"

@@ -8,8 +8,8 @@ import pytest
 from e2e_helpers import FAST
 from toolbox_helpers import as_json, env, run_batch, write_batch
 
+from flora_batch.cli.userconfig import UserConfig, config_path, default_map, load
 from flora_batch.emulator.catalog import load_catalog
-from flora_batch.userconfig import UserConfig, config_path, default_map, load
 
 NOWHERE = "http://127.0.0.1:9/api/v1"  # nothing listens on the discard port
 
@@ -109,7 +109,7 @@ def test_config_location_and_default_map(tmp_path: Path):
     assert config_path({"XDG_CONFIG_HOME": "/x"}) == Path("/x/flora-batch/config.toml")
     assert config_path({"FLORA_CONFIG": "/c.toml", "XDG_CONFIG_HOME": "/x"}) == Path("/c.toml")
     assert load({"FLORA_CONFIG": str(tmp_path / "absent.toml")}) == UserConfig()
-    from flora_batch.cli import cli
+    from flora_batch.cli.main import cli
 
     values = {"base_url": "u", "ledger": "l", "concurrency": 3, "api_key": "sk_test_secret"}
     mapping = default_map(UserConfig(None, values), cli.commands)

@@ -14,14 +14,14 @@ from click.testing import CliRunner
 from e2e_helpers import FAST, REPO
 from toolbox_helpers import env, write_batch
 
-from flora_batch.cli import cli
-from flora_batch.docs_cli import render, walk
+from flora_batch.cli.docs import render, walk
+from flora_batch.cli.main import cli
 
 COMMANDS = [path for path, _ in walk(cli, "flora-batch")]
 
 
 def test_docs_cli_md_matches_help():
-    """docs/cli.md is exactly what `python -m flora_batch.docs_cli` prints (run `make docs`)."""
+    """docs/cli.md is exactly what `python -m flora_batch.cli.docs` prints (run `make docs`)."""
     assert (REPO / "docs" / "cli.md").read_text() == render(), "docs/cli.md drifted: make docs"
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from toolbox_helpers import creates, env
 
-from flora_batch.client import FloraClient
+from flora_batch.cli.scaffold import columns, csv_header, manifest_text
 from flora_batch.emulator.catalog import load_catalog
 from flora_batch.manifest import build_jobs, load_manifest
-from flora_batch.rows import load_rows
-from flora_batch.scaffold import columns, csv_header, manifest_text
+from flora_batch.manifest.rows import load_rows
+from flora_batch.remote.client import FloraClient
 from flora_batch.types import Technique
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from openpyxl import load_workbook
 from toolbox_helpers import PRODUCTS, env, run_batch, write_batch
 
-from flora_batch.report import Line, join, protect
-from flora_batch.rows import Row
+from flora_batch.manifest.rows import Row
+from flora_batch.report.lines import Line, join, protect
 from flora_batch.types import JobKey, JobRecord, JobState
 
 

@@ -12,7 +12,7 @@ from toolbox_helpers import PRODUCTS, as_json, env, run_batch, write_batch
 
 from flora_batch.emulator import FaultPlan
 from flora_batch.ledger import Ledger
-from flora_batch.status import WINDOW, compute, lines, throughput
+from flora_batch.report.status import WINDOW, compute, lines, throughput
 from flora_batch.types import JobKey, JobRecord, JobState
 
 

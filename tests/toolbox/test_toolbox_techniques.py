@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from toolbox_helpers import as_json, env
 
+from flora_batch.cli.techniques import seed_techniques
 from flora_batch.emulator.catalog import load_catalog
-from flora_batch.techniques import seed_techniques
 
 
 class _NoList(BaseHTTPRequestHandler):

@@ -11,7 +11,7 @@ from unit_support import CATALOG, MANIFEST, PRODUCTS_CSV, located
 
 from flora_batch.errors import ManifestProblems
 from flora_batch.manifest import Manifest, build_jobs, load_manifest
-from flora_batch.rows import load_rows
+from flora_batch.manifest.rows import load_rows
 from flora_batch.types import JobSpec, Technique
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flora_batch.budget import Budget
 from flora_batch.types import JobKey
+from flora_batch.worker.budget import Budget
 
 
 def key(n: int) -> JobKey:

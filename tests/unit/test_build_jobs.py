@@ -17,7 +17,7 @@ from flora_batch.manifest import (
     manifest_from_rows,
     send_type,
 )
-from flora_batch.rows import RowsSource, load_rows
+from flora_batch.manifest.rows import RowsSource, load_rows
 from flora_batch.types import IOSlot, JobSpec, RunInput
 
 Jobs = Callable[..., tuple[Manifest, list[JobSpec], list[str]]]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from flora_batch.client import Downloaded, FloraClient
 from flora_batch.errors import ResponseRefused, TransportError
+from flora_batch.remote.client import Downloaded, FloraClient
 
 Body = Callable[[asyncio.StreamWriter], Awaitable[None]]
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -18,9 +18,9 @@ import httpx
 import pytest
 from test_transport import read_request, response, serve
 
-from flora_batch.client import FloraClient
 from flora_batch.errors import AmbiguousCreate, RateLimited, TransportError
-from flora_batch.transport import AiohttpTransport
+from flora_batch.remote.client import FloraClient
+from flora_batch.remote.transport import AiohttpTransport
 from flora_batch.types import RunInput
 
 INPUTS = (RunInput("photo", "imageUrl", "https://example.com/a.png"),)

@@ -11,8 +11,8 @@ import pytest
 from unit_support import CATALOG
 
 from flora_batch.manifest import build_jobs, load_manifest
+from flora_batch.manifest.rows import load_rows
 from flora_batch.plan import make_plan
-from flora_batch.rows import load_rows
 from flora_batch.types import Technique
 from flora_batch.wire import parse_technique
 

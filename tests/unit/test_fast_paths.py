@@ -19,16 +19,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from unit_support import CATALOG, MANIFEST, PRODUCTS_CSV, make_spec
 
-from flora_batch import naming, sources
-from flora_batch.cells import MAX_CELL_BYTES, rows_from_cells
 from flora_batch.errors import ManifestError
-from flora_batch.jobs import build_jobs, build_keyed_jobs, number_occurrences
 from flora_batch.keys import BY_ROW_ID, canonical_json, job_key
 from flora_batch.ledger import records
-from flora_batch.manifest import load_manifest
+from flora_batch.manifest import load_manifest, naming, sources
+from flora_batch.manifest.cells import MAX_CELL_BYTES, rows_from_cells
+from flora_batch.manifest.jobs import build_jobs, build_keyed_jobs, number_occurrences
+from flora_batch.manifest.rows import load_rows
+from flora_batch.manifest.rows_text import _LINE, _lines
 from flora_batch.plan import Known, make_plan, plan_keyed
-from flora_batch.rows import load_rows
-from flora_batch.rows_text import _LINE, _lines
 from flora_batch.types import JobKey, JobState
 
 Write = Callable[[str, str | bytes], Path]

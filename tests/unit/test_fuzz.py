@@ -17,8 +17,8 @@ from unit_support import CATALOG, MANIFEST, PRODUCTS_CSV
 
 from flora_batch.errors import ManifestError
 from flora_batch.manifest import TOP_KEYS, build_jobs, load_manifest
+from flora_batch.manifest.rows import RowsSource, load_rows
 from flora_batch.plan import make_plan
-from flora_batch.rows import RowsSource, load_rows
 
 FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 BOMS = st.sampled_from([b"", codecs.BOM_UTF8, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE])

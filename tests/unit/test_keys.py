@@ -22,7 +22,7 @@ from flora_batch.keys import (
     normalise,
 )
 from flora_batch.manifest import build_jobs, load_manifest
-from flora_batch.rows import load_rows
+from flora_batch.manifest.rows import load_rows
 from flora_batch.types import JobSpec, RunInput
 
 words = st.text(min_size=1, max_size=20)

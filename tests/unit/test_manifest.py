@@ -12,7 +12,7 @@ from flora_batch.config import Settings
 from flora_batch.errors import ManifestError, ManifestProblems, UsageError
 from flora_batch.locations import ledger_location
 from flora_batch.manifest import load_manifest, manifest_from_rows
-from flora_batch.rows import load_rows
+from flora_batch.manifest.rows import load_rows
 
 Write = Callable[[str, str | bytes], Path]
 Problems = Callable[[str], list[str]]

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flora_batch.errors import ManifestError
-from flora_batch.naming import (
+from flora_batch.manifest.naming import (
     MAX_COMPONENT_BYTES,
     default_output_name,
     ext_for,

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from unit_support import CATALOG, make_spec
 
-from flora_batch.jobs import number_occurrences
 from flora_batch.keys import job_key
+from flora_batch.manifest.jobs import number_occurrences
 from flora_batch.plan import Known, keep_earlier_keys, make_plan, plan_keyed, plan_known
 from flora_batch.types import JobKey, JobSpec, JobState
 

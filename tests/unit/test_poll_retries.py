@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from flora_batch import retrying, tracking
+from flora_batch import retrying
 from flora_batch.config import Settings
 from flora_batch.errors import (
     AuthError,
@@ -26,7 +26,7 @@ from flora_batch.errors import (
     TransportError,
 )
 from flora_batch.types import JobKey, JobRecord, JobState, RunInfo
-from flora_batch.worker import Worker
+from flora_batch.worker import Worker, tracking
 
 KEY = JobKey("fj1:abc")
 SETTINGS = Settings(min_poll=2.0, max_poll=30.0)

@@ -1,4 +1,4 @@
-"""The poll-delay policy (``flora_batch.polling``): a pure function, checked with Hypothesis."""
+"""The poll-delay policy (``flora_batch.worker.polling``): pure, checked with Hypothesis."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flora_batch.config import Settings
-from flora_batch.polling import (
+from flora_batch.types import JobKey, JobRecord, JobState, RunInfo
+from flora_batch.worker.polling import (
     RESUME_POLLS_PER_SECOND,
     Learned,
     Typical,
@@ -15,7 +16,6 @@ from flora_batch.polling import (
     next_poll_delay,
     predicted_end,
 )
-from flora_batch.types import JobKey, JobRecord, JobState, RunInfo
 
 NOW = 1_800_000_000.0
 SETTINGS = Settings(min_poll=2.0, max_poll=30.0)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from flora_batch.reconcile import Evidence, candidates, judge
 from flora_batch.types import RunInfo
+from flora_batch.worker.reconcile import Evidence, candidates, judge
 
 
 def evidence(

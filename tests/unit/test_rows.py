@@ -17,7 +17,14 @@ import pytest
 from unit_support import located, problems_of
 
 from flora_batch.errors import ManifestError
-from flora_batch.rows import MAX_CELL_BYTES, Row, RowsSource, cell_text, load_rows, rows_from_cells
+from flora_batch.manifest.rows import (
+    MAX_CELL_BYTES,
+    Row,
+    RowsSource,
+    cell_text,
+    load_rows,
+    rows_from_cells,
+)
 
 Write = Callable[[str, str | bytes], Path]
 

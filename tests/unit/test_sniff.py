@@ -8,8 +8,8 @@ import io
 import pytest
 from PIL import Image
 
-from flora_batch.naming import ext_for
-from flora_batch.sniff import (
+from flora_batch.manifest.naming import ext_for
+from flora_batch.remote.sniff import (
     HEAD_BYTES,
     content_type_of,
     is_image,

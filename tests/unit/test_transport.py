@@ -21,9 +21,9 @@ import aiohttp
 import httpx
 import pytest
 
-from flora_batch.client import FloraClient, default_transport
 from flora_batch.errors import AmbiguousCreate, ConfigError, TransportError
-from flora_batch.transport import ENCODED_CHUNK, AiohttpTransport, map_error
+from flora_batch.remote.client import FloraClient, default_transport
+from flora_batch.remote.transport import ENCODED_CHUNK, AiohttpTransport, map_error
 from flora_batch.types import RunInput
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

@@ -15,13 +15,14 @@ from typing import Any
 import pytest
 from worker_support import BreakMedia, SlowPolls, batch, settings, states
 
-from flora_batch import retrying, worker
+from flora_batch import retrying
 from flora_batch.emulator import Emulator, EmulatorConfig
 from flora_batch.errors import ManifestProblems
 from flora_batch.ledger import Ledger
 from flora_batch.manifest import load_manifest
 from flora_batch.pipeline import run_batch
 from flora_batch.types import JobState
+from flora_batch.worker import loop as worker
 
 
 def moves(manifest: Path) -> list[list[tuple[str, str]]]:

@@ -23,12 +23,13 @@ from worker_support import (
     states,
 )
 
-from flora_batch import retrying, worker
+from flora_batch import retrying
 from flora_batch.emulator import Emulator, EmulatorConfig
 from flora_batch.ledger import Ledger
 from flora_batch.manifest import load_manifest
 from flora_batch.pipeline import plan_batch, run_batch
 from flora_batch.types import JobState
+from flora_batch.worker import loop as worker
 
 
 async def test_resumed_runs_are_polled_a_few_at_a_time_and_paid_once(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from flora_batch.errors import ManifestProblems
 from flora_batch.keys import job_key
 from flora_batch.manifest import load_manifest
-from flora_batch.sources import (
+from flora_batch.manifest.sources import (
     DIRECT_UPLOAD_LIMIT,
     FileFacts,
     MediaInputs,
@@ -246,7 +246,7 @@ def test_progress_line_shows_the_uploads():
     """The progress line leads with the input files uploaded so far."""
     from collections import Counter
 
-    from flora_batch.progress import line
+    from flora_batch.cli.progress import line
     from flora_batch.types import JobState
     from flora_batch.worker import Snapshot
 

@@ -10,7 +10,7 @@ from ledger_support import pg_schema
 
 from flora_batch.errors import LedgerConflict
 from flora_batch.ledger import Ledger
-from flora_batch.sources import UploadSource, upload_idempotency_key
+from flora_batch.manifest.sources import UploadSource, upload_idempotency_key
 from flora_batch.types import UploadState
 
 SHA = "0f" * 32
