@@ -32,11 +32,7 @@ LAYERS = (  # first match wins, from the innermost frame outwards
     (
         "manifest, rows, keys, plan",
         (
-            "flora_batch/manifest",
-            "flora_batch/jobs",
-            "flora_batch/yaml_reader",
-            "flora_batch/cells",
-            "flora_batch/rows",
+            "flora_batch/manifest/",
             "flora_batch/keys",
             "flora_batch/plan",
             "flora_batch/naming",
@@ -47,17 +43,11 @@ LAYERS = (  # first match wins, from the innermost frame outwards
 )
 
 
-#: The worker's modules (worker.py and the parts it is built from) and the client.
+#: The worker's modules (the loop and the parts it composes) and the client.
 WORKER_MODULES = (
-    "worker",
-    "workstate",
-    "tracking",
-    "downloads",
-    "reconcile",
-    "polling",
+    "worker/",
     "retrying",
-    "client",
-    "transport",
+    "remote/",
 )
 
 

@@ -36,7 +36,7 @@ from flora_batch.config import Settings
 from flora_batch.emulator import Emulator, EmulatorConfig
 from flora_batch.manifest import load_manifest
 from flora_batch.pipeline import run_batch
-from flora_batch.worker import state as workstate
+from flora_batch.worker import creates
 
 from .common import write_manifest
 
@@ -58,13 +58,13 @@ CASES = (Case(0.3, 8), Case(1.0, 8), Case(0.3, 32), Case(1.0, 32))
 @contextmanager
 def gate(on: bool) -> Iterator[None]:
     """The gate as shipped, or switched off (every create may leave at once)."""
-    shipped = workstate.WorkerState._gate_open_for
+    shipped = creates.Creates.may_leave
     if not on:
-        workstate.WorkerState._gate_open_for = lambda self, rec: True  # type: ignore[method-assign]
+        creates.Creates.may_leave = lambda self, rec: True  # type: ignore[method-assign]
     try:
         yield
     finally:
-        workstate.WorkerState._gate_open_for = shipped  # type: ignore[method-assign]
+        creates.Creates.may_leave = shipped  # type: ignore[method-assign]
 
 
 async def one_batch(work: Path, case: Case, gated: bool) -> float:

@@ -9,17 +9,24 @@ name another job's file already has is refused, never overwritten.
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict
 
 from .. import retrying
+from ..config import Settings
 from ..errors import ApiError, FloraError, NotFound, ResponseRefused, ResultsError
+from ..ledger import Ledger
 from ..manifest.naming import SUPERSEDED_FOLDER, ext_for, render_output_name
-from ..remote.client import Downloaded
-from ..types import JobKey, JobRecord, JobState, OutputRecord, RunInfo
-from .state import WorkerState
+from ..remote.client import Downloaded, FloraClient
+from ..results.local import ResultStore
+from ..types import JobKey, JobRecord, JobState, OutputRecord, RunInfo, SavedJob
+from .state import Board, Clock, committed
 
 log = logging.getLogger("flora_batch.worker")
+
+_MAX_DOWNLOAD_ROUNDS = 4
 
 
 class _SavedFile(TypedDict):
@@ -31,15 +38,68 @@ class _SavedFile(TypedDict):
     content_type: str | None
     now: float
 
-_MAX_DOWNLOAD_ROUNDS = 4
+
+@dataclass
+class Names:
+    """The output names taken in this results location, casefolded, with their jobs.
+
+    Jobs loaded with saved files are claimed lazily, at the first download: a resumed
+    batch that is all done claims nothing (``unclaimed``: whole records;
+    ``unclaimed_saved``: done jobs loaded light, by their recorded paths).
+    """
+
+    taken: dict[str, JobKey] = field(default_factory=dict)
+    unclaimed: list[JobRecord] = field(default_factory=list)
+    unclaimed_saved: list[SavedJob] = field(default_factory=list)
 
 
-class Downloads(WorkerState):
-    """The worker's download step (mixed into ``Worker``)."""
+@dataclass(frozen=True)
+class Fetched:
+    """How a download round ended: the job done, a later round, or stuck (with why)."""
 
-    async def _download(self, key: JobKey) -> None:
-        """Fetch every output not yet on disk; a job is done only when all are verified."""
-        self.download_rounds[key] += 1
+    done: bool = False
+    again_at: float | None = None
+    stuck: str | None = None
+
+
+class Downloader:
+    """The worker's download step: a completed run's outputs to verified files."""
+
+    def __init__(
+        self,
+        *,
+        client: FloraClient,
+        ledger: Ledger,
+        results: ResultStore,
+        board: Board,
+        names: Names,
+        settings: Settings,
+        clock: Clock,
+        superseded: frozenset[JobKey] = frozenset(),
+    ) -> None:
+        self.client, self.ledger, self.results, self.board = client, ledger, results, board
+        self.names, self.settings, self.clock = names, settings, clock
+        #: Jobs of edited or removed rows whose paid run is finished anyway; their files
+        #: go under ``naming.SUPERSEDED_FOLDER``, apart from the rows'.
+        self.superseded = superseded
+        self.rounds: Counter[JobKey] = Counter()
+        #: Completed runs with one output, being fetched: the ledger learns of the run's
+        #: end with the file (``finish_run``), or, if that fails, first (``downloading``).
+        self.completed_runs: dict[JobKey, RunInfo] = {}
+
+    async def download(self, key: JobKey, fresh: RunInfo | None = None) -> Fetched:
+        """Fetch every output not yet on disk; a job is done only when all are verified.
+
+        Args:
+            fresh: a run that just completed with one output, not recorded yet: its
+                file and its end are recorded together (``finish_run``).
+
+        Raises:
+            ResultsError: the results folder cannot be written (the batch stops).
+        """
+        self.rounds[key] += 1
+        if fresh is not None:
+            self.completed_runs[key] = fresh
         try:
             run = self.completed_runs.get(key)
             if run is not None:
@@ -47,31 +107,28 @@ class Downloads(WorkerState):
             # The ledger's order (by output id, in its collation): ``{index}`` in a name
             # must be the same whichever way the job was read.
             # (After ``_download_only``: only an output that a refreshed run added.)
-            for index, out in enumerate(self.jobs[key].outputs):
+            for index, out in enumerate(self.board[key].outputs):
                 if not out.sha256:
                     await self._download_one(key, index, out)
-        except ResultsError as exc:
-            self.abort = exc
-            return
+        except ResultsError:
+            raise
         except FloraError as exc:
-            self._download_trouble(key, exc)
-            return
-        rec = self.jobs[key]
+            if self.rounds[key] >= _MAX_DOWNLOAD_ROUNDS:
+                return Fetched(stuck=f"download kept failing: {exc}")
+            return Fetched(again_at=self.clock() + self.settings.min_poll)
+        rec = self.board[key]
         if rec.state is not JobState.DONE:  # nothing was left to save: done without a file
-            rec = self._update(self.ledger.mark_done(key, now=self.clock()))
-        self._release(key)
-        self.done_this_run += 1
-        self.last_success = self.clock()
-        if rec.charged_cost is None:
-            self._schedule(key, self.clock() + self.settings.min_poll, "charge")
+            rec = self.board.update(self.ledger.mark_done(key, now=self.clock()))
         log.info("done %s", rec.source or key)
+        return Fetched(done=True)
 
-    def _download_trouble(self, key: JobKey, exc: FloraError) -> None:
-        if self.download_rounds[key] >= _MAX_DOWNLOAD_ROUNDS:
-            self.stuck[key] = f"download kept failing: {exc}"
-            self._release(key)
-            return
-        self._schedule(key, self.clock() + self.settings.min_poll, "download")
+    def _record_outputs(self, key: JobKey, run: RunInfo) -> None:
+        """``downloading``: the completed run's outputs and bill, before their files."""
+        self.board.update(
+            self.ledger.mark_downloading(
+                key, run.outputs, now=self.clock(), charged_cost=run.charged_cost
+            )
+        )
 
     async def _download_only(self, key: JobKey, run: RunInfo) -> None:
         """The one output of a run that just completed (``Tracker._completed``): fetched,
@@ -91,7 +148,7 @@ class Downloads(WorkerState):
             self._save(key, out.output_id, path, saved)
             return
         file = self._file(path, saved)
-        self._update(self.ledger.finish_run(key, out, **file, charged_cost=run.charged_cost))
+        self.board.update(self.ledger.finish_run(key, out, **file, charged_cost=run.charged_cost))
 
     async def _download_one(self, key: JobKey, index: int, out: OutputRecord) -> None:
         """One output of a job in ``downloading``: fetched, then saved in the ledger."""
@@ -100,7 +157,7 @@ class Downloads(WorkerState):
 
     def _save(self, key: JobKey, output_id: str, path: str, saved: Downloaded) -> None:
         """One commit records the file and, after the job's last output, makes it done."""
-        self._update(self.ledger.save_output(key, output_id, **self._file(path, saved)))
+        self.board.update(self.ledger.save_output(key, output_id, **self._file(path, saved)))
 
     def _file(self, path: str, saved: Downloaded) -> _SavedFile:
         """What the ledger records of a file put in place (``save_output``, ``finish_run``)."""
@@ -118,10 +175,10 @@ class Downloads(WorkerState):
         An expired URL (403/404/410) is replaced by a fresh one from the run
         (``_fresh_url``), up to twice.
         """
-        rec = self.jobs[key]
+        rec = self.board[key]
         if out.type == "text":
             rel = self._claim(key, self._name(rec, out, index, None), out, None)
-            await self._committed()  # the job's run known on disk before its file lands
+            await committed(self.ledger)  # the job's run known on disk before its file lands
             text = self.results.write_text(out.url, rel)
             return str(text.path), Downloaded(text.size, text.sha256, text.content_type)
         url, refreshed = out.url, 0
@@ -150,7 +207,7 @@ class Downloads(WorkerState):
                 raise
             name = self._claim(key, self._name(rec, out, index, got.content_type), out, tmp)
             try:
-                await self._committed()  # the job's run known on disk before its file lands
+                await committed(self.ledger)  # the job's run known on disk before its file lands
             except BaseException:
                 self.results.discard(tmp)
                 raise
@@ -162,7 +219,7 @@ class Downloads(WorkerState):
         if self.completed_runs.pop(key, None) is not None:
             self._record_outputs(key, run)
         else:
-            self._update(self.ledger.refresh_output_urls(key, run.outputs))
+            self.board.update(self.ledger.refresh_output_urls(key, run.outputs))
 
     def _claim(self, key: JobKey, name: str, out: OutputRecord, tmp: Path | None) -> str:
         """``name``, unless another job's output has it (ignoring case): then refuse.
@@ -173,19 +230,21 @@ class Downloads(WorkerState):
         their recorded paths give: the file on disk is what must not be overwritten, and
         no done job is read whole for it (a resume of 100,000 with a few new rows).
         """
-        if self.unclaimed_saved:  # done jobs loaded light: their recorded paths suffice
-            saved, self.unclaimed_saved = self.unclaimed_saved, []
+        names = self.names
+        if names.unclaimed_saved:  # done jobs loaded light: their recorded paths suffice
+            saved, names.unclaimed_saved = names.unclaimed_saved, []
             for job in saved:
                 self._claim_files(job.key, [path for path, _, sha in job.files if sha])
-        while self.unclaimed:
-            rec = self.unclaimed.pop()
+        while names.unclaimed:
+            rec = names.unclaimed.pop()
             self._claim_files(rec.key, [o.path for o in rec.outputs if o.sha256])
-        owner = self.names.setdefault(name.casefold(), key)
+        owner = names.taken.setdefault(name.casefold(), key)
         if owner == key:
             return name
         if tmp is not None:
             self.results.discard(tmp)
-        other = self.jobs[owner].source if owner in self.jobs else self._source_of(owner)
+        jobs = self.board.jobs
+        other = jobs[owner].source if owner in jobs else self._source_of(owner)
         raise ResponseRefused(
             f"output {out.output_id!r} would be saved as {name!r}, which is {other}'s file "
             "already: not overwritten (make output.name unique per row)"
@@ -196,7 +255,7 @@ class Downloads(WorkerState):
         for path in paths:
             name = self.results.name_of(path) if path else None
             if name is not None:
-                self.names.setdefault(name.casefold(), key)
+                self.names.taken.setdefault(name.casefold(), key)
 
     def _source_of(self, key: JobKey) -> str:
         """Where a job not loaded whole comes from (its row), for a message."""
@@ -207,7 +266,7 @@ class Downloads(WorkerState):
 
     async def _fresh_url(self, key: JobKey, output_id: str) -> str:
         """Output URLs expire: poll the run again for fresh ones."""
-        rec = self.jobs[key]
+        rec = self.board[key]
         run = await retrying.call(
             lambda: self.client.get_run(rec.technique, rec.run_id or ""), what="refresh URLs"
         )

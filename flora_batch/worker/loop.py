@@ -1,20 +1,21 @@
-"""The worker pool: submit → poll → download, with every step in the ledger first.
+"""The worker: one loop that drives every job of a batch to its end, read top to bottom.
 
-One loop (``Worker.run``) owns the schedule: it starts submissions while there is room
-under the in-flight limit, the submission pace and the budget; it starts polls for the
-runs whose time has come (a heap of due times, not a sleeping task per run; at most
-``_POLLS_AT_ONCE`` in the air, so polls never crowd out creates and downloads); and it
-sleeps until a step ends (each task's done-callback wakes it) or the next due time.
+The life of one job, in the order this module tells it::
+
+    planned ──_submit──► (creates.Creates.send) ──► running ──_poll──► (tracking.Poller)
+        ──► completed ──_download──► (downloads.Downloader) ──► done
+    a create whose answer was lost ──_reconcile──► (reconcile.Reconciler) ──► running / …
+
+``Worker.run`` owns the schedule (``state.Agenda``): it starts creates while there is
+room under the in-flight limit, the create pace, the budget and the technique's gate; it
+starts the polls whose time has come (at most ``_POLLS_AT_ONCE`` in the air, so polls
+never crowd out creates and downloads) and whatever else is due; and it sleeps until a
+step ends or the next due time.  Each step is one of the composed parts; what a part
+returns says what follows, and the loop schedules it.
 
 The rule that makes it safe to kill at any instant: each step writes the ledger *before*
-the action that depends on it (intent before action) and *right after* learning
-anything (a run id, an output's hash).  A job found in ``submitting`` after a crash is
-sent again only with the same idempotency key, inside the server's key window;
-otherwise it is reconciled from the run history, never bought again blindly.
-
-The parts: this module (the loop, loading, submit, poll), ``downloads.py``,
-``reconcile.py``, ``polling.py`` (when to poll: a pure policy) and ``workstate.py``
-(the state they share, the pacer, ``Snapshot`` and ``Outcome``).
+the action that depends on it (intent before action) and *right after* learning anything
+(a run id, an output's hash); ``creates.py`` holds the rules of the paid step.
 """
 
 from __future__ import annotations
@@ -22,29 +23,38 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-from collections import Counter
+import time
+from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 
-from .. import retrying
-from ..errors import (
-    AmbiguousCreate,
-    ApiError,
-    AuthError,
-    FloraError,
-    IdempotencyConflict,
-    IdempotencyDuplicate,
-    InsufficientCredits,
-    LeaseLost,
-    RateLimited,
-    TransportError,
-    UploadError,
-)
-from ..types import JobKey, JobRecord, JobState, RunInfo, RunInput, SavedJob
+from ..config import Settings
+from ..errors import AuthError, FloraError, LeaseLost, ResultsError, UploadError
+from ..ledger import Ledger
+from ..remote.client import FloraClient
+from ..results.local import ResultStore
+from ..types import JobKey, JobRecord, JobState, RunInfo, RunInput, SavedJob, Technique
 from . import polling
-from .budget import may_owe_a_bill
-from .reconcile import Reconciler
-from .state import Clock, InputResolver, Outcome, Pacer, ProgressHook, Refill, Snapshot
-from .tracking import Tracker
+from .budget import Budget, may_owe_a_bill
+from .creates import PROVING_CODES, Creates
+from .downloads import Downloader, Names
+from .polling import Learned
+from .reconcile import Reconciler, Sends
+from .state import (
+    Agenda,
+    Board,
+    Clock,
+    InputResolver,
+    Outcome,
+    Pacer,
+    ProgressHook,
+    Pulse,
+    Refill,
+    ServerClock,
+    Snapshot,
+    quote,
+    settle_seconds,
+)
+from .tracking import Poller, lost_bill_note
 
 log = logging.getLogger("flora_batch.worker")
 
@@ -59,7 +69,6 @@ __all__ = [
     "Worker",
 ]
 
-_MAX_SUBMIT_TRIES = 8
 _INPUT_WAIT = 0.25  # seconds between looks at a job whose input files are still uploading
 _REFILL_IDLE = 0.25  # seconds between claims that found nothing
 #: Polls in the air at once; the rest wait in the heap (due polls cost nothing there).
@@ -71,18 +80,125 @@ _POLLS_AT_ONCE = 24
 _COMMIT_WINDOW = 0.02
 #: Jobs ``_start_submits`` passes over (their technique busy) before it stops looking.
 _PASS_OVER = 64
-#: ``mark_needs_reconcile`` codes that prove FLORA holds the job's key (a run exists).
-_PROVING_CODES = frozenset({"idempotency_duplicate", "idempotency_conflict"})
-_EXPIRED = "its idempotency key may have been forgotten by FLORA (older than its window)"
-#: The ledger ``meta`` entry of the server clock's offset, and the change that rewrites it.
-_OFFSET_META = "server-clock-offset"
-_OFFSET_NOTE = 0.5
-#: Refusals that stop the batch rather than say anything about one job's create.
-_STOPPING = (AuthError, InsufficientCredits, RateLimited)
 
 
-class Worker(Tracker, Reconciler):
+class Worker:
     """Drives one batch's jobs to a terminal state (or a clean, resumable stop)."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        client: FloraClient,
+        results: ResultStore,
+        techniques: dict[str, Technique],
+        *,
+        settings: Settings,
+        concurrency: int,
+        max_cost: float | None = None,
+        clock: Clock = time.time,
+        progress: ProgressHook | None = None,
+        resolve_inputs: InputResolver | None = None,
+        refill: Refill | None = None,
+        pacer: Pacer | None = None,
+        superseded: frozenset[JobKey] = frozenset(),
+    ) -> None:
+        self.ledger, self.client, self.results = ledger, client, results
+        self.techniques, self.settings, self.clock = techniques, settings, clock
+        self.progress, self.resolve_inputs, self.refill = progress, resolve_inputs, refill
+        self.pacer = pacer or Pacer(concurrency, settings.submit_rate, clock)
+        self.stop_event = asyncio.Event()
+        # What the parts share, each passed to the parts that need it.
+        self.board = Board()
+        self.agenda = Agenda()
+        self.pulse = Pulse(last_success=clock())
+        self.budget = Budget(max_cost)
+        self.learned = Learned()
+        self.server_clock = ServerClock(self.learned, ledger)
+        self.sends = Sends()
+        self.names = Names()
+        #: Runs of done jobs loaded light (``_load_saved``): a reconcile must not adopt them.
+        self.saved_runs: set[str] = set()
+        # The parts.
+        self.creates = Creates(
+            client=client,
+            ledger=ledger,
+            board=self.board,
+            sends=self.sends,
+            budget=self.budget,
+            pacer=self.pacer,
+            server_clock=self.server_clock,
+            settings=settings,
+            clock=clock,
+        )
+        self.creates.on_open = self.agenda.wake
+        self.poller = Poller(
+            client=client,
+            ledger=ledger,
+            board=self.board,
+            agenda=self.agenda,
+            pacer=self.pacer,
+            pulse=self.pulse,
+            budget=self.budget,
+            learned=self.learned,
+            server_clock=self.server_clock,
+            settings=settings,
+            clock=clock,
+        )
+        self.downloader = Downloader(
+            client=client,
+            ledger=ledger,
+            results=results,
+            board=self.board,
+            names=self.names,
+            settings=settings,
+            clock=clock,
+            superseded=superseded,
+        )
+        self.reconciler = Reconciler(
+            client=client,
+            ledger=ledger,
+            board=self.board,
+            sends=self.sends,
+            server_clock=self.server_clock,
+            techniques=techniques,
+            settings=settings,
+            clock=clock,
+            saved_runs=self.saved_runs,
+            peers=self._shared_peers if refill is not None else None,
+        )
+        # The loop's own state.
+        self.queue: deque[JobKey] = deque()
+        self.batch: str | None = None  # money is counted per batch: a ledger may hold several
+        self.started = clock()
+        self.stop_new: str | None = None
+        self.abort: FloraError | None = None
+        self._stop_error: FloraError | None = None
+        self.budget_notes: list[str] = []
+        self.saved_count = 0
+        self.saved_spent = 0.0
+        #: Techniques whose earlier durations ``_load`` has read from the ledger.
+        self.primed: set[str] = set()
+        self._money_loaded = False
+        self._refill_at = 0.0
+        #: Jobs this worker lost to another (LeaseLost): a refill never loads them again.
+        self.handed_away: set[JobKey] = set()
+
+    # -- what callers read ---------------------------------------------------------------
+
+    @property
+    def jobs(self) -> dict[JobKey, JobRecord]:
+        """Each job as the ledger last said (the board's)."""
+        return self.board.jobs
+
+    @property
+    def stuck(self) -> dict[JobKey, str]:
+        """Jobs waiting for a later run, and why."""
+        return self.board.stuck
+
+    @property
+    def done_this_run(self) -> int:
+        """Jobs this run finished."""
+        return self.pulse.done_this_run
 
     # -- the loop ------------------------------------------------------------------
 
@@ -101,7 +217,7 @@ class Worker(Tracker, Reconciler):
         self._load_saved(saved)
         deadline = self.started + self.settings.max_runtime if self.settings.max_runtime else None
         stopper = asyncio.ensure_future(self.stop_event.wait())
-        stopper.add_done_callback(lambda _: self._wake.set())
+        stopper.add_done_callback(lambda _: self.agenda.wake.set())
         last_progress = 0.0
         # Transitions share durable commits, one per ``_COMMIT_WINDOW`` at most
         # (``LedgerCore.group_commits``): a commit costs more than the statements it holds.
@@ -116,12 +232,12 @@ class Worker(Tracker, Reconciler):
                 self._top_up(now)
                 self._start_submits(now)
                 self._start_due(now)
-                if not self.tasks and not self._waiting():
+                if not self.agenda.tasks and not self._waiting():
                     break
                 if self.progress and now - last_progress >= 0.5:
                     self.progress(self.snapshot())
                     last_progress = now
-                await self._nap(self._sleep_for(now))
+                await self.agenda.nap(self._sleep_for(now))
                 self._reap()
         except BaseException:
             # The batch is dying (cancelled: a crash, as far as the ledger can tell):
@@ -132,7 +248,8 @@ class Worker(Tracker, Reconciler):
             raise
         stopper.cancel()
         try:
-            await self._wind_down()
+            await self.agenda.cancel_all()  # every step is in the ledger already
+            await self.creates.wind_down()  # but a create in the air is waited out
         finally:
             self.ledger.group_commits(None)
         return self._outcome()
@@ -141,93 +258,50 @@ class Worker(Tracker, Reconciler):
         """Why the loop must end now, if it must: a stop asked for, time up, FLORA gone."""
         if self.stop_event.is_set() or (deadline and now >= deadline):
             return "interrupted" if self.stop_event.is_set() else "runtime"
-        if now - self.last_success > self.settings.outage_limit:
+        if now - self.pulse.last_success > self.settings.outage_limit:
             return "outage"
         return None
 
-    async def _nap(self, seconds: float) -> None:
-        """Sleep until a task ends (its done-callback sets ``_wake``) or ``seconds`` pass.
-
-        O(1) per wake-up whatever the number of tasks: ``asyncio.wait`` over every task
-        added and removed a callback on each of them, every time.
-        """
-        if not self._wake.is_set():
-            timer = asyncio.get_running_loop().call_later(seconds, self._wake.set)
-            try:
-                await self._wake.wait()
-            finally:
-                timer.cancel()
-        self._wake.clear()
-
     def _waiting(self) -> bool:
         """Whether anything is left that a later wake-up could start."""
-        return bool(self.due or self.polls_due) or (bool(self.queue) and self.stop_new is None)
+        return self.agenda.pending() or (bool(self.queue) and self.stop_new is None)
 
     def _sleep_for(self, now: float) -> float:
-        wake = [self.due[0][0]] if self.due else []
-        if self.polls_due and self.polling < _POLLS_AT_ONCE:  # else a poll's end wakes us
-            wake.append(max(self.polls_due[0][0], self.pacer.paused_until))
-        if self.queue and self.stop_new is None and len(self.slots) < self.pacer.limit:
+        agenda = self.agenda
+        wake = [agenda.due[0][0]] if agenda.due else []
+        if agenda.polls_due and agenda.polling < _POLLS_AT_ONCE:  # else a poll's end wakes us
+            wake.append(max(agenda.polls_due[0][0], self.pacer.paused_until))
+        if self.queue and self.stop_new is None and len(self.board.slots) < self.pacer.limit:
             wake.append(self.pacer.ready_at())
         return max(0.01, min([*wake, now + 0.5]) - now)
 
     def _reap(self) -> None:
-        """Look at the tasks that ended since the last wake-up (only those)."""
-        while self._finished:
-            task = self._finished.pop()
-            self.tasks.discard(task)
+        """Look at the steps that ended since the last wake-up (only those)."""
+        for task in self.agenda.ended():
             exc = None if task.cancelled() else task.exception()
             if isinstance(exc, LeaseLost) and self.refill is not None:
                 log.warning("lost the lease: %s", exc)  # another worker has the job now
                 key = JobKey(exc.key)
                 self.handed_away.add(key)
-                self._release(key)
-                self._open_gate(key)
+                self.board.release(key)
+                self.creates.open(key)
                 self.budget.release(key)
             elif exc is not None:
                 raise exc  # a bug: surface it
 
-    async def _wind_down(self) -> None:
-        """A clean stop: every step is cancelled (each is already in the ledger), but the
-        creates in the air are waited out (at most ``_settle``) and their runs recorded,
-        so that no job is left with a create whose fate nobody knows (a cluster worker
-        hands its jobs back right after)."""
-        for task in self.tasks:
-            task.cancel()
-        if self.tasks:
-            await asyncio.gather(*self.tasks, return_exceptions=True)
-        self.tasks.clear()
-        for key in self.unsent:  # stopped before its create left: nothing to wait out
-            if self.jobs[key].state is JobState.SUBMITTING:
-                reason = "stopped before its create was sent"
-                self._update(self.ledger.release_unsent(key, now=self.clock(), reason=reason))
-        self.unsent.clear()
-        flights = dict(self.flights)
-        if flights:
-            await asyncio.wait(flights.values(), timeout=self._settle())
-        for key, flight in flights.items():
-            if not flight.done():
-                flight.cancel()  # its job stays submitting: resent only after a settle
-                continue
-            run = None if flight.cancelled() or flight.exception() else flight.result()
-            if run is not None and self.jobs[key].state is JobState.SUBMITTING:
-                self._record_run(key, run)
-        self.flights.clear()
-
     def _abandon(self) -> None:
         """The process "dies" here: cancel everything, record nothing, commit nothing."""
-        for task in self.tasks:
+        for task in self.agenda.tasks:
             task.cancel()
-        for flight in self.flights.values():
-            flight.cancel()
+        self.creates.abandon()
         self.ledger.abandon_group()
 
-    # -- loading and scheduling -------------------------------------------------------
+    # -- loading ------------------------------------------------------------------------
 
     def _load(self, jobs: list[JobRecord]) -> None:
         """Put each job where its ledger state says it belongs."""
         self.batch = jobs[0].batch if jobs else self.batch
-        self._load_budget()
+        self._load_money()
         for technique in {rec.technique for rec in jobs if not rec.state.terminal} - self.primed:
             # How long its runs took before, in this batch or any other (a nightly cron);
             # once per technique: a cluster worker loads jobs at every refill.
@@ -236,41 +310,40 @@ class Worker(Tracker, Reconciler):
         running: list[JobRecord] = []
         now = self.clock()
         for rec in jobs:
-            self.jobs[rec.key] = rec
+            self.board.update(rec)
             if rec.outputs:
-                self.unclaimed.append(rec)
+                self.names.unclaimed.append(rec)
             if rec.charged_cost is None and may_owe_a_bill(rec):
-                self.budget.hold(rec.key, rec.technique, self._quote(rec))
-                self.budget.base -= self.budget.reserve(rec.technique, self._quote(rec))
+                price = quote(rec, self.techniques)
+                self.budget.hold(rec.key, rec.technique, price)
+                self.budget.base -= self.budget.reserve(rec.technique, price)
             if rec.run_id is None and rec.submitted_at is not None:
                 # An earlier process may have sent creates any time since the first one
                 # until its last recorded send (``updated_at``: ``note_send``).
-                self.windows[rec.key] = [(rec.submitted_at, _last_send(rec, now))]
+                self.sends.windows[rec.key] = [(rec.submitted_at, _last_send(rec, now))]
             if rec.run_id and rec.charged_cost is None and rec.state.terminal:
-                self._schedule(rec.key, now, "charge")  # the bill came late
+                self.agenda.at(rec.key, now, "charge")  # the bill came late
             if rec.state is JobState.SUBMITTING:
                 # Its last create may still be running at FLORA: sent again, with its key,
                 # only once it surely is not (two same-key creates may both run, CONTRACT §6).
-                self._hold_gate(rec.key)
-                self._schedule(rec.key, _last_send(rec, now) + self._settle(), "submit")
+                self.creates.hold(rec.key)
+                when = _last_send(rec, now) + settle_seconds(self.settings)
+                self.agenda.at(rec.key, when, "submit")
             elif rec.state is JobState.RUNNING:
                 running.append(rec)
             else:
                 self._place(rec)
         self._resume_polls(running)
 
-    def _load_budget(self) -> None:
-        """The batch's money from the ledger, once: bills, reservations, highest bills."""
-        if self.budget_loaded:
+    def _load_money(self) -> None:
+        """The batch's money and the server clock's offset from the ledger, once."""
+        if self._money_loaded:
             return
-        self.budget_loaded = True
+        self._money_loaded = True
         spent, reserved = self.ledger.money(self.batch)
         self.budget.base = spent + reserved
         self.budget.highest = self.ledger.highest_bills()
-        stored = self.ledger.get_meta(_OFFSET_META)
-        self.stored_offset = float(stored) if stored else None
-        if self.stored_offset is not None and not self.learned.offset_known:
-            self.learned.offset = self.stored_offset  # until this process measures its own
+        self.server_clock.load()
 
     def _load_saved(self, saved: Sequence[SavedJob]) -> None:
         """Done jobs, light: each file checked (one ``lstat``); a job with a file gone or a
@@ -288,7 +361,7 @@ class Worker(Tracker, Reconciler):
             if job.run_id:
                 self.saved_runs.add(job.run_id)
             if job.files:
-                self.unclaimed_saved.append(job)
+                self.names.unclaimed_saved.append(job)
         if whole:
             self._load(whole)
 
@@ -297,13 +370,13 @@ class Worker(Tracker, Reconciler):
         if rec.state is JobState.PLANNED:
             self.queue.append(rec.key)
         elif rec.state is JobState.DOWNLOADING:
-            self.slots.add(rec.key)
-            self._spawn(self._download(rec.key))
+            self.board.slots.add(rec.key)
+            self.agenda.spawn(self._download(rec.key))
         elif rec.state is JobState.NEEDS_RECONCILE:
-            self._hold_gate(rec.key)
-            if rec.error_code in _PROVING_CODES:
-                self.proven.add(rec.key)
-            self._spawn(self._reconcile(rec.key))
+            self.creates.hold(rec.key)
+            if rec.error_code in PROVING_CODES:
+                self.sends.proven.add(rec.key)
+            self.agenda.spawn(self._reconcile(rec.key))
         elif rec.state is JobState.DONE:
             self._check_done(rec)
 
@@ -313,8 +386,8 @@ class Worker(Tracker, Reconciler):
         now = self.clock()
         spread = polling.first_polls(len(running), self.settings)
         for rec, later in zip(running, spread, strict=True):
-            self.slots.add(rec.key)
-            self._schedule(rec.key, now + later, "poll")
+            self.board.slots.add(rec.key)
+            self.agenda.at(rec.key, now + later, "poll")
 
     def _check_done(self, rec: JobRecord) -> None:
         """A done job's files must still be there; if not, fetch them again (never re-buy)."""
@@ -326,77 +399,82 @@ class Worker(Tracker, Reconciler):
             return
         for out in bad:
             self.ledger.clear_output_file(rec.key, out.output_id)
-        self.jobs[rec.key] = self.ledger.reopen_download(rec.key, now=self.clock())
-        self.slots.add(rec.key)
-        self._spawn(self._download(rec.key))
+        self.board.update(self.ledger.reopen_download(rec.key, now=self.clock()))
+        self.board.slots.add(rec.key)
+        self.agenda.spawn(self._download(rec.key))
+
+    # -- starting what may start ---------------------------------------------------------
 
     def _start_due(self, now: float) -> None:
         """Start what is due: polls up to ``_POLLS_AT_ONCE`` in the air (none while a 429
         pauses the pool), everything else."""
+        agenda = self.agenda
         paused = now < self.pacer.paused_until
         while (
             not paused
-            and self.polls_due
-            and self.polls_due[0][0] <= now
-            and self.polling < _POLLS_AT_ONCE
+            and agenda.polls_due
+            and agenda.polls_due[0][0] <= now
+            and agenda.polling < _POLLS_AT_ONCE
         ):
-            key = heapq.heappop(self.polls_due)[2]
-            self.polling += 1
-            self._spawn(self._poll(key))
-        while self.due and self.due[0][0] <= now:
-            _, _, kind, key = heapq.heappop(self.due)
+            key = heapq.heappop(agenda.polls_due)[2]
+            agenda.polling += 1
+            agenda.spawn(self._poll(key))
+        while agenda.due and agenda.due[0][0] <= now:
+            _, _, kind, key = heapq.heappop(agenda.due)
             if kind == "charge":
-                self._spawn(self._reread_charge(key))
+                agenda.spawn(self._reread_charge(key))
             elif kind == "download":
-                self._spawn(self._download(key))
+                agenda.spawn(self._download(key))
             elif kind == "reconcile":
-                self._spawn(self._reconcile(key))
+                agenda.spawn(self._reconcile(key))
             else:
                 self.queue.appendleft(key)
 
     def _start_submits(self, now: float) -> None:
         """Start creates while there is room, pace, budget and a free gate.
 
-        Jobs whose technique's gate is held by another job (``WorkerState.gates``), or
-        whose technique has no known bill yet under a cap while one of its runs is held
-        (``Budget.allows``), are passed over, not dropped: they keep their place.
+        Jobs whose technique's gate is held by another job (``Creates.gates``), or whose
+        technique has no known bill yet under a cap while one of its runs is held
+        (``Budget.awaits_first_bill``), are passed over, not dropped: they keep their place.
         """
         passed: list[JobKey] = []
         try:
-            while self.queue and self.stop_new is None and len(self.slots) < self.pacer.limit:
+            while (
+                self.queue
+                and self.stop_new is None
+                and len(self.board.slots) < self.pacer.limit
+            ):
                 if self.pacer.ready_at() > now or len(passed) > _PASS_OVER:
                     return
                 key = self.queue[0]
-                rec = self.jobs[key]
-                if not self._gate_open_for(rec) or self._awaits_first_bill(rec):
+                rec = self.board[key]
+                waits_for_bill = rec.state is JobState.PLANNED and self.budget.awaits_first_bill(
+                    rec.technique
+                )
+                if not self.creates.may_leave(rec) or waits_for_bill:
                     passed.append(self.queue.popleft())
                     continue
                 inputs = self._ready_inputs(key, now)
                 if inputs is None:
                     continue
                 if rec.state is JobState.PLANNED:
-                    quote = self._quote(rec)
-                    if not self.budget.allows(rec.technique, quote):
+                    price = quote(rec, self.techniques)
+                    if not self.budget.allows(rec.technique, price):
                         self.stop_new = "budget"
                         return
-                    self.budget.hold(key, rec.technique, quote)
+                    self.budget.hold(key, rec.technique, price)
                 self.queue.popleft()
-                self._hold_gate(key)
-                self.slots.add(key)
-                self._spawn(self._submit(key, inputs, wait=self.pacer.took()))
+                self.creates.hold(key)
+                self.board.slots.add(key)
+                self.agenda.spawn(self._submit(key, inputs, wait=self.pacer.took()))
         finally:
             self.queue.extendleft(reversed(passed))
-
-    def _awaits_first_bill(self, rec: JobRecord) -> bool:
-        """Under a cap, a technique with no known bill buys one run at a time: wait for its
-        first bill before buying the next (a quote is not a bill, CONTRACT.md §4)."""
-        return rec.state is JobState.PLANNED and self.budget.awaits_first_bill(rec.technique)
 
     def _top_up(self, now: float) -> None:
         """Cluster mode: claim more jobs from the shared ledger while there is room."""
         if self.refill is None or self.stop_new is not None or self.queue or now < self._refill_at:
             return
-        room = self.pacer.limit - len(self.slots)
+        room = self.pacer.limit - len(self.board.slots)
         if room <= 0:
             return
         claimed = self.refill(room)
@@ -409,8 +487,12 @@ class Worker(Tracker, Reconciler):
 
     def _working_on(self, key: JobKey) -> bool:
         """Whether this worker has ``key`` in hand (not settled, not handed away)."""
-        rec = self.jobs.get(key)
+        rec = self.board.jobs.get(key)
         return rec is not None and not rec.state.terminal and key not in self.handed_away
+
+    def _shared_peers(self, rec: JobRecord) -> dict[JobKey, JobRecord]:
+        """Cluster mode: every job of the batch in the shared ledger (others' too)."""
+        return {r.key: r for r in self.ledger.jobs(batch=rec.batch)}
 
     def _ready_inputs(self, key: JobKey, now: float) -> tuple[RunInput, ...] | None:
         """What the first queued job's create will send, once its input files are uploaded;
@@ -418,257 +500,131 @@ class Worker(Tracker, Reconciler):
 
         Waiting for uploads is not an outage: the upload stage bounds its own waits.
         """
+        rec = self.board[key]
         try:
-            inputs = self._inputs(self.jobs[key])
+            inputs = rec.inputs if self.resolve_inputs is None else self.resolve_inputs(rec)
         except UploadError as exc:
             self.queue.popleft()
-            self.stuck[key] = str(exc)
+            self.board.stuck[key] = str(exc)
             return None
         if inputs is None:
             self.queue.popleft()
-            self.last_success = max(self.last_success, now)
-            self._schedule(key, now + _INPUT_WAIT, "submit")
+            self.pulse.beat(now)
+            self.agenda.at(key, now + _INPUT_WAIT, "submit")
         return inputs
 
-    def _inputs(self, rec: JobRecord) -> tuple[RunInput, ...] | None:
-        """What the create sends: the job's inputs, placeholders resolved to asset URLs."""
-        return rec.inputs if self.resolve_inputs is None else self.resolve_inputs(rec)
-
-    # -- submit ------------------------------------------------------------------------
+    # -- the life of a job: submit → poll → download, or reconcile -------------------------
 
     async def _submit(self, key: JobKey, inputs: tuple[RunInput, ...], wait: float = 0.0) -> None:
-        """Create the job's run with ``inputs`` (``_ready_inputs``'): key committed first,
-        repeated only with the same key, only inside its window, only while leased."""
-        if wait > 0:  # a slot reserved by the cluster-wide pacing
-            await asyncio.sleep(wait)
-        rec = self.jobs[key]
-        maybe_sent = rec.state is JobState.SUBMITTING
-        if rec.state is JobState.PLANNED:
-            rec = self._update(self.ledger.mark_submitting(key, now=self.clock(), grouped=True))
-            self.unsent.add(key)  # until the create leaves: a clean stop gives it back
-            await self._committed()  # on disk before the create may leave
-            self.unsent.discard(key)
-        not_before = 0.0
-        for attempt in range(1, _MAX_SUBMIT_TRIES + 1):
-            if self.clock() < not_before:  # the last create may still be running at FLORA
-                await asyncio.sleep(not_before - self.clock())
-            if maybe_sent and not self._key_alive(rec):
-                await self._to_reconcile(key, "key_expired", _EXPIRED)
-                return
-            self.ledger.check_lease(key, now=self.clock())  # LeaseLost: another has it
-            if attempt > 1 or maybe_sent:  # a send again: on disk before it leaves
-                self.ledger.note_send(key, now=self.clock(), attempt=attempt, grouped=True)
-                await self._committed()
-            sent_at = self.clock()
-            try:
-                run = await self._fly(key, rec, inputs)
-            except FloraError as exc:
-                if self._may_have_left(exc):  # only such a send can have made a run
-                    maybe_sent = True
-                    self._note_window(key, sent_at)
-                if isinstance(exc, AmbiguousCreate) and exc.timed_out:
-                    not_before = sent_at + self._settle()
-                if not await self._create_failed(key, exc, attempt, maybe_sent):
-                    return
-                continue
-            self._note_window(key, sent_at)
-            self._created(key, run, sent_at)
+        """Create the job's run (``Creates.send``), then follow what the create came to."""
+        sent = await self.creates.send(key, inputs, wait)
+        if sent.kind == "running" and sent.run is not None:
+            self.pulse.beat(self.clock())
+            polled = self.poller.answered(key, sent.run)
+            if polled.fetch:  # done at once: the create's answer had the outputs
+                self.agenda.spawn(self._download(key, polled.fresh))
             return
-        self._park(key, maybe_sent)
-
-    async def _fly(self, key: JobKey, rec: JobRecord, inputs: tuple[RunInput, ...]) -> RunInfo:
-        """One create request, in its own task: a stop waits it out (``_wind_down``) rather
-        than cutting it off with its fate unknown."""
-        flight = asyncio.ensure_future(
-            self.client.create_run(rec.technique, inputs, rec.idempotency_key)
-        )
-        self.flights[key] = flight
-        try:
-            return await asyncio.shield(flight)
-        finally:
-            if flight.done():
-                self.flights.pop(key, None)
-
-    @staticmethod
-    def _may_have_left(exc: FloraError) -> bool:
-        """Whether FLORA may have created the run despite this error."""
-        if isinstance(exc, AmbiguousCreate):
-            return True
-        if isinstance(exc, ApiError):
-            return exc.status >= 500
-        return not isinstance(exc, TransportError)  # connect errors never left
-
-    def _note_window(self, key: JobKey, sent_at: float) -> None:
-        self.windows.setdefault(key, []).append((sent_at, self.clock()))
-
-    def _key_alive(self, rec: JobRecord) -> bool:
-        """Whether a create sent now with the job's key reaches FLORA inside the key's window.
-
-        The window runs from the first send with the key (``submitted_at``; FLORA's own
-        count starts later, at its arrival); this send may take up to the client's
-        timeout to arrive, and a margin of 5% of the window covers clocks and doubt.
-        Checked before every attempt: retries and back-offs can outlast a window.
-        """
-        sent = rec.submitted_at
-        if sent is None:
-            return True
-        window = self.settings.key_window
-        return self.clock() + self.settings.timeout + 0.05 * window < sent + window
-
-    def _created(self, key: JobKey, run: RunInfo, sent_at: float) -> None:
-        self.last_success = self.clock()
-        self.learned.learn_offset(run.created_at, sent_at, self.last_success)
-        self._remember_offset()
-        self.pacer.succeeded()
-        self._record_run(key, run)
-
-    def _record_run(self, key: JobKey, run: RunInfo) -> None:
-        """The create answered with ``run``: the job is running (its first poll scheduled,
-        or its download started when the answer already had the outputs)."""
-        rec = self._update(
-            self.ledger.mark_running(key, run.run_id, now=self.clock(), request_id=run.request_id)
-        )
-        if self.known_runs is not None:
-            self.known_runs.add(run.run_id)
-        # The technique is free for its next create: that create waits for the commit of
-        # its own ``submitting``, which is this one's or a later one, so this run id is
-        # on disk before another create of the technique can leave.
-        self._open_gate(key)
-        log.debug("submitted %s as %s", rec.source or key, run.run_id)
-        if self._after_poll(key, run):  # done at once: the create's answer had the outputs
-            self._spawn(self._download(key))
-
-    def _remember_offset(self) -> None:
-        """Keep the server clock's offset in the ledger when it moved: a later process
-        reconciles with it before it has sent anything (``reconcile.py``)."""
-        offset, stored = self.learned.offset, self.stored_offset
-        if self.learned.offset_known and (stored is None or abs(offset - stored) > _OFFSET_NOTE):
-            self.stored_offset = offset
-            self.ledger.set_meta(_OFFSET_META, f"{offset:.3f}")
-
-    async def _create_failed(
-        self, key: JobKey, exc: FloraError, attempt: int, maybe_sent: bool
-    ) -> bool:
-        """Record what a failed create means; True to try again with the same key."""
-        if isinstance(exc, RateLimited):
-            pause = self.pacer.rate_limited(exc.retry_after)
-            if not maybe_sent:
-                self._requeue_unsent(key, f"rate limited (request-id {exc.request_id})")
-                return False
-            await asyncio.sleep(pause)
-            return True
-        if isinstance(exc, IdempotencyDuplicate | IdempotencyConflict):
-            self.proven.add(key)
-            code = exc.code or "idempotency_duplicate"
-            await self._to_reconcile(key, code, str(exc), exc.request_id)
-            return False
-        if exc.retryable:
-            if attempt < _MAX_SUBMIT_TRIES:
-                await asyncio.sleep(retrying.backoff(attempt, retrying.DEFAULT_POLICY, exc))
-            return True
-        if maybe_sent and isinstance(exc, ApiError) and not isinstance(exc, _STOPPING):
-            # FLORA refused a repeat of a create that may have landed: the first one's run
-            # may exist, and be paid for; look for it instead of failing the job.
-            reason = f"FLORA refused a repeat of a create that may have landed: {exc}"
-            await self._to_reconcile(key, "retry_refused", reason, exc.request_id)
-            return False
-        self._create_refused(key, exc, maybe_sent)
-        return False
-
-    async def _to_reconcile(
-        self, key: JobKey, code: str, reason: str, request_id: str | None = None
-    ) -> None:
-        """A run may exist for the job's key, its id unknown: find it in the run history."""
-        self._update(
-            self.ledger.mark_needs_reconcile(
-                key, now=self.clock(), reason=reason, request_id=request_id, code=code
-            )
-        )
-        self._release(key)
-        await self._reconcile(key)
-
-    def _create_refused(self, key: JobKey, exc: FloraError, maybe_sent: bool) -> None:
-        """A definite no: nothing was created by this request."""
-        now = self.clock()
-        if isinstance(exc, InsufficientCredits | AuthError):
-            self._requeue_unsent(key, str(exc), requeue=False, maybe_sent=maybe_sent)
-            if isinstance(exc, AuthError):
-                self.abort = exc
-            self.stop_new = "credits" if isinstance(exc, InsufficientCredits) else "auth"
-            self._stop_error = exc
-            return
-        code = exc.code if isinstance(exc, ApiError) else type(exc).__name__
-        self._update(
-            self.ledger.mark_failed(
-                key, code=code or "refused", message=str(exc), category="input", now=now
-            )
-        )
-        self.budget.release(key)
-        self._release(key)
-        self._open_gate(key)
-
-    def _requeue_unsent(
-        self, key: JobKey, reason: str, *, requeue: bool = True, maybe_sent: bool = False
-    ) -> None:
-        """Nothing was created: give the reservation back and queue the job again."""
-        if not maybe_sent:
-            self._update(self.ledger.release_unsent(key, now=self.clock(), reason=reason))
-            self.budget.release(key)
-            self._open_gate(key)
-        self._release(key)
-        if requeue:
+        self.board.release(key)
+        if sent.kind == "requeue":
             self.queue.appendleft(key)
+        elif sent.kind == "reconcile":
+            await self._reconcile(key)
+        elif sent.kind == "park" and sent.again_at is not None:
+            self.agenda.at(key, sent.again_at, "submit")
+        elif sent.kind == "stop":
+            self.stop_new, self._stop_error = sent.stop, sent.error
+            if isinstance(sent.error, AuthError):
+                self.abort = sent.error
 
-    def _park(self, key: JobKey, maybe_sent: bool) -> None:
-        """The create kept failing: give up on it for now, and try again later.
+    async def _poll(self, key: JobKey) -> None:
+        """One poll (``_start_due`` counted it in ``agenda.polling``); a completed run's
+        download follows in the same task, once the poll slot is given back."""
+        try:
+            polled = await self.poller.poll(key)
+        finally:
+            self.agenda.polling -= 1
+            self.agenda.wake.set()  # a poll slot is free: due polls may start
+        if polled.abort is not None:
+            self.abort = polled.abort
+        elif polled.fetch:
+            await self._download(key, polled.fresh)
 
-        A job none of whose creates can have left (each failed to connect) goes back to
-        ``planned``: nothing was sent, so it is never reconciled (it could only adopt
-        someone else's run).  Otherwise it stays ``submitting``, its technique held, and
-        is sent again with its key later.
-        """
-        self._release(key)
-        if not maybe_sent:
-            self._update(
-                self.ledger.release_unsent(key, now=self.clock(), reason="could not reach FLORA")
-            )
+    async def _download(self, key: JobKey, fresh: RunInfo | None = None) -> None:
+        """Fetch the job's outputs (``Downloader``); done, or another round later."""
+        try:
+            fetched = await self.downloader.download(key, fresh)
+        except ResultsError as exc:
+            self.abort = exc
+            return
+        if fetched.again_at is not None:
+            self.agenda.at(key, fetched.again_at, "download")
+            return
+        self.board.release(key)
+        if fetched.stuck is not None:
+            self.board.stuck[key] = fetched.stuck
+            return
+        self.pulse.done_this_run += 1
+        self.pulse.beat(self.clock())
+        if self.board[key].charged_cost is None:
+            self.agenda.at(key, self.clock() + self.settings.min_poll, "charge")
+
+    async def _reconcile(self, key: JobKey) -> None:
+        """Look for a lost create's run (``Reconciler``), then follow its verdict."""
+        verdict = await self.reconciler.reconcile(key)
+        if verdict.kind == "later" and verdict.again_at is not None:
+            self.agenda.at(key, verdict.again_at, "reconcile")
+            return
+        if verdict.kind == "adopt":
+            self.board.slots.add(key)
+            self.agenda.at(key, self.clock(), "poll")
+        elif verdict.kind == "resend":
             self.budget.release(key)
-            self._open_gate(key)
-        self.stuck[key] = "the create request kept failing; it will be tried again later"
-        later = max(self.settings.max_poll, self._settle() if maybe_sent else 0.0)
-        self._schedule(key, self.clock() + later, "submit")
+            self.queue.appendleft(key)
+        elif verdict.kind == "failed":
+            self.budget.release(key)
+        # The next create of the technique waits for a commit that holds this verdict.
+        self.creates.open(key)
+
+    async def _reread_charge(self, key: JobKey) -> None:
+        """A bill that came late (``Poller.reread_charge``); under a cap, a technique whose
+        first bill never came is not bought again in this run."""
+        if not await self.poller.reread_charge(key):
+            self.stop_new = self.stop_new or "budget"
+            self.budget_notes.append(lost_bill_note(self.board[key]))
 
     # -- reporting ---------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
         """Counts and money for the progress display."""
-        counts = Counter(r.state for r in self.jobs.values())
+        jobs = self.board.jobs.values()
+        counts = Counter(r.state for r in jobs)
         counts[JobState.DONE] += self.saved_count
         return Snapshot(
-            total=len(self.jobs) + self.saved_count,
+            total=len(self.board.jobs) + self.saved_count,
             counts=counts,
-            spent=self.saved_spent + sum(r.charged_cost or 0.0 for r in self.jobs.values()),
+            spent=self.saved_spent + sum(r.charged_cost or 0.0 for r in jobs),
             in_flight_limit=self.pacer.limit,
             started=self.started,
             now=self.clock(),
-            done_this_run=self.done_this_run,
+            done_this_run=self.pulse.done_this_run,
         )
 
     def _outcome(self) -> Outcome:
         spent, reserved = self.ledger.money(self.batch)
-        counts = Counter(r.state for r in self.jobs.values())
+        counts = Counter(r.state for r in self.board.jobs.values())
         counts[JobState.DONE] += self.saved_count
         error = self.abort or self._stop_error
         stopped = self.stop_new
         if self.abort and stopped is None:
             stopped = "auth" if isinstance(self.abort, AuthError) else "error"
+        stuck = self.board.stuck
         return Outcome(
             counts=counts,
             spent=spent,
             reserved=reserved,
             stopped=stopped,
             error=error,
-            stuck=[f"{self.jobs[k].source or k}: {why}" for k, why in self.stuck.items()],
+            stuck=[f"{self.board[k].source or k}: {why}" for k, why in stuck.items()],
             notes=self._money_notes(spent),
         )
 

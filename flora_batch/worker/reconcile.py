@@ -28,25 +28,23 @@ works in the same workspace.  ``judge`` decides, from what the history shows:
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 from .. import retrying
+from ..config import Settings
 from ..errors import FloraError, LedgerConflict, NotFound
-from ..remote.client import RunHistory
-from ..types import JobKey, JobRecord, JobState, RunInfo
-from .state import WorkerState
+from ..ledger import Ledger
+from ..remote.client import FloraClient, RunHistory
+from ..types import JobKey, JobRecord, JobState, RunInfo, Technique
+from .state import Board, Clock, ServerClock, settle_seconds
 
 log = logging.getLogger("flora_batch.worker")
 
-#: Seconds the server's clock may be off ours when no offset was ever measured.
-MAX_SKEW = 600.0
-#: Seconds of doubt around a measured offset (the create's round trip, stamping delays).
-_SLACK = 2.0
-#: Seconds of doubt around an offset a past process stored (clocks drift, slowly).
-_STORED_SLACK = 5.0
 #: How far before a job's first send the history is read, to see other clients' runs.
 _LOOK_BACK = 60.0
 #: Looks at the history that could not tell, before the job is left to the user.
@@ -57,11 +55,13 @@ Kind = Literal["adopt", "resend", "later", "failed", "unresolved"]
 
 @dataclass(frozen=True)
 class Verdict:
-    """What a reconciliation decided, and why (for the ledger and the operator)."""
+    """What a reconciliation decided, and why (for the ledger and the operator);
+    ``again_at``: when to look again (``later``)."""
 
     kind: Kind
     run_id: str | None = None
     reason: str = ""
+    again_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -134,14 +134,56 @@ def candidates(
     return out
 
 
-class Reconciler(WorkerState):
-    """The worker's reconcile step (mixed into ``Worker``)."""
+@dataclass
+class Sends:
+    """What the create path knows of each job's sends, for reconciliation to read:
+    when creates that may have made a run were in the air (``windows``, our clock), whose
+    key FLORA is known to hold (``proven``), and which creates are in the air now."""
 
-    async def _reconcile(self, key: JobKey) -> None:
-        """Look for the job's run in the history and act on ``judge``'s verdict."""
-        rec = self.jobs[key]
-        offset, slack = self._clock()
-        windows = self.windows.get(key) or self._sent_between(rec)
+    windows: dict[JobKey, list[tuple[float, float]]] = field(default_factory=dict)
+    proven: set[JobKey] = field(default_factory=set)
+    flights: dict[JobKey, asyncio.Future[RunInfo]] = field(default_factory=dict)
+
+
+class Reconciler:
+    """The worker's reconcile step: a lost create's run, looked for in the run history.
+
+    It records its verdict in the ledger (the run adopted, the job released, failed or
+    unresolved) and returns it; the loop schedules what follows.
+    """
+
+    def __init__(
+        self,
+        *,
+        client: FloraClient,
+        ledger: Ledger,
+        board: Board,
+        sends: Sends,
+        server_clock: ServerClock,
+        techniques: dict[str, Technique],
+        settings: Settings,
+        clock: Clock,
+        saved_runs: set[str],
+        peers: Callable[[JobRecord], dict[JobKey, JobRecord]] | None = None,
+    ) -> None:
+        self.client, self.ledger, self.board, self.sends = client, ledger, board, sends
+        self.server_clock, self.techniques = server_clock, techniques
+        self.settings, self.clock = settings, clock
+        #: Runs of done jobs loaded light: no job may take them.
+        self.saved_runs = saved_runs
+        #: Cluster mode: the jobs of the batch in the shared ledger (others' jobs too);
+        #: None: this worker's own jobs are all the peers there are.
+        self.peers = peers
+        #: Run ids known to belong to jobs (the ledger's ``runs``, read when needed).
+        self.known_runs: set[str] | None = None
+        #: Looks at the run history that could not tell yet, per job.
+        self.tries: Counter[JobKey] = Counter()
+
+    async def reconcile(self, key: JobKey) -> Verdict:
+        """Look for the job's run in the history; record and return the verdict."""
+        rec = self.board[key]
+        offset, slack = self.server_clock.window()
+        windows = self.sends.windows.get(key) or self._sent_between(rec)
         since = min(start for start, _ in windows) - slack - _LOOK_BACK
         try:
             history = await retrying.call(
@@ -152,18 +194,16 @@ class Reconciler(WorkerState):
             )
         except NotFound:
             reason = "FLORA offers no run history (GET /technique-runs) to look for its run in"
-            self._act(key, Verdict("unresolved", reason=reason))
-            return
+            return self._record(key, Verdict("unresolved", reason=reason))
         except FloraError as exc:
-            self._act(key, Verdict("later", reason=f"could not read the run history: {exc}"))
-            return
+            reason = f"could not read the run history: {exc}"
+            return self._record(key, Verdict("later", reason=reason))
         if not history.complete:
             reason = "the run history is longer than the pages read: looked again later"
-            self._act(key, Verdict("later", reason=reason))
-            return
+            return self._record(key, Verdict("later", reason=reason))
         evidence = self._evidence(rec, history, windows, since, offset, slack)
         cause = rec.error_code or "key_expired"
-        self._act(key, judge(evidence, proven=key in self.proven, cause=cause))
+        return self._record(key, judge(evidence, proven=key in self.sends.proven, cause=cause))
 
     def _evidence(
         self,
@@ -175,12 +215,12 @@ class Reconciler(WorkerState):
         slack: float,
     ) -> Evidence:
         runs = [r for r in history.runs if (r.created_at or 0) / 1000.0 - offset >= since]
-        known = self._known_runs()
+        known = self.known()
         mine = candidates(runs, windows, known, offset, slack)
         rivals = [
             r
             for other, r in self._peers(rec).items()
-            if other != rec.key and r.technique == rec.technique and self._may_own_unknown_run(r)
+            if other != rec.key and r.technique == rec.technique and _may_own_unknown_run(r)
         ]
         theirs: set[str] = set()
         live = False
@@ -191,71 +231,59 @@ class Reconciler(WorkerState):
                 live = True
         unknown = {r.run_id for r in runs if r.run_id not in known}
         end = max(e for _, e in windows)
+        settle = settle_seconds(self.settings)
         return Evidence(
             mine=frozenset(mine),
             contested=frozenset(mine & theirs),
             rivals_live=live,
             others_seen=bool(unknown - mine - theirs),
-            settled=self.clock() >= end + self._settle() + self.settings.history_lag,
+            settled=self.clock() >= end + settle + self.settings.history_lag,
         )
 
-    def _act(self, key: JobKey, verdict: Verdict) -> None:
-        """Carry out a verdict: the ledger first, then the schedule."""
-        rec = self.jobs[key]
+    def _record(self, key: JobKey, verdict: Verdict) -> Verdict:
+        """Write the verdict to the ledger (and the board); a ``later`` that keeps coming
+        back becomes ``unresolved``."""
+        rec = self.board[key]
         now = self.clock()
-        if verdict.kind == "adopt" and verdict.run_id is not None:
-            self._adopt(key, verdict.run_id)
-            return
         if verdict.kind == "later":
-            self.reconcile_tries[key] += 1
-            if self.reconcile_tries[key] <= _MAX_LATER:
-                self.stuck[key] = f"reconciling: {verdict.reason}"
-                self._schedule(key, now + self._later(rec), "reconcile")
-                return
+            self.tries[key] += 1
+            if self.tries[key] <= _MAX_LATER:
+                self.board.stuck[key] = f"reconciling: {verdict.reason}"
+                return Verdict("later", reason=verdict.reason, again_at=now + self._later())
             verdict = Verdict("unresolved", reason=verdict.reason)
-        self.stuck.pop(key, None)
-        self.reconcile_tries.pop(key, None)
-        if verdict.kind == "resend":
-            self._update(
+        self.board.stuck.pop(key, None)
+        self.tries.pop(key, None)
+        if verdict.kind == "adopt" and verdict.run_id is not None:
+            try:
+                adopted = self.ledger.mark_running(key, verdict.run_id, now=now)
+            except LedgerConflict as exc:  # another worker's job took it meanwhile
+                return self._record(key, Verdict("later", reason=str(exc)))
+            self.board.update(adopted)
+            if self.known_runs is not None:
+                self.known_runs.add(verdict.run_id)
+            log.info("reconciled %s with %s", rec.source or key, verdict.run_id)
+        elif verdict.kind == "resend":
+            self.board.update(
                 self.ledger.release_unsent(key, now=now, reason=verdict.reason, forgotten=True)
             )
-            self.windows.pop(key, None)
-            self.budget.release(key)
-            self.queue.appendleft(key)
+            self.sends.windows.pop(key, None)
         elif verdict.kind == "failed":
             message = f"{rec.error_message or 'refused'} ({verdict.reason})"
-            self._update(
+            self.board.update(
                 self.ledger.mark_failed(
                     key, code="refused", message=message, category="input", now=now
                 )
             )
-            self.budget.release(key)
         else:
             reason = self._unresolved_reason(rec, verdict.reason)
-            self._update(self.ledger.mark_unresolved(key, now=now, reason=reason))
-        self._open_gate(key)
-
-    def _adopt(self, key: JobKey, run_id: str) -> None:
-        """The run is the job's: record it (one owner per run) and poll it."""
-        try:
-            rec = self._update(self.ledger.mark_running(key, run_id, now=self.clock()))
-        except LedgerConflict as exc:  # another worker's job took it meanwhile
-            self._act(key, Verdict("later", reason=str(exc)))
-            return
-        if self.known_runs is not None:
-            self.known_runs.add(run_id)
-        self.stuck.pop(key, None)
-        self.reconcile_tries.pop(key, None)
-        self.slots.add(key)
-        self._schedule(key, self.clock(), "poll")
-        self._open_gate(key)  # the next create waits for a commit that includes this one
-        log.info("reconciled %s with %s", rec.source or key, run_id)
+            self.board.update(self.ledger.mark_unresolved(key, now=now, reason=reason))
+        return verdict
 
     def _unresolved_reason(self, rec: JobRecord, why: str) -> str:
         """What the user reads: the row, what was found, and what to do (never a re-buy of
         a key FLORA is known to hold: that would pay twice)."""
         row = f"row {rec.row_index + 1}" + (f" (id {rec.row_id})" if rec.row_id else "")
-        if rec.key in self.proven:
+        if rec.key in self.sends.proven:
             todo = (
                 "FLORA holds its key, so one of its runs is this job's: find it in FLORA "
                 "(buying it again would pay twice)"
@@ -269,64 +297,56 @@ class Reconciler(WorkerState):
 
     # -- what the history is read against -------------------------------------------------
 
-    def _clock(self) -> tuple[float, float]:
-        """The server clock's offset from ours, and the doubt around it, in seconds."""
-        if self.learned.offset_known:
-            return self.learned.offset, _SLACK + self.learned.offset_spread
-        if self.stored_offset is not None:
-            return self.stored_offset, _STORED_SLACK
-        return 0.0, MAX_SKEW
-
-    def _later(self, rec: JobRecord) -> float:
-        """Seconds until the history is read again for this job."""
+    def _later(self) -> float:
+        """Seconds until the history is read again for a job."""
         return max(self.settings.min_poll, min(self.settings.max_poll, self.settings.history_lag))
 
     def _technique_id(self, rec: JobRecord) -> str:
         tech = self.techniques.get(rec.technique)
         return tech.technique_id if tech else f"tech_{rec.technique}"
 
-    def _known_runs(self) -> set[str]:
+    def known(self) -> set[str]:
         """Every run id a job owns: the ledger's ``runs`` and what this process learned.
 
         Read once in a ``run`` (this process is the ledger's only writer); every time in
         cluster mode, where other workers add runs.
         """
-        if self.known_runs is None or self.refill is not None:
+        if self.known_runs is None or self.peers is not None:
             self.known_runs = self.ledger.known_runs()
-        mine = {r.run_id for r in self.jobs.values() if r.run_id}
+        mine = {r.run_id for r in self.board.jobs.values() if r.run_id}
         return self.known_runs | mine | self.saved_runs
 
     def _peers(self, rec: JobRecord) -> dict[JobKey, JobRecord]:
         """Jobs whose runs a reconciliation must not take: in cluster mode the whole batch
         in the shared ledger (other workers' jobs too), else this worker's own."""
-        if self.refill is None:
-            return self.jobs
-        return {r.key: r for r in self.ledger.jobs(batch=rec.batch)}
+        return self.board.jobs if self.peers is None else self.peers(rec)
 
     def _live(self, rec: JobRecord) -> bool:
         """Whether one of ``rec``'s creates may still be in the air (ours or another
         worker's under a live lease): its run is not on disk yet, but soon may be."""
-        if rec.key in self.flights or (
-            rec.state is JobState.SUBMITTING and rec.key in self.jobs and rec.key in self.slots
+        if rec.key in self.sends.flights or (
+            rec.state is JobState.SUBMITTING
+            and rec.key in self.board.jobs
+            and rec.key in self.board.slots
         ):
             return True
         lease = rec.lease_until
         return rec.worker_id is not None and lease is not None and lease > self.clock()
 
-    @staticmethod
-    def _may_own_unknown_run(rec: JobRecord) -> bool:
-        """Whether one of this job's creates may have made a run the ledger does not know."""
-        return rec.run_id is None and rec.submitted_at is not None and rec.state in (
-            JobState.SUBMITTING,
-            JobState.NEEDS_RECONCILE,
-            JobState.UNRESOLVED,
-        )
-
     def _sent_between(self, rec: JobRecord) -> list[tuple[float, float]]:
         """When this job's creates may have been in the air: this process's sends, or from
         its first send to its last move (a settled job) or now."""
-        if rec.key in self.windows:
-            return self.windows[rec.key]
+        if rec.key in self.sends.windows:
+            return self.sends.windows[rec.key]
         settled = rec.state in (JobState.NEEDS_RECONCILE, JobState.UNRESOLVED)
         end = rec.updated_at if settled and rec.updated_at else self.clock()
         return [(rec.submitted_at or 0.0, end)]
+
+
+def _may_own_unknown_run(rec: JobRecord) -> bool:
+    """Whether one of this job's creates may have made a run the ledger does not know."""
+    return rec.run_id is None and rec.submitted_at is not None and rec.state in (
+        JobState.SUBMITTING,
+        JobState.NEEDS_RECONCILE,
+        JobState.UNRESOLVED,
+    )

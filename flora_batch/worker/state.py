@@ -1,11 +1,18 @@
-"""What the worker's parts share: the per-batch state, the pacer, and what a batch reports.
+"""What the worker's parts share, each as its own small object, handed to each part.
 
-``Worker`` (worker.py: the loop, submit and poll) is built from ``Downloads``
-(downloads.py) and ``Reconciler`` (reconcile.py), which all work on the one
-``WorkerState`` defined here: the jobs as last written to the ledger, the schedule
-(heaps of due times), the in-flight slots and the money committed so far.  Keeping
-the state in one place is what lets each part stay small without passing a dozen
-arguments around.
+The loop (``loop.Worker``) composes four parts: ``creates.Creates`` (the create path),
+``tracking.Poller`` (polls and what an answer means), ``downloads.Downloader`` (outputs
+to files) and ``reconcile.Reconciler`` (a lost create's run, from the history).  None of
+them inherits anything; each is given, at construction, the few shared objects it needs:
+
+* ``Board``: each job as the ledger last said, which hold an in-flight slot, which wait;
+* ``Agenda``: what is due when (heaps of due times), and the steps running now;
+* ``Pulse``: when FLORA last answered (the outage stop) and how many jobs this run did;
+* ``ServerClock``: the server clock's offset from ours (measured, or stored earlier);
+* the ``Budget`` (``budget.py``), the ``Pacer`` (below), the ledger and the client.
+
+Plus what a batch reports (``Snapshot``, ``Outcome``) and the helpers they all use
+(``committed``, ``settle_seconds``, ``quote``).
 """
 
 from __future__ import annotations
@@ -13,25 +20,20 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-import time
-from collections import Counter, deque
-from collections.abc import Callable, Coroutine
+from collections import Counter
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import retrying
 from ..config import Settings
 from ..errors import FloraError
 from ..ledger import Ledger
-from ..remote.client import FloraClient
-from ..results.local import ResultStore
-from ..types import JobKey, JobRecord, JobState, RunInfo, RunInput, SavedJob, Technique
-from .budget import Budget
+from ..types import JobKey, JobRecord, JobState, RunInfo, RunInput, Technique
 from .polling import Learned
 
 Clock = Callable[[], float]
 #: Seconds added to the client's timeout before a create whose fate is unknown may be
-#: sent again with its key (``WorkerState._settle``; a quarter of a shorter timeout).
+#: sent again with its key (``settle_seconds``; a quarter of a shorter timeout).
 SETTLE_MARGIN = 1.0
 ProgressHook = Callable[["Snapshot"], None]
 #: The upload stage's hook (``uploads.Uploader.resolve_inputs``): a job's inputs with its
@@ -40,6 +42,9 @@ ProgressHook = Callable[["Snapshot"], None]
 InputResolver = Callable[[JobRecord], "tuple[RunInput, ...] | None"]
 #: Cluster mode (``cluster.py``): claim up to n more jobs from the shared ledger.
 Refill = Callable[[int], list[JobRecord]]
+#: The ledger ``meta`` entry of the server clock's offset, and the change that rewrites it.
+OFFSET_META = "server-clock-offset"
+_OFFSET_NOTE = 0.5
 
 
 @dataclass
@@ -116,206 +121,199 @@ class Pacer:
             self._streak = 0
 
 
-class WorkerState:
-    """The state of one batch's work, and the few moves every part of the worker makes."""
+@dataclass
+class Board:
+    """The worker's view of its jobs: each as the ledger last said (``update`` after every
+    transition), the ones holding an in-flight slot, and the ones waiting, with why."""
 
-    def __init__(
-        self,
-        ledger: Ledger,
-        client: FloraClient,
-        results: ResultStore,
-        techniques: dict[str, Technique],
-        *,
-        settings: Settings,
-        concurrency: int,
-        max_cost: float | None = None,
-        clock: Clock = time.time,
-        progress: ProgressHook | None = None,
-        resolve_inputs: InputResolver | None = None,
-        refill: Refill | None = None,
-        pacer: Pacer | None = None,
-        superseded: frozenset[JobKey] = frozenset(),
-    ) -> None:
-        self.ledger = ledger
-        self.client = client
-        self.results = results
-        self.techniques = techniques
-        self.settings = settings
-        self.max_cost = max_cost
-        self.clock = clock
-        self.progress = progress
-        self.resolve_inputs = resolve_inputs
-        self.pacer = pacer or Pacer(concurrency, settings.submit_rate, clock)
-        self.refill = refill
-        #: Jobs of edited or removed rows whose paid run is finished anyway; their files
-        #: go under ``naming.SUPERSEDED_FOLDER`` (``Downloads._name``), apart from the rows'.
-        self.superseded = superseded
-        self._refill_at = 0.0
-        self.stop_event = asyncio.Event()
-        self.jobs: dict[JobKey, JobRecord] = {}
-        self.queue: deque[JobKey] = deque()
-        self.due: list[tuple[float, int, str, JobKey]] = []  # charges, downloads, submits
-        self.polls_due: list[tuple[float, int, JobKey]] = []  # kept apart: polls are capped
+    jobs: dict[JobKey, JobRecord] = field(default_factory=dict)
+    slots: set[JobKey] = field(default_factory=set)
+    stuck: dict[JobKey, str] = field(default_factory=dict)
+
+    def __getitem__(self, key: JobKey) -> JobRecord:
+        return self.jobs[key]
+
+    def update(self, rec: JobRecord) -> JobRecord:
+        """Keep ``rec`` (a transition's returned record) as the job's latest."""
+        self.jobs[rec.key] = rec
+        return rec
+
+    def release(self, key: JobKey) -> None:
+        """The job no longer holds an in-flight slot."""
+        self.slots.discard(key)
+
+
+class Agenda:
+    """What is due when, and the steps running now.
+
+    Two heaps of due times: polls apart (at most a few in the air, ``loop._POLLS_AT_ONCE``),
+    and the rest (a job's next submit, download, bill or history read).  Steps run as
+    tasks whose end wakes the loop (``nap``) without rescanning every task.
+    """
+
+    def __init__(self) -> None:
+        self.due: list[tuple[float, int, str, JobKey]] = []
+        self.polls_due: list[tuple[float, int, JobKey]] = []
         self.polling = 0  # polls in the air
         self.tasks: set[asyncio.Task[None]] = set()
-        self._finished: list[asyncio.Task[None]] = []  # done tasks not reaped yet
-        self._wake = asyncio.Event()  # set when a task ends or a stop is asked for
-        self.slots: set[JobKey] = set()
-        self.windows: dict[JobKey, list[tuple[float, float]]] = {}
-        self.learned = Learned()
-        self.download_rounds: Counter[JobKey] = Counter()
-        self.stuck: dict[JobKey, str] = {}
-        self.unknown_since: dict[JobKey, float] = {}
-        #: The runs whose last polls failed, with their failures (gone at an answer).
-        self.poll_streaks: dict[JobKey, retrying.Streak] = {}
-        #: Completed runs with one output, being fetched: the ledger learns of the run's
-        #: end with the file (``finish_run``), or, if that fails, first (``_record_outputs``).
-        self.completed_runs: dict[JobKey, RunInfo] = {}
-        self.names: dict[str, JobKey] = {}  # output names taken, casefolded (``_claim``)
-        #: Loaded jobs with saved outputs whose names ``_claim`` has not taken yet: taken at
-        #: the first download, so resuming a batch that is all done claims no names.
-        self.unclaimed: list[JobRecord] = []
-        #: Done jobs loaded light (``Worker._load_saved``): how many, their bills, their
-        #: runs (a reconcile must not adopt them), and those whose files' names are not
-        #: claimed yet (from their recorded paths, at the first download).
-        self.saved_count = 0
-        self.saved_spent = 0.0
-        self.saved_runs: set[str] = set()
-        self.unclaimed_saved: list[SavedJob] = []
-        #: Techniques whose earlier durations ``_load`` has read from the ledger.
-        self.primed: set[str] = set()
-        self._init_exactly_once(max_cost)
-        self.stop_new: str | None = None
-        self.abort: FloraError | None = None
-        self._stop_error: FloraError | None = None
-        self.batch: str | None = None  # money is counted per batch: a ledger may hold several
-        self.last_success = clock()
-        self.started = clock()
-        self.done_this_run = 0
+        self._finished: list[asyncio.Task[None]] = []  # ended, not reaped yet
+        self.wake = asyncio.Event()  # set when a task ends or a stop is asked for
         self._seq = itertools.count()
 
-    def _init_exactly_once(self, max_cost: float | None) -> None:
-        """The state that keeps every run bought once and every bill counted."""
-        #: Money against ``max_cost``: bills known, and a hold on every run not billed yet.
-        self.budget = Budget(max_cost)
-        self.budget_loaded = False
-        #: One create at a time per technique whose run id is not yet on disk: the jobs of
-        #: each technique whose create may have made a run nobody has identified yet.
-        #: While a technique's set is not empty, no other job of it is sent, so a run
-        #: found in the history in one job's window of sends can only be that job's
-        #: (``reconcile.py``; docs/design.md, "One unknown create per technique").
-        self.gates: dict[str, set[JobKey]] = {}
-        #: Creates in the air (``_submit``): a stop waits them out and records their runs.
-        self.flights: dict[JobKey, asyncio.Future[RunInfo]] = {}
-        #: Jobs marked ``submitting`` whose create has not left yet (a clean stop releases them).
-        self.unsent: set[JobKey] = set()
-        #: Jobs whose key FLORA is known to hold (a 409 or 422 answered a repeat of it).
-        self.proven: set[JobKey] = set()
-        #: 404s in a row on a job's polls: after a few, the run is "lost" (``mark_lost``).
-        self.not_found: Counter[JobKey] = Counter()
-        #: Run ids known to belong to jobs (the ledger's ``runs``, read when needed).
-        self.known_runs: set[str] | None = None
-        #: The server clock's offset as an earlier process measured it (ledger ``meta``).
-        self.stored_offset: float | None = None
-        #: Jobs this worker lost to another (LeaseLost): a refill never loads them again.
-        self.handed_away: set[JobKey] = set()
-        #: Looks at the run history that could not tell yet, per job (``reconcile.py``).
-        self.reconcile_tries: Counter[JobKey] = Counter()
-        #: Things about money the operator must be told (a bill that never came ...).
-        self.budget_notes: list[str] = []
-
-    def _settle(self) -> float:
-        """Seconds after which a create sent now cannot still be running at FLORA.
-
-        The assumption (docs/design.md): FLORA finishes or gives up a create within
-        the client's timeout; a create whose answer was lost is never sent again with
-        its key before this long after it left (two same-key creates that overlap at
-        FLORA may both run, CONTRACT.md §6).
-        """
-        timeout = self.settings.timeout
-        return timeout + min(SETTLE_MARGIN, timeout / 4)
-
-    def _schedule(self, key: JobKey, when: float, kind: str) -> None:
-        """Do ``kind`` (poll, charge, download, submit) for ``key`` at ``when``."""
+    def at(self, key: JobKey, when: float, kind: str) -> None:
+        """Do ``kind`` (poll, charge, download, submit, reconcile) for ``key`` at ``when``."""
         if kind == "poll":
             heapq.heappush(self.polls_due, (when, next(self._seq), key))
         else:
             heapq.heappush(self.due, (when, next(self._seq), kind, key))
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Start a step; its end wakes the loop (no rescan of every task to find it)."""
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Start a step; its end wakes the loop."""
         task = asyncio.ensure_future(coro)
         self.tasks.add(task)
         task.add_done_callback(self._on_done)
 
     def _on_done(self, task: asyncio.Task[None]) -> None:
         self._finished.append(task)
-        self._wake.set()
+        self.wake.set()
 
-    async def _committed(self) -> None:
-        """Wait until the ledger's open group of commits is durable (at once if none is).
+    def ended(self) -> Iterator[asyncio.Task[None]]:
+        """The tasks that ended since the last look (only those), forgotten as they go."""
+        while self._finished:
+            task = self._finished.pop()
+            self.tasks.discard(task)
+            yield task
 
-        Before an action that the ledger must know of if the process dies right after
-        it: a paid create (its ``submitting``), a file put under its final name (its
-        job's run and ``downloading``), so a resume finds what that action belongs to.
+    async def nap(self, seconds: float) -> None:
+        """Sleep until a task ends (or a stop is asked for) or ``seconds`` pass.
+
+        O(1) per wake-up whatever the number of tasks: ``asyncio.wait`` over every task
+        added and removed a callback on each of them, every time.
         """
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not self.wake.is_set():
+            timer = asyncio.get_running_loop().call_later(seconds, self.wake.set)
+            try:
+                await self.wake.wait()
+            finally:
+                timer.cancel()
+        self.wake.clear()
 
-        def settle(error: FloraError | None) -> None:
-            if done.done():
-                return
-            if error is None:
-                done.set_result(None)
-            else:
-                done.set_exception(error)
+    def pending(self) -> bool:
+        """Whether anything is scheduled for later."""
+        return bool(self.due or self.polls_due)
 
-        self.ledger.on_commit(settle)
-        await done
+    async def cancel_all(self) -> None:
+        """Cancel every running step and wait for them to end."""
+        for task in self.tasks:
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks.clear()
 
-    def _quote(self, rec: JobRecord) -> float:
-        if rec.quoted_cost is not None:
-            return rec.quoted_cost
-        tech = self.techniques.get(rec.technique)
-        return tech.run_cost if tech else 0.0
 
-    def _release(self, key: JobKey) -> None:
-        self.slots.discard(key)
+@dataclass
+class Pulse:
+    """When FLORA last answered (no answer for ``outage_limit`` stops the batch) and how
+    many jobs this run finished (the progress display's pace)."""
 
-    def _hold_gate(self, key: JobKey) -> None:
-        """``key``'s create may make a run nobody has identified yet: hold its technique."""
-        self.gates.setdefault(self.jobs[key].technique, set()).add(key)
+    last_success: float
+    done_this_run: int = 0
 
-    def _open_gate(self, key: JobKey) -> None:
-        """``key``'s create is settled on disk (a run id, or surely none): free its technique."""
-        rec = self.jobs.get(key)
-        holders = self.gates.get(rec.technique) if rec is not None else None
-        if holders is not None:
-            holders.discard(key)
-            if not holders:
-                del self.gates[rec.technique]  # type: ignore[union-attr]
-            self._wake.set()
+    def beat(self, now: float) -> None:
+        """FLORA answered (or the wait is not FLORA's fault: uploads)."""
+        self.last_success = max(self.last_success, now)
 
-    def _gate_open_for(self, rec: JobRecord) -> bool:
-        """Whether ``rec``'s create may leave: no other job of its technique holds it."""
-        holders = self.gates.get(rec.technique)
-        return not holders or rec.key in holders
 
-    def _bill(self, key: JobKey, charged: float | None, *, failed: bool = False) -> None:
-        """A bill arrived for ``key``'s run: it replaces the run's hold in the budget."""
-        if charged is None or not self.budget.holds(key):
-            return  # no news, or a bill already counted
-        rec = self.jobs[key]
-        informative = not failed or charged > 0
-        self.budget.billed(key, rec.technique, charged, informative=informative)
+class ServerClock:
+    """The server clock's offset from ours: measured from create answers (``Learned``),
+    else stored in the ledger by an earlier process, else unknown.
 
-    def _record_outputs(self, key: JobKey, run: RunInfo) -> None:
-        """``downloading``: the completed run's outputs and bill, before their files."""
-        self._update(
-            self.ledger.mark_downloading(
-                key, run.outputs, now=self.clock(), charged_cost=run.charged_cost
-            )
-        )
+    Reconciliation reads the history's stamps with it (``window``); polls read a run's
+    times with it, or with a guess from the run itself (``for_run``: only the poll
+    schedule uses the guess, never a decision about money).
+    """
 
-    def _update(self, rec: JobRecord) -> JobRecord:
-        self.jobs[rec.key] = rec
-        return rec
+    #: Seconds the server's clock may be off ours when no offset was ever measured.
+    UNKNOWN_SLACK = 600.0
+    #: Seconds of doubt around a measured offset, and around one stored earlier.
+    MEASURED_SLACK = 2.0
+    STORED_SLACK = 5.0
+
+    def __init__(self, learned: Learned, ledger: Ledger) -> None:
+        self.learned = learned
+        self.ledger = ledger
+        self.stored: float | None = None
+
+    def load(self) -> None:
+        """Read what an earlier process stored; use it until this one measures its own."""
+        stored = self.ledger.get_meta(OFFSET_META)
+        self.stored = float(stored) if stored else None
+        if self.stored is not None and not self.learned.offset_known:
+            self.learned.offset = self.stored
+
+    def measured(self, created_at_ms: float | None, sent: float, answered: float) -> None:
+        """A create was in the air from ``sent`` to ``answered`` (our clock), and the
+        server stamped its run ``created_at``: learn from it, and keep the offset in the
+        ledger when it moved (a later process reconciles with it before it sends)."""
+        self.learned.learn_offset(created_at_ms, sent, answered)
+        offset = self.learned.offset
+        moved = self.stored is None or abs(offset - self.stored) > _OFFSET_NOTE
+        if self.learned.offset_known and moved:
+            self.stored = offset
+            self.ledger.set_meta(OFFSET_META, f"{offset:.3f}")
+
+    def window(self) -> tuple[float, float]:
+        """The offset to read history stamps with, and the doubt around it, in seconds."""
+        if self.learned.offset_known:
+            return self.learned.offset, self.MEASURED_SLACK + self.learned.offset_spread
+        if self.stored is not None:
+            return self.stored, self.STORED_SLACK
+        return 0.0, self.UNKNOWN_SLACK
+
+    def for_run(self, rec: JobRecord, run: RunInfo) -> float:
+        """The offset to read ``run``'s times with, for the poll schedule."""
+        if self.learned.offset_known or self.stored is not None:
+            return self.learned.offset
+        if run.created_at is not None and rec.submitted_at is not None:
+            return run.created_at / 1000.0 - rec.submitted_at
+        return 0.0
+
+
+def settle_seconds(settings: Settings) -> float:
+    """Seconds after which a create sent now cannot still be running at FLORA.
+
+    The assumption (docs/design.md): FLORA finishes or gives up a create within the
+    client's timeout; a create whose answer was lost is never sent again with its key
+    before this long after it left (two same-key creates that overlap at FLORA may both
+    run, CONTRACT.md §6).
+    """
+    return settings.timeout + min(SETTLE_MARGIN, settings.timeout / 4)
+
+
+async def committed(ledger: Ledger) -> None:
+    """Wait until the ledger's open group of commits is durable (at once if none is).
+
+    Before an action that the ledger must know of if the process dies right after it: a
+    paid create (its ``submitting``), a file put under its final name (its job's run),
+    so a resume finds what that action belongs to.
+    """
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def settle(error: FloraError | None) -> None:
+        if done.done():
+            return
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
+    ledger.on_commit(settle)
+    await done
+
+
+def quote(rec: JobRecord, techniques: dict[str, Technique]) -> float:
+    """What a job's run was quoted: recorded when it was planned, else its technique's."""
+    if rec.quoted_cost is not None:
+        return rec.quoted_cost
+    tech = techniques.get(rec.technique)
+    return tech.run_cost if tech else 0.0

@@ -1,7 +1,7 @@
 """A poll is one try: on a retryable error it frees its slot and waits in the poll heap.
 
-These drive the worker's poll step (``Tracker._poll``) directly, with a scripted client
-and a clock the test moves, so every wait and give-up is checked exactly, without
+These drive the worker's poll step (``Worker._poll``, its ``Poller``) directly, with a
+scripted client and a clock the test moves, so every wait and give-up is checked exactly, without
 sleeping: the waits come from ``retrying.backoff`` (not zeroed here), at least
 ``min_poll``, and after the policy's attempts the run is reported stuck and polled
 again ``max_poll`` later, as when the poll retried in place.
@@ -81,19 +81,19 @@ def make_worker(clock: Clock, script: Script) -> Worker:
         run_id="run_1",
         submitted_at=clock.now - 10,
     )
-    w.slots.add(KEY)
+    w.board.slots.add(KEY)
     return w
 
 
 async def poll(w: Worker) -> float | None:
     """One poll as ``_start_due`` starts it; seconds until the run's next poll, if any."""
-    w.polls_due.clear()
-    w.polling += 1
+    w.agenda.polls_due.clear()
+    w.agenda.polling += 1
     await w._poll(KEY)
-    assert w.polling == 0  # the slot is free again, whatever happened
-    if not w.polls_due:
+    assert w.agenda.polling == 0  # the slot is free again, whatever happened
+    if not w.agenda.polls_due:
         return None
-    (when, _, key), *rest = w.polls_due
+    (when, _, key), *rest = w.agenda.polls_due
     assert key == KEY and not rest
     return when - w.clock()
 
@@ -128,7 +128,7 @@ async def test_a_retryable_failure_is_one_try_then_a_wait_in_the_heap(
     w = make_worker(clock, script)
     assert await poll(w) == wait
     assert script.calls == 1
-    assert KEY not in w.stuck and w.abort is None and KEY in w.slots
+    assert KEY not in w.stuck and w.abort is None and KEY in w.board.slots
 
 
 async def test_waits_grow_with_each_failure_and_reset_at_an_answer(
@@ -144,7 +144,7 @@ async def test_waits_grow_with_each_failure_and_reset_at_an_answer(
             waits.append(await poll(w))
             clock.now += 1.0
         assert await poll(w) is not None  # the answer: its next poll as the policy says
-        assert KEY not in w.poll_streaks and w.last_success == clock.now
+        assert KEY not in w.poller.streaks and w.pulse.last_success == clock.now
         again = await poll(w)
     assert waits[:3] == [SETTINGS.min_poll] * 3  # backoffs of 0.5, 1 and <= 2 s
     assert 4.0 * 0.75 <= waits[3] <= 4.0 and 8.0 * 0.75 <= waits[4] <= 8.0  # jittered
@@ -166,11 +166,11 @@ async def test_after_the_policy_s_attempts_the_run_is_stuck_and_polled_max_poll_
         clock.now += 1.0
     assert await poll(w) == SETTINGS.max_poll
     assert w.stuck[KEY] == "polling kept failing: 503 again"
-    assert KEY not in w.poll_streaks
+    assert KEY not in w.poller.streaks
     assert await poll(w) == SETTINGS.min_poll  # a fresh streak: attempt 1's backoff
-    assert w.poll_streaks[KEY].failures == 1 and KEY in w.stuck
+    assert w.poller.streaks[KEY].failures == 1 and KEY in w.stuck
     await poll(w)
-    assert KEY not in w.stuck and KEY not in w.poll_streaks
+    assert KEY not in w.stuck and KEY not in w.poller.streaks
     assert script.calls == POLICY.attempts + 2
 
 
@@ -189,7 +189,7 @@ async def test_an_error_not_retryable_is_reported_at_once(clock: Clock, script: 
     script.answers = [InvalidInput("400 bad id")]
     w = make_worker(clock, script)
     assert await poll(w) == SETTINGS.max_poll
-    assert w.stuck[KEY] == "polling kept failing: 400 bad id" and KEY not in w.poll_streaks
+    assert w.stuck[KEY] == "polling kept failing: 400 bad id" and KEY not in w.poller.streaks
 
 
 async def test_a_404_is_asked_again_later_and_a_401_stops_the_batch(
@@ -202,7 +202,7 @@ async def test_a_404_is_asked_again_later_and_a_401_stops_the_batch(
     await poll(w)
     assert await poll(w) == 2.0
     assert await poll(w) == 4.0
-    assert w.not_found[KEY] == 2 and KEY not in w.poll_streaks
+    assert w.poller.not_found[KEY] == 2 and KEY not in w.poller.streaks
     denied = AuthError("401")
     script.answers = [denied]
     w = make_worker(clock, script)
@@ -213,11 +213,11 @@ async def test_failed_polls_are_not_answers(clock: Clock, script: Script) -> Non
     """last_success moves only with an answer (the loop stops at outage_limit without one)."""
     script.answers = [ServerError("503")] * 3
     w = make_worker(clock, script)
-    before = w.last_success
+    before = w.pulse.last_success
     for _ in range(3):
         clock.now += 10.0
         await poll(w)
-    assert w.last_success == before
+    assert w.pulse.last_success == before
 
 
 async def test_a_poll_waits_no_longer_than_the_poll_timeout(clock: Clock, script: Script) -> None:
