@@ -75,12 +75,13 @@ async def _serve(path: Path) -> None:
 
 async def _fetch_flora(url: str, dest: Path, clock: list[float]) -> dict[str, Any]:
     from flora_batch.remote.client import FloraClient
+    from flora_batch.results.local import FileSink
 
     async with FloraClient("http://127.0.0.1/api/v1", "sk_test_emulator") as client:
-        await client.download(url.rsplit("/", 1)[0] + "/small", dest)
+        await client.download(url.rsplit("/", 1)[0] + "/small", FileSink(dest))
         clock.append(time.process_time())
         clock.append(time.perf_counter())
-        got = await client.download(url, dest, max_bytes=1 << 40)
+        got = await client.download(url, FileSink(dest), max_bytes=1 << 40)
     return {"size": got.size, "sha256": got.sha256}
 
 

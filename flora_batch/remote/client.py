@@ -1,13 +1,13 @@
-"""FloraClient: the only module that speaks HTTP.
+"""FloraClient: the one door to FLORA over HTTP.
 
-One connection pool does everything: technique look-ups, creates, polls, the run history
-and output downloads.  On the default transport (``transport.AiohttpTransport``) JSON
-calls and downloads take its direct lane (``AiohttpTransport.request``), skipping httpx's
-``AsyncClient``; multipart uploads, a transport passed in (tests: the emulator over ASGI)
-and a proxied environment go through ``httpx.AsyncClient``.  Both lanes raise httpx's
-exceptions, translated into the ``errors`` tree here and nowhere else
-(``map_http_errors``), so callers branch on meaning ("ambiguous create", "rate limited")
-rather than on transport details.
+One connection pool does everything: technique look-ups, creates, polls, the run history,
+asset uploads and output downloads.  Every request is built here the same way and sent by
+the client's lane (``lanes.py``): aiohttp's by default, httpx's over any httpx transport
+(tests: the emulator in-process), so tests travel the production path down to that seam.
+Both lanes raise httpx's exceptions, translated into the ``errors`` tree here and nowhere
+else (``map_http_errors``), so callers branch on meaning ("ambiguous create", "rate
+limited") rather than on transport details.  The client writes no files: a download
+streams into a ``Sink`` the results folder made.
 
 This module retries nothing by itself: what may be repeated, and how, is decided by
 ``retrying`` and the worker, because a create is not a poll.
@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import functools
 import hashlib
 import json
 import os
-import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -43,12 +41,12 @@ from ..errors import (
     RateLimited,
     RemoteError,
     ResponseRefused,
-    ResultsError,
     StorageError,
     TransportError,
     api_error_class,
 )
 from ..types import RunInfo, RunInput, Technique
+from .lanes import AiohttpLane, HttpxLane, Lane, Reply
 from .sniff import HEAD_BYTES, content_type_of, media_problem
 from .url_policy import check_fetch_url, is_loopback
 
@@ -65,20 +63,21 @@ DEFAULT_MAX_DOWNLOAD = 2 * 1024 * 1024 * 1024
 USER_AGENT = "flora-batch/0.1"
 
 
-class Reply(Protocol):
-    """What FloraClient reads of a response: ``httpx.Response`` or the direct lane's."""
+class Sink(Protocol):
+    """Where a download's bytes go: the results folder makes it (``results.local.FileSink``),
+    and owns the file; the client only streams bytes into it, checked and hashed."""
 
-    @property
-    def status_code(self) -> int: ...
-    @property
-    def headers(self) -> Mapping[str, str]: ...
-    @property
-    def is_success(self) -> bool: ...
-    @property
-    def is_redirect(self) -> bool: ...
-    async def aread(self) -> bytes: ...
-    def aiter_bytes(self) -> AsyncIterator[bytes]: ...
-    async def aclose(self) -> None: ...
+    def write_all(self, data: bytes, *, fsync: bool) -> None:
+        """Write a whole (small) body at once; with ``fsync``, durably."""
+
+    def write(self, chunk: bytes) -> None:
+        """Write the next piece of a streamed body."""
+
+    def finish(self, *, fsync: bool) -> None:
+        """The streamed body is complete: flush it (with ``fsync``, durably) and close."""
+
+    def abandon(self) -> None:
+        """The body will not be kept: close without flushing (the caller discards it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,10 +149,8 @@ def http_stack(stack: str | None = None) -> str:
     return stack
 
 
-def default_transport(
-    max_connections: int, stack: str | None = None
-) -> httpx.AsyncBaseTransport | None:
-    """The transport FloraClient uses when given none; None means httpx's own.
+def default_lane(max_connections: int, stack: str | None = None) -> Lane:
+    """The lane FloraClient uses when given no transport.
 
     aiohttp's (``transport.py``) costs a fifth of httpx's CPU per request
     (docs/performance.md, scenario 1); ``FLORA_BATCH_HTTP=httpx`` is the way back.  With
@@ -168,10 +165,27 @@ def default_transport(
         ConfigError: an unknown stack name.
     """
     if http_stack(stack) == "httpx" or _proxied():
-        return None
+        return HttpxLane.over(None, max_connections=max_connections)
     from .transport import AiohttpTransport  # aiohttp is imported only when it is used
 
-    return AiohttpTransport(max_connections=max_connections)
+    return AiohttpLane(AiohttpTransport(max_connections=max_connections))
+
+
+def lane_for(transport: httpx.AsyncBaseTransport | None, max_connections: int) -> Lane:
+    """The lane over ``transport``: the aiohttp lane for ours, the httpx lane for any
+    other (the emulator in-process: tests), the default for None."""
+    if transport is None:
+        return default_lane(max_connections)
+    if _is_aiohttp(transport):
+        return AiohttpLane(cast("AiohttpTransport", transport))
+    return HttpxLane.over(transport, max_connections=max_connections)
+
+
+def _is_aiohttp(transport: httpx.AsyncBaseTransport) -> bool:
+    """Whether ``transport`` is ours (only then is aiohttp imported)."""
+    from .transport import AiohttpTransport
+
+    return isinstance(transport, AiohttpTransport)
 
 
 def _proxied() -> bool:
@@ -227,22 +241,9 @@ class FloraClient:
         self._base = urlsplit(self.base_url)
         # Sent only to the API, never to media hosts that serve outputs.
         self._auth = {"Authorization": f"Bearer {api_key}"}
-        chosen = transport or default_transport(max_connections)
-        timeouts = httpx.Timeout(timeout, connect=min(timeout, 10.0))
-        self._http = httpx.AsyncClient(
-            headers={"User-Agent": USER_AGENT},
-            transport=chosen,
-            timeout=timeouts,
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-            follow_redirects=False,
-        )
-        self._direct = _direct_lane(chosen)
-        self._direct_timeout = (
-            self._direct.client_timeout(timeouts.as_dict()) if self._direct else None
-        )
-        self._plain = {"User-Agent": USER_AGENT}  # what the direct lane sends to media hosts
+        self._lane = lane_for(transport, max_connections)
+        self._timeout = timeout
+        self._plain = {"User-Agent": USER_AGENT}  # what is sent to media hosts
         self._api = {**self._plain, **self._auth}
         # At most as many requests inside httpx as its pool has connections; the rest
         # wait here, in O(1).  Queued inside httpcore instead, each arrival or finish
@@ -258,7 +259,7 @@ class FloraClient:
 
     async def aclose(self) -> None:
         """Close the connection pool."""
-        await self._http.aclose()
+        await self._lane.aclose()
 
     async def _send(
         self,
@@ -267,34 +268,17 @@ class FloraClient:
         headers: dict[str, str],
         content: bytes | None = None,
         timeout: float | None = None,
-        **multipart: Any,
     ) -> Reply:
-        """Send one request, the direct lane when there is one; the caller holds the gate
-        and ``aclose``s the reply.
-
-        ``headers`` are all that is sent (User-Agent included); ``timeout`` replaces the
-        client's for this request; ``multipart`` (httpx's ``data``/``files``) always goes
-        through httpx, which builds the body.
-        """
-        limits = None if timeout is None else self._limits(timeout)
-        if self._direct is not None and self._direct_timeout is not None and not multipart:
-            chosen = self._direct_timeout
-            if limits is not None:
-                chosen = self._direct.client_timeout(limits.as_dict())
-            return await self._direct.request(
-                method, url, headers=headers, content=content, timeout=chosen
-            )
-        extra: dict[str, Any] = {} if limits is None else {"timeout": limits}
-        request = self._http.build_request(
-            method, url, headers=headers, content=content, **extra, **multipart
+        """Send one request through the lane; the caller holds the gate and ``aclose``s
+        the reply.  ``headers`` are all that is sent (User-Agent included); ``timeout``
+        replaces the client's for this request."""
+        return await self._lane.request(
+            method, url, headers=headers, content=content, timeout=timeout or self._timeout
         )
-        return await self._http.send(request, stream=True)
 
-    @staticmethod
-    @functools.lru_cache(maxsize=8)
-    def _limits(timeout: float) -> httpx.Timeout:
-        """httpx's timeouts for one request's own ``timeout`` (a poll's: one value, cached)."""
-        return httpx.Timeout(timeout, connect=min(timeout, 10.0))
+    async def _send_built(self, request: httpx.Request) -> Reply:
+        """Send a request httpx built (a multipart body) through the lane."""
+        return await self._lane.send(request, self._timeout)
 
     # -- JSON requests ------------------------------------------------------------
 
@@ -330,7 +314,11 @@ class FloraClient:
             sent = {**sent, "Content-Type": "application/json"}
         async with self._gate:
             with map_http_errors(creating=creating):
-                response = await self._send(method, url, sent, content, timeout, **multipart)
+                if multipart:  # httpx builds the body; the lane sends it like any other
+                    built = httpx.Request(method, url, headers=sent, **multipart)
+                    response = await self._send_built(built)
+                else:
+                    response = await self._send(method, url, sent, content, timeout)
                 try:
                     body = await self._read_capped(response)
                 finally:
@@ -523,17 +511,23 @@ class FloraClient:
         check_fetch_url(target.url)
         kind = content_type or "application/octet-stream"
         with open(path, "rb") as fh, map_http_errors():
+            request = httpx.Request(
+                target.method,
+                target.url,
+                headers=self._plain,
+                data=dict(target.fields),
+                files={target.file_field: (file_name, fh, kind)},
+            )
             async with self._gate:
-                resp = await self._http.request(
-                    target.method,
-                    target.url,
-                    data=dict(target.fields),
-                    files={target.file_field: (file_name, fh, kind)},
-                )
+                resp = await self._send_built(request)
+                try:
+                    body = await self._read_capped(resp)
+                finally:
+                    await resp.aclose()
         if not resp.is_success:
+            text = body.decode("utf-8", errors="replace")[:500]
             raise StorageError(
-                f"the storage host answered {resp.status_code}: {resp.text[:500]}",
-                status=resp.status_code,
+                f"the storage host answered {resp.status_code}: {text}", status=resp.status_code
             )
 
     # -- downloads ----------------------------------------------------------------
@@ -541,24 +535,25 @@ class FloraClient:
     async def download(
         self,
         url: str,
-        dest: Path,
+        sink: Sink,
         *,
         max_bytes: int = DEFAULT_MAX_DOWNLOAD,
         output_type: str | None = None,
         fsync: bool = False,
     ) -> Downloaded:
-        """Stream ``url`` into ``dest`` (a temporary file), hashing as it goes.
+        """Stream ``url`` into ``sink`` (a temporary file the results folder made),
+        hashing as it goes.
 
         Follows up to 5 redirects, each to HTTPS (or loopback) only.  Checks the byte
         count against Content-Length: a short body raises TransportError, never passes.
-        A body over ``max_bytes`` (declared or streamed) raises ResponseRefused.
+        A body over ``max_bytes`` (declared or streamed) raises ResponseRefused.  The sink
+        is finished (closed) when this returns, abandoned when it raises.
 
         Args:
             output_type: for a run output, its type: the body must be that kind of file
                 (``sniff.media_problem``), and unless the API itself is on loopback the
                 URL and every redirect must name a public host.
-            fsync: make ``dest``'s bytes durable before returning (one ``fsync`` on the
-                descriptor that wrote them, not a second open later).
+            fsync: make the sink's bytes durable before returning.
         """
         local_ok = output_type is None or is_loopback(self._base.hostname)
         previous: str | None = None
@@ -573,50 +568,49 @@ class FloraClient:
                             continue
                         if not resp.is_success:
                             raise _error_from(resp, await self._read_capped(resp))
-                        return await self._stream_to(resp, dest, max_bytes, output_type, fsync)
+                        return await _stream_to(resp, sink, max_bytes, output_type, fsync)
                     finally:
                         await resp.aclose()
         raise ResponseRefused("too many redirects while downloading an output")
 
-    @staticmethod
-    async def _stream_to(
-        resp: Reply, dest: Path, max_bytes: int, output_type: str | None, fsync: bool = False
-    ) -> Downloaded:
-        declared = _declared(resp.headers)
-        ctype = resp.headers.get("content-type")
-        if declared is not None and declared > max_bytes:
-            raise ResponseRefused(f"output is {declared:,} bytes, over the {max_bytes:,}-byte cap")
-        _check_media(output_type, ctype, None)
-        if declared is not None and declared <= SMALL_BODY:
-            return _write_whole(await resp.aread(), dest, declared, output_type, ctype, fsync)
-        expected = resp.headers.get("content-length")
-        digest = hashlib.sha256()
-        size, head = 0, b""
-        try:
-            with open(dest, "wb") as fh:
-                # Chunks as the transport delivers them, not re-cut to 64 KB: aiohttp's
-                # come up to READ_BUFSIZE (transport.py), so each costs one hash update and
-                # one write.  Hashing and writing stay on the loop: handing them to a
-                # thread measured slower on 2 cores (GIL hand-offs between loop and
-                # thread).  Decoded bytes when Content-Encoding is set, so the cap counts
-                # what is kept.
-                async for chunk in resp.aiter_bytes():
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise ResponseRefused(f"output is larger than the {max_bytes:,}-byte cap")
-                    if len(head) < HEAD_BYTES:
-                        head += chunk[: HEAD_BYTES - len(head)]
-                    digest.update(chunk)
-                    fh.write(chunk)
-                fh.flush()
-                if fsync and (declared is None or declared == size):  # else refused below
-                    os.fsync(fh.fileno())
-        except OSError as exc:
-            raise ResultsError(f"cannot write {dest}: {exc.strerror or exc}") from exc
+
+async def _stream_to(
+    resp: Reply, sink: Sink, max_bytes: int, output_type: str | None, fsync: bool
+) -> Downloaded:
+    """The body of ``resp`` into ``sink``: capped, checked against its length and its
+    promised kind, hashed; the sink finished, or abandoned on any failure."""
+    declared = _declared(resp.headers)
+    ctype = resp.headers.get("content-type")
+    if declared is not None and declared > max_bytes:
+        raise ResponseRefused(f"output is {declared:,} bytes, over the {max_bytes:,}-byte cap")
+    _check_media(output_type, ctype, None)
+    if declared is not None and declared <= SMALL_BODY:
+        return _write_whole(await resp.aread(), sink, declared, output_type, ctype, fsync)
+    expected = resp.headers.get("content-length")
+    digest = hashlib.sha256()
+    size, head = 0, b""
+    try:
+        # Chunks as the transport delivers them, not re-cut to 64 KB: aiohttp's come up
+        # to READ_BUFSIZE (transport.py), so each costs one hash update and one write.
+        # Hashing and writing stay on the loop: handing them to a thread measured slower
+        # on 2 cores (GIL hand-offs between loop and thread).  Decoded bytes when
+        # Content-Encoding is set, so the cap counts what is kept.
+        async for chunk in resp.aiter_bytes():
+            size += len(chunk)
+            if size > max_bytes:
+                raise ResponseRefused(f"output is larger than the {max_bytes:,}-byte cap")
+            if len(head) < HEAD_BYTES:
+                head += chunk[: HEAD_BYTES - len(head)]
+            digest.update(chunk)
+            sink.write(chunk)
         if declared is not None and declared != size:
             raise TransportError(f"download truncated: got {size} of {expected} bytes")
         _check_media(output_type, ctype, head)
-        return Downloaded(size, digest.hexdigest(), content_type_of(ctype, head))
+    except BaseException:
+        sink.abandon()
+        raise
+    sink.finish(fsync=fsync)
+    return Downloaded(size, digest.hexdigest(), content_type_of(ctype, head))
 
 
 #: A body of at most this many bytes (declared by Content-Length) is read whole, then
@@ -636,39 +630,15 @@ def _declared(headers: Mapping[str, str]) -> int | None:
 
 
 def _write_whole(
-    data: bytes, dest: Path, declared: int, output_type: str | None, ctype: str | None, fsync: bool
+    data: bytes, sink: Sink, declared: int, output_type: str | None, ctype: str | None, fsync: bool
 ) -> Downloaded:
-    """``_stream_to`` for a small body read whole: checked, written, synced."""
+    """``_stream_to`` for a small body read whole: checked, then written in one go."""
     if len(data) != declared:
         raise TransportError(f"download truncated: got {len(data)} of {declared} bytes")
     _check_media(output_type, ctype, data[:HEAD_BYTES])
-    try:
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            if fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        raise ResultsError(f"cannot write {dest}: {exc.strerror or exc}") from exc
+    sink.write_all(data, fsync=fsync)
     kind = content_type_of(ctype, data[:HEAD_BYTES])
     return Downloaded(len(data), hashlib.sha256(data).hexdigest(), kind)
-
-
-def _direct_lane(transport: httpx.AsyncBaseTransport | None) -> AiohttpTransport | None:
-    """The transport itself when it is ours (the direct lane), else None.
-
-    Only if ``transport.py`` is loaded: a client given another transport never imports
-    aiohttp.
-    """
-    module = sys.modules.get("flora_batch.remote.transport")
-    ours = getattr(module, "AiohttpTransport", None)
-    if ours is None or not isinstance(transport, ours):
-        return None
-    return cast("AiohttpTransport", transport)
 
 
 def _check_media(output_type: str | None, content_type: str | None, head: bytes | None) -> None:
@@ -681,13 +651,16 @@ def _check_media(output_type: str | None, content_type: str | None, head: bytes 
 __all__ = [
     "Downloaded",
     "FloraClient",
+    "Lane",
     "RemoteError",
     "Reply",
     "RunHistory",
+    "Sink",
     "check_fetch_url",
-    "default_transport",
+    "default_lane",
     "http_stack",
     "is_loopback",
+    "lane_for",
     "map_http_errors",
     "parse_retry_after",
 ]

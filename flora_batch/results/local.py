@@ -19,7 +19,7 @@ import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from ..errors import ResultsError
 
@@ -119,6 +119,10 @@ class Results:
         """A fresh temporary file name inside the results folder."""
         return Path(f"{self._tmp_prefix}{next(self._tmp_count)}.part")
 
+    def temp_file(self) -> FileSink:
+        """A fresh temporary file inside the results folder, for a download to stream into."""
+        return FileSink(self.temp_path())
+
     def commit(self, tmp: Path, relative: str, *, synced: bool = False) -> Path:
         """fsync ``tmp`` (unless ``synced``: its writer did) and rename it to its final
         name (atomic on one file system)."""
@@ -191,11 +195,74 @@ class Results:
             return str(path)
 
 
+class FileSink:
+    """A temporary file a download streams into (``FloraClient.download``'s ``Sink``).
+
+    The results folder writes files, never the client: it opens, writes, syncs and closes
+    this one; any failure of the disk is a ``ResultsError`` (the batch stops: exit 7).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh: BinaryIO | None = None
+
+    def write_all(self, data: bytes, *, fsync: bool) -> None:
+        """A whole (small) body in one ``write`` loop, synced on the same descriptor."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise self._failed(exc) from exc
+
+    def write(self, chunk: bytes) -> None:
+        """The next piece of a streamed body (the file opened at the first)."""
+        try:
+            if self._fh is None:
+                self._fh = open(self.path, "wb")  # noqa: SIM115  (closed by finish/abandon)
+            self._fh.write(chunk)
+        except OSError as exc:
+            raise self._failed(exc) from exc
+
+    def finish(self, *, fsync: bool) -> None:
+        """The streamed body is complete: flushed, synced (``fsync``), closed."""
+        try:
+            if self._fh is None:  # an empty body
+                self._fh = open(self.path, "wb")  # noqa: SIM115
+            self._fh.flush()
+            if fsync:
+                os.fsync(self._fh.fileno())
+            self._fh.close()
+        except OSError as exc:
+            raise self._failed(exc) from exc
+        finally:
+            self._fh = None
+
+    def abandon(self) -> None:
+        """The body will not be kept: closed, unflushed (the caller discards the file)."""
+        if self._fh is not None:
+            with contextlib.suppress(OSError):
+                self._fh.close()
+            self._fh = None
+
+    def _failed(self, exc: OSError) -> ResultsError:
+        return ResultsError(f"cannot write {self.path}: {exc.strerror or exc}")
+
+
 class ResultStore(Protocol):
     """What the worker needs of a results location: this folder, or ``object_results``."""
 
     def temp_path(self) -> Path:
         """A fresh local temporary file to download into."""
+
+    def temp_file(self) -> FileSink:
+        """A fresh local temporary file, for a download to stream into."""
 
     def commit(self, tmp: Path, relative: str, *, synced: bool = False) -> Path | str:
         """Put a finished temporary file in place under its final name; where it went.

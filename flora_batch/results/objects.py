@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import ResultsError
-from .local import TMP_DIR, Results, SavedFile
+from .local import TMP_DIR, FileSink, Results, SavedFile
 
 #: A worker's leftover ``.part`` file untouched for this long belongs to a dead worker.
 STALE_SECONDS = 3600.0
@@ -139,6 +139,10 @@ class ObjectResults:
     def temp_path(self) -> Path:
         """A fresh local temporary file (a download is hashed here before its PUT)."""
         return self._tmp / f"{secrets.token_hex(8)}.part"
+
+    def temp_file(self) -> FileSink:
+        """A fresh local temporary file for a download to stream into."""
+        return FileSink(self.temp_path())
 
     def commit(self, tmp: Path, relative: str, *, synced: bool = False) -> str:
         """PUT ``tmp`` as one object under its final name, then drop ``tmp`` (``synced``

@@ -52,6 +52,7 @@ from ..manifest.sources import (
     upload_name,
 )
 from ..remote.client import FloraClient
+from ..results.local import FileSink
 from ..types import JobRecord, JobState, RunInput, UploadRecord, UploadState
 from .calls import AssetCalls
 from .probe import hash_file
@@ -320,7 +321,7 @@ class Uploader:
             try:
                 got = await retrying.call(
                     lambda: self.client.download(
-                        src.source, path, max_bytes=self.settings.max_download_bytes
+                        src.source, FileSink(path), max_bytes=self.settings.max_download_bytes
                     ),
                     what=f"download {src.source}",
                 )

@@ -183,12 +183,13 @@ class Downloader:
             return str(text.path), Downloaded(text.size, text.sha256, text.content_type)
         url, refreshed = out.url, 0
         while True:
-            tmp = self.results.temp_path()
+            sink = self.results.temp_file()
+            tmp = sink.path
             try:
                 got = await retrying.call(
-                    lambda u=url, t=tmp: self.client.download(  # type: ignore[misc]
+                    lambda u=url, s=sink: self.client.download(  # type: ignore[misc]
                         u,
-                        t,
+                        s,
                         max_bytes=self.settings.max_download_bytes,
                         output_type=out.type,
                         fsync=True,

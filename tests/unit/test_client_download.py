@@ -18,6 +18,7 @@ import pytest
 
 from flora_batch.errors import ResponseRefused, TransportError
 from flora_batch.remote.client import Downloaded, FloraClient
+from flora_batch.results.local import FileSink
 
 Body = Callable[[asyncio.StreamWriter], Awaitable[None]]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -66,7 +67,7 @@ async def fetch(
     """``FloraClient.download`` of the server's one file, over the default transport."""
     async with FloraClient(f"{origin}/api/v1", "sk_test_x") as client:
         return await client.download(
-            f"{origin}/out.png", dest, max_bytes=max_bytes, output_type=output_type
+            f"{origin}/out.png", FileSink(dest), max_bytes=max_bytes, output_type=output_type
         )
 
 

@@ -20,7 +20,9 @@ from test_transport import read_request, response, serve
 
 from flora_batch.errors import AmbiguousCreate, RateLimited, TransportError
 from flora_batch.remote.client import FloraClient
+from flora_batch.remote.lanes import AiohttpLane, HttpxLane
 from flora_batch.remote.transport import AiohttpTransport
+from flora_batch.results.local import FileSink
 from flora_batch.types import RunInput
 
 INPUTS = (RunInput("photo", "imageUrl", "https://example.com/a.png"),)
@@ -47,13 +49,16 @@ class Recorder:
             await writer.drain()
 
 
-def test_the_default_transport_takes_the_direct_lane() -> None:
-    """The lane is used only with our transport: a transport passed in keeps httpx's client."""
-    assert FloraClient("http://127.0.0.1:1/api/v1", "sk")._direct is not None
+def test_every_client_sends_through_its_one_lane() -> None:
+    """One door: our transport (or none) gives the aiohttp lane, any other httpx transport
+    (the emulator in-process) the httpx lane; the client's code above the lane is one."""
+    assert isinstance(FloraClient("http://127.0.0.1:1/api/v1", "sk")._lane, AiohttpLane)
     asgi = httpx.ASGITransport(app=lambda *a: None)  # type: ignore[arg-type]
-    assert FloraClient("http://127.0.0.1:1/api/v1", "sk", transport=asgi)._direct is None
+    over_asgi = FloraClient("http://127.0.0.1:1/api/v1", "sk", transport=asgi)._lane
+    assert isinstance(over_asgi, HttpxLane)
     passed = AiohttpTransport(max_connections=2)
-    assert FloraClient("http://127.0.0.1:1/api/v1", "sk", transport=passed)._direct is passed
+    lane = FloraClient("http://127.0.0.1:1/api/v1", "sk", transport=passed)._lane
+    assert isinstance(lane, AiohttpLane) and lane.transport is passed
 
 
 async def test_a_create_sends_key_token_and_compact_json() -> None:
@@ -99,7 +104,7 @@ async def test_a_download_carries_no_token_and_is_decoded(tmp_path: Path) -> Non
     server = Recorder(response(gzip.compress(body), "Content-Encoding: gzip"))
     dest = tmp_path / "out.png"
     async with serve(server) as url, FloraClient(f"{url}/api/v1", "sk_secret") as client:
-        got = await client.download(f"{url}/media/out.png", dest, output_type="imageUrl")
+        got = await client.download(f"{url}/media/out.png", FileSink(dest), output_type="imageUrl")
     assert dest.read_bytes() == body and got.size == len(body)
     assert "authorization" not in head_of(server.seen[0])
 

@@ -22,7 +22,8 @@ import httpx
 import pytest
 
 from flora_batch.errors import AmbiguousCreate, ConfigError, TransportError
-from flora_batch.remote.client import FloraClient, default_transport
+from flora_batch.remote.client import FloraClient, default_lane
+from flora_batch.remote.lanes import AiohttpLane, HttpxLane
 from flora_batch.remote.transport import ENCODED_CHUNK, AiohttpTransport, map_error
 from flora_batch.types import RunInput
 
@@ -373,14 +374,14 @@ async def test_connections_are_kept_alive() -> None:
 # -- choosing the stack -----------------------------------------------------------------
 
 
-def test_default_transport_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_lane_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     """aiohttp's by default; FLORA_BATCH_HTTP=httpx gives httpx's own; others are refused."""
-    assert isinstance(default_transport(8), AiohttpTransport)
+    assert isinstance(default_lane(8), AiohttpLane)
     monkeypatch.setenv("FLORA_BATCH_HTTP", "httpx")
-    assert default_transport(8) is None
+    assert isinstance(default_lane(8), HttpxLane)
     monkeypatch.setenv("FLORA_BATCH_HTTP", "curl")
     with pytest.raises(ConfigError):
-        default_transport(8)
+        default_lane(8)
 
 
 def test_a_proxy_in_the_environment_gets_httpx_own_transport(
@@ -388,9 +389,8 @@ def test_a_proxy_in_the_environment_gets_httpx_own_transport(
 ) -> None:
     """httpx routes through HTTPS_PROXY only with a transport it builds: so it builds it."""
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
-    assert default_transport(8) is None
-    client = FloraClient("https://app.flora.ai/api/v1", "sk_test")
-    assert client._http._mounts, "httpx mounted no proxy"
+    lane = FloraClient("https://app.flora.ai/api/v1", "sk_test")._lane
+    assert isinstance(lane, HttpxLane) and lane.client._mounts, "httpx mounted no proxy"
 
 
 def test_timeouts_map_connect_and_read() -> None:
