@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import AsyncIterator, Mapping
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
@@ -76,12 +76,16 @@ class AiohttpLane:
 
     def __init__(self, transport: AiohttpTransport) -> None:
         self.transport = transport
+        self._limits: dict[float, Any] = {}  # seconds -> aiohttp.ClientTimeout (a few)
 
     async def request(
         self, method: str, url: str, *, headers: Mapping[str, str], content: bytes | None,
         timeout: float,
     ) -> Reply:  # fmt: skip
-        limits = self.transport.client_timeout(httpx_timeout(timeout).as_dict())
+        limits = self._limits.get(timeout)
+        if limits is None:  # once per distinct timeout: the hot path builds nothing
+            limits = self.transport.client_timeout(httpx_timeout(timeout).as_dict())
+            self._limits[timeout] = limits
         return await self.transport.request(
             method, url, headers=headers, content=content, timeout=limits
         )
