@@ -20,7 +20,7 @@ from flora_batch.config import Settings
 from flora_batch.ledger import Ledger
 from flora_batch.manifest import load_manifest
 from flora_batch.pipeline import BatchResult, run_batch
-from flora_batch.remote.client import default_transport
+from flora_batch.remote.client import http_stack
 
 #: FloraClient's pool (client.py: max_connections=32, keep-alive the same); used when
 #: flora-batch runs on httpx's own transport (``FLORA_BATCH_HTTP=httpx``).
@@ -72,6 +72,16 @@ def make_transport(kind: str) -> httpx.AsyncBaseTransport | None:
 
         return AiohttpTransport(limits=CLIENT_LIMITS)
     raise ValueError(kind)
+
+
+def shipped_transport() -> httpx.AsyncBaseTransport:
+    """The transport FloraClient ships (aiohttp's unless FLORA_BATCH_HTTP=httpx), built
+    here so a recording wrapper can sit in front of it."""
+    if http_stack(None) == "httpx":
+        return httpx.AsyncHTTPTransport(limits=CLIENT_LIMITS)
+    from flora_batch.remote.transport import AiohttpTransport
+
+    return AiohttpTransport(max_connections=32)
 
 
 def gate_client(limit: int) -> None:
@@ -136,8 +146,7 @@ def run_flora(
     inner = make_transport(transport)
     if record:
         # What FloraClient ships (aiohttp's transport unless FLORA_BATCH_HTTP=httpx).
-        shipped = default_transport(32) or make_transport("httpcore")
-        inner = RecordingTransport(inner or shipped, log)  # type: ignore[arg-type]
+        inner = RecordingTransport(inner or shipped_transport(), log)
 
     t0 = os.times()
     cpu0, wall0 = time.process_time(), time.perf_counter()
