@@ -1,6 +1,7 @@
-"""Settings: one frozen object built once (flags > environment > defaults) and passed down.
+"""Settings: one frozen object built once and passed down.
 
-Nothing below the CLI reads the environment; it reads ``Settings``.
+``cli.settings.resolve`` builds it, ranking flag > environment > config file > manifest >
+these defaults.  Nothing below the CLI reads the environment; it reads ``Settings``.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ class Settings:
     asset_folder: str | None = None
     upload_concurrency: int = DEFAULT_UPLOAD_CONCURRENCY
     upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT
+    # An S3-compatible endpoint for s3:// results (``submit``/``worker --s3-endpoint``).
+    s3_endpoint: str | None = None
 
 
 def check_api_key(key: str | None) -> str:

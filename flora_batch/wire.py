@@ -7,6 +7,7 @@ through the parsers here, so the rest of flora-batch sees one shape (``types``).
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from collections.abc import Mapping
 from typing import Any
@@ -16,6 +17,20 @@ from .types import IOSlot, RunInfo, RunInput, RunOutput, Technique
 
 API_PREFIX = "/api/v1"
 DEFAULT_BASE_URL = "https://app.flora.ai/api/v1"
+
+
+@functools.cache
+def package_version() -> str:
+    """flora-batch's version as installed (``importlib.metadata``), for the User-Agent.
+
+    ``0+unknown`` when run from a checkout that was never installed.
+    """
+    from importlib import metadata
+
+    try:
+        return metadata.version("flora-batch")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
 
 #: Run-level error codes sorted per CONTRACT.md §5.  Unknown codes count as "unknown".
 RETRYABLE_RUN_CODES = frozenset(

@@ -7,32 +7,21 @@ with a clear message (one machine needs only ``flora-batch run``).
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .. import errors as E
-from ..cluster import (
-    DEFAULT_IDLE_POLL,
-    DEFAULT_LEASE,
-    Served,
-    Stopper,
-    Submitted,
-    WorkerOptions,
-    new_worker_id,
-    serve,
-    submit_batch,
-)
-from ..config import DEFAULT_MAX_POLL, DEFAULT_MIN_POLL, DEFAULT_SUBMIT_RATE, Settings
 from ..types import cost_unit, money
-from ..wire import DEFAULT_BASE_URL
-from .options import contract_options, load_manifest_arg, settings_from
+from . import options as opt
+from .settings import load_manifest_arg, settings_for
 
-S3_ENDPOINT_ENV = "FLORA_BATCH_S3_ENDPOINT"
+if TYPE_CHECKING:  # imported when a command runs: `--help` stays light
+    from ..cluster import Served, Submitted, WorkerOptions
+    from ..config import Settings
 
 SUBMIT_EXAMPLES = """
 \b
@@ -53,33 +42,8 @@ Examples:
 """
 
 
-def _base_url(fn: Any) -> Any:
-    return click.option(
-        "--base-url",
-        envvar="FLORA_BASE_URL",
-        default=DEFAULT_BASE_URL,
-        show_default=True,
-        help="FLORA API base URL (env FLORA_BASE_URL).",
-    )(fn)
-
-
-def _s3_endpoint(fn: Any) -> Any:
-    return click.option(
-        "--s3-endpoint",
-        envvar=S3_ENDPOINT_ENV,
-        metavar="URL",
-        help=f"S3-compatible endpoint for s3:// results (env {S3_ENDPOINT_ENV}).",
-    )(fn)
-
-
 def _storage_options(endpoint: str | None) -> dict[str, Any] | None:
     return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else None
-
-
-def _api_key() -> str | None:
-    obj = click.get_current_context().find_root().obj or {}
-    key: str | None = obj.get("api_key")
-    return key
 
 
 # --- submit ---------------------------------------------------------------------------------
@@ -87,57 +51,34 @@ def _api_key() -> str | None:
 
 @click.command("submit", epilog=SUBMIT_EXAMPLES)
 @click.argument("manifest", type=click.Path(path_type=Path))
-@click.option(
-    "--ledger",
-    envvar="FLORA_LEDGER",
-    help="The shared ledger: postgresql://... (env FLORA_LEDGER; default: the manifest's).",
+@opt.LEDGER.saying(
+    "The shared ledger: postgresql://... (env FLORA_LEDGER; default: the manifest's)."
 )
-@_base_url
-@click.option(
-    "--results",
-    help="Where every worker writes outputs: a folder all machines reach at the same path, "
-    "or s3://bucket/prefix (default: the manifest's output.dir).",
+@opt.BASE_URL
+@opt.RESULTS.saying(
+    "Where every worker writes outputs: a folder all machines reach at the same path, "
+    "or s3://bucket/prefix (default: the manifest's output.dir)."
 )
-@click.option("--technique", help="With a rows file instead of a manifest: the technique slug.")
-@click.option("--input", "inputs", multiple=True, metavar="ID=COLUMN", help="With --technique.")
-@click.option("--skip-invalid", is_flag=True, help="Plan the valid rows; list the invalid ones.")
-@click.option(
-    "--concurrency",
-    type=click.IntRange(1, 256),
-    help="Runs in flight at most, across all workers (default: manifest, else 4).",
-)
-@click.option(
-    "--max-cost", type=click.FloatRange(min=0), help="Hard cap on money the batch may spend."
-)
-@click.option(
-    "--rate",
-    "submit_rate",
-    type=click.FloatRange(min=0),
-    default=DEFAULT_SUBMIT_RATE,
-    show_default=True,
-    help="Creates per second at most, across all workers (0: unpaced).",
-)
-@click.option("--retry-failed", is_flag=True, help="Plan again failed jobs FLORA calls retryable.")
-@click.option(
-    "--resubmit-unresolved", is_flag=True, help="Plan again jobs whose run could not be identified."
-)
-@_s3_endpoint
-@click.option("--json", "as_json", is_flag=True, help="Print what was recorded as JSON.")
+@opt.TECHNIQUE.saying("With a rows file instead of a manifest: the technique slug.")
+@opt.INPUT.saying("With --technique.")
+@opt.SKIP_INVALID.saying("Plan the valid rows; list the invalid ones.")
+@opt.CONCURRENCY.saying("Runs in flight at most, across all workers (default: manifest, else 4).")
+@opt.MAX_COST.saying("Hard cap on money the batch may spend.")
+@opt.RATE.saying("Creates per second at most, across all workers (0: unpaced).")
+@opt.RETRY_FAILED.saying("Plan again failed jobs FLORA calls retryable.")
+@opt.RESUBMIT_UNRESOLVED.saying("Plan again jobs whose run could not be identified.")
+@opt.S3_ENDPOINT
+@opt.JSON.saying("Print what was recorded as JSON.")
+@click.pass_context
 def submit(
+    ctx: click.Context,
+    /,
     manifest: Path,
-    ledger: str | None,
-    base_url: str,
     results: str | None,
     technique: str | None,
     inputs: tuple[str, ...],
-    skip_invalid: bool,
-    concurrency: int | None,
-    max_cost: float | None,
-    submit_rate: float,
-    retry_failed: bool,
-    resubmit_unresolved: bool,
-    s3_endpoint: str | None,
     as_json: bool,
+    **_settings: Any,
 ) -> None:
     """Plan a batch into a shared PostgreSQL ledger, for workers to run.
 
@@ -147,24 +88,16 @@ def submit(
     Submitting again adds new rows and updates the batch's settings; finished jobs stay
     finished.
     """
+    import asyncio
+
+    from ..cluster import submit_batch
 
     m = load_manifest_arg(manifest, technique, inputs)
-    settings = settings_from(
-        base_url,
-        _api_key(),
-        ledger=ledger,
-        concurrency=concurrency,
-        max_cost=max_cost,
-        submit_rate=submit_rate,
-        retry_failed=retry_failed,
-        resubmit_unresolved=resubmit_unresolved,
-        skip_invalid=skip_invalid,
-    )
+    settings = settings_for(ctx, manifest=m, needs_key=True)
     if results is not None and "://" not in results:
         results = str(Path(results).expanduser().absolute())
-    done = asyncio.run(
-        submit_batch(m, settings, results=results, storage_options=_storage_options(s3_endpoint))
-    )
+    storage = _storage_options(settings.s3_endpoint)
+    done = asyncio.run(submit_batch(m, settings, results=results, storage_options=storage))
     _show_submitted(done, as_json=as_json)
 
 
@@ -203,71 +136,29 @@ def _show_submitted(done: Submitted, *, as_json: bool) -> None:
 
 
 @click.command("worker", epilog=WORKER_EXAMPLES)
-@click.option(
-    "--ledger",
-    envvar="FLORA_LEDGER",
-    help="The shared ledger: postgresql://... (env FLORA_LEDGER).",
-)
-@_base_url
-@click.option("--batch", help="Work only this batch (default: every batch, oldest first).")
-@click.option(
-    "--concurrency",
-    type=click.IntRange(1, 256),
-    help="Runs this worker keeps in flight (default: the batch's cluster-wide cap).",
-)
-@click.option(
-    "--lease",
-    type=click.FloatRange(min=1),
-    default=DEFAULT_LEASE,
-    show_default=True,
-    metavar="SECONDS",
-    help="How long a claim lasts without a heartbeat; a dead worker's jobs wait this long.",
-)
-@click.option(
-    "--exit-when-idle", is_flag=True, help="Exit when there is nothing to claim (cron fleets)."
-)
-@click.option("--worker-id", help="Name shown in status (default: host-pid-random).")
-@click.option(
-    "--idle-poll",
-    type=click.FloatRange(min=0.05),
-    default=DEFAULT_IDLE_POLL,
-    show_default=True,
-    metavar="SECONDS",
-    help="Seconds between looks for work while there is none.",
-)
-@click.option(
-    "--min-poll",
-    type=float,
-    default=DEFAULT_MIN_POLL,
-    show_default=True,
-    help="Seconds between polls of one run at the least.",
-)
-@click.option(
-    "--max-poll",
-    type=float,
-    default=DEFAULT_MAX_POLL,
-    show_default=True,
-    help="Seconds between polls at the most (and before a stuck job is tried again).",
-)
-@click.option("--max-runtime", type=float, metavar="SECONDS", help="Stop cleanly after this long.")
-@contract_options
-@_s3_endpoint
+@opt.LEDGER.saying("The shared ledger: postgresql://... (env FLORA_LEDGER).")
+@opt.BASE_URL
+@opt.BATCH.saying("Work only this batch (default: every batch, oldest first).")
+@opt.CONCURRENCY.saying("Runs this worker keeps in flight (default: the batch's cluster-wide cap).")
+@opt.LEASE
+@opt.EXIT_WHEN_IDLE
+@opt.WORKER_ID
+@opt.IDLE_POLL
+@opt.MIN_POLL
+@opt.MAX_POLL
+@opt.MAX_RUNTIME.saying("Stop cleanly after this long.")
+@opt.contract_options
+@opt.S3_ENDPOINT
+@click.pass_context
 def worker(
-    ledger: str | None,
-    base_url: str,
+    ctx: click.Context,
+    /,
     batch: str | None,
-    concurrency: int | None,
     lease: float,
     exit_when_idle: bool,
     worker_id: str | None,
     idle_poll: float,
-    min_poll: float,
-    max_poll: float,
-    max_runtime: float | None,
-    timeout: float,
-    key_window: float,
-    history_lag: float,
-    s3_endpoint: str | None,
+    **_settings: Any,
 ) -> None:
     """Work submitted batches from a shared PostgreSQL ledger (one or more per machine).
 
@@ -283,26 +174,19 @@ def worker(
     --max-runtime) · 2 usage (e.g. a SQLite ledger) · 3 stopped by FLORA (key, credits,
     outage) · 5 a `flora-batch run` holds the ledger · 7 results or ledger not writable
     """
+    import asyncio
 
-    settings = settings_from(
-        base_url,
-        _api_key(),
-        ledger=ledger,
-        min_poll=min_poll,
-        max_poll=max_poll,
-        max_runtime=max_runtime,
-        timeout=timeout,
-        key_window=key_window,
-        history_lag=history_lag,
-    )
+    from ..cluster import WorkerOptions, new_worker_id
+
+    settings = settings_for(ctx, needs_key=True)
     options = WorkerOptions(
         worker_id=worker_id or new_worker_id(),
         lease=lease,
-        concurrency=concurrency,
+        concurrency=settings.concurrency,
         batch=batch,
         exit_when_idle=exit_when_idle,
         idle_poll=idle_poll,
-        storage_options=_storage_options(s3_endpoint),
+        storage_options=_storage_options(settings.s3_endpoint),
     )
     served = asyncio.run(_serve_with_signals(settings, options))
     click.echo(
@@ -315,6 +199,10 @@ def worker(
 
 
 async def _serve_with_signals(settings: Settings, options: WorkerOptions) -> Served:
+    import asyncio
+
+    from ..cluster import Stopper, serve
+
     loop = asyncio.get_running_loop()
     stopper = Stopper()
     for sig in (signal.SIGINT, signal.SIGTERM):

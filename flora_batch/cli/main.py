@@ -13,28 +13,26 @@ interrupted (run the same command again to continue).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import signal
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import click
 
 from .. import errors as E
-from ..config import DEFAULT_TIMEOUT, Settings, check_workspace_id
-from ..pipeline import BatchResult, plan_batch, run_batch
-from ..remote.client import http_stack
 from ..types import JobState, cost_unit, money
-from ..wire import DEFAULT_BASE_URL
-from .options import contract_options, load_manifest_arg, settings_from
+from . import options as opt
 from .progress import Progress, duration
+from .settings import flora, load_manifest_arg
 
-#: ``--demo``'s request timeout (the embedded emulator is on loopback), unless one is given.
-DEMO_TIMEOUT = 5.0
+if TYPE_CHECKING:  # imported when a command runs: `--help` stays light (docs/performance.md)
+    from ..config import Settings
+    from ..manifest import Manifest
+    from ..pipeline import BatchResult
+
 log = logging.getLogger("flora_batch")
 
 RUN_EXAMPLES = """
@@ -76,14 +74,18 @@ class _JsonFormatter(logging.Formatter):
 
 
 class _Commands(click.Group):
-    """The command group; ``emulator`` is imported only when it is asked for.
+    """The command group; ``emulator`` is imported only when it is run or its help shown.
 
     The emulator is a whole web app (a tenth of a second to import) that no other
-    command needs: every ``status``, ``plan`` and ``run`` started that much later.
+    command needs: every ``status``, ``plan`` and ``run`` started that much later, and
+    ``flora-batch --help`` lists it by its one-line help alone (``LAZY``).
     """
 
+    #: Commands imported on first use, with the one line ``--help`` lists them by.
+    LAZY: ClassVar[dict[str, str]] = {"emulator": "Run a local FLORA API emulator until Ctrl-C."}
+
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), "emulator"})
+        return sorted({*super().list_commands(ctx), *self.LAZY})
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name == "emulator" and cmd_name not in self.commands:
@@ -92,20 +94,28 @@ class _Commands(click.Group):
             self.add_command(emulator_command, name="emulator")
         return super().get_command(ctx, cmd_name)
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """click's own listing, but a lazy command by its line in ``LAZY``, not imported."""
+        names = [n for n in self.list_commands(ctx) if n in self.LAZY or n in self.commands]
+        shown = [n for n in names if n not in self.commands or not self.commands[n].hidden]
+        if not shown:
+            return
+        limit = formatter.width - 6 - max(len(name) for name in shown)
+        rows = [
+            (n, self.commands[n].get_short_help_str(limit) if n in self.commands else self.LAZY[n])
+            for n in shown
+        ]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
 
 @click.group(
     cls=_Commands,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
-@click.option("-v", "--verbose", count=True, help="More detail (-vv for debugging).")
-@click.option("-q", "--quiet", is_flag=True, help="Only warnings, errors and the summary.")
-@click.option(
-    "--log-format",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="json: one JSON object per log line (cron, log shippers).",
-)
+@opt.VERBOSE
+@opt.QUIET
+@opt.LOG_FORMAT
 @click.version_option(package_name="flora-batch")
 @click.pass_context
 def cli(ctx: click.Context, verbose: int, quiet: bool, log_format: str) -> None:
@@ -113,192 +123,57 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, log_format: str) -> None:
 
     \b
     Start here:
-      flora-batch run manifests/demo.yaml --demo    a whole batch against a local FLORA
-      flora-batch run --help                        the manifest, flags and exit codes
+      flora-batch techniques --demo          what FLORA can do, from a local FLORA emulator
+      flora-batch init studio-shot --demo    a manifest and a CSV to fill in, for a technique
+      flora-batch run --help                 the manifest, flags and exit codes
     """
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
     ctx.obj["quiet"] = quiet
     _setup_logging(verbose, quiet, log_format)
-    http_stack()  # a bad FLORA_BATCH_HTTP stops here, before any ledger is created
-    apply_config(ctx)  # ~/.config/flora-batch/config.toml: below flags and environment
 
 
-def _common_run_options(fn: Any) -> Any:
-    options = [
-        click.option(
-            "--base-url",
-            envvar="FLORA_BASE_URL",
-            default=DEFAULT_BASE_URL,
-            show_default=True,
-            help="FLORA API base URL (env FLORA_BASE_URL).",
-        ),
-        click.option(
-            "--ledger",
-            envvar="FLORA_LEDGER",
-            help="Ledger: a SQLite file path or a SQLAlchemy URL "
-            "(env FLORA_LEDGER; default: <name>.ledger.db beside the manifest).",
-        ),
-        click.option(
-            "--results",
-            type=click.Path(path_type=Path),
-            help="Results folder (default: the manifest's output.dir).",
-        ),
-        click.option(
-            "--technique",
-            help="With a CSV/XLSX/JSONL/Parquet instead of a manifest: the technique slug.",
-        ),
-        click.option(
-            "--input",
-            "inputs",
-            multiple=True,
-            metavar="ID=COLUMN",
-            help="With a rows file: map a technique input to a column (or a {template}).",
-        ),
-        click.option(
-            "--skip-invalid", is_flag=True, help="Run the valid rows; list the invalid ones."
-        ),
-        click.option(
-            "--demo", is_flag=True, help="Run against a local FLORA emulator (no key, no network)."
-        ),
-        click.option(
-            "--workspace-id",
-            envvar="FLORA_WORKSPACE_ID",
-            help="Workspace (ws_…) that local input files are uploaded to "
-            "(env FLORA_WORKSPACE_ID; default: the manifest's assets.workspace_id).",
-        ),
-        click.option(
-            "--asset-folder",
-            envvar="FLORA_ASSET_FOLDER",
-            help="Workspace library folder for uploaded files (default: assets.folder).",
-        ),
-    ]
-    for option in reversed(options):
+def _batch_options(fn: Any) -> Any:
+    """The options of every command that reads a batch's rows: ``run`` and ``plan``."""
+    for option in reversed(
+        (
+            opt.BASE_URL,
+            opt.LEDGER,
+            opt.RESULTS,
+            opt.TECHNIQUE,
+            opt.INPUT,
+            opt.SKIP_INVALID,
+            opt.DEMO,
+            opt.WORKSPACE_ID,
+            opt.ASSET_FOLDER,
+        )
+    ):
         fn = option(fn)
     return fn
 
 
-@contextmanager
-def _demo_server(enabled: bool, speed: float = 30.0, state_file: Path | None = None) -> Any:
-    """The embedded emulator for --demo: a real HTTP server on a loopback port.
-
-    With ``state_file`` it keeps its state there, so runs it made outlive this process
-    and a re-run after Ctrl-C or ``kill -9`` finds them (``_demo_state_file``).
-    """
-    if not enabled:
-        yield None
-        return
-    from ..emulator import EmulatorConfig
-    from ..emulator.serve import start_server
-
-    config = EmulatorConfig(speed=speed, state_file=state_file)
-    handle = start_server(config, host="127.0.0.1", port=0)
-    try:
-        yield handle
-    finally:
-        handle.stop()
-
-
-def _demo_state_file(m: Any, ledger: str | None) -> Path:
-    """Where ``run --demo``'s emulator keeps its state: ``<ledger>.demo-emulator.json``
-    beside a SQLite ledger file, else ``<batch>.demo-emulator.json`` beside the manifest."""
-    from ..ledger.connect import resolve
-    from ..locations import ledger_location
-
-    path = resolve(ledger_location(m, Settings(ledger=ledger))).sqlite_path
-    if path is None:
-        return Path(m.path).parent / f"{m.name}.demo-emulator.json"
-    return path.with_name(f"{path.name}.demo-emulator.json")
-
-
-def _assets(workspace_id: str | None, folder: str | None, m: Any, server: Any) -> dict[str, Any]:
-    """Where input files go: --demo's emulator workspace; else the flag or environment,
-    then the manifest's ``assets:``, then the config file (below the manifest)."""
-    ctx = click.get_current_context()
-    from_file = click.core.ParameterSource.DEFAULT_MAP
-    if ctx.get_parameter_source("workspace_id") is from_file:
-        workspace_id = m.workspace_id or workspace_id
-    if ctx.get_parameter_source("asset_folder") is from_file:
-        folder = m.asset_folder or folder
-    if server is not None:
-        workspace_id = server.emulator.config.workspace_id
-    return {"workspace_id": check_workspace_id(workspace_id), "asset_folder": folder}
-
-
 @cli.command(epilog=RUN_EXAMPLES)
 @click.argument("manifest", type=click.Path(path_type=Path))
-@_common_run_options
-@contract_options
-@click.option(
-    "--concurrency",
-    type=click.IntRange(1, 256),
-    help="Runs in flight at most (default: manifest, else 4).",
-)
-@click.option(
-    "--max-cost", type=click.FloatRange(min=0), help="Hard cap on money this batch may spend."
-)
-@click.option(
-    "--retry-failed",
-    is_flag=True,
-    help="Buy again the failed jobs FLORA calls retryable (new keys).",
-)
-@click.option(
-    "--resubmit-unresolved",
-    is_flag=True,
-    help="Buy again jobs whose first run could not be identified (may pay twice: check first).",
-)
-@click.option(
-    "--max-runtime", type=float, metavar="SECONDS", help="Stop cleanly after this long (cron)."
-)
-@click.option(
-    "--min-poll",
-    type=float,
-    default=2.0,
-    show_default=True,
-    help="Seconds between polls of one run at the least.",
-)
-@click.option(
-    "--rate",
-    "submit_rate",
-    type=float,
-    default=5.0,
-    show_default=True,
-    help="Creates per second at most (0: unpaced).",
-)
-@click.option(
-    "--verify", "verify_deep", is_flag=True, help="Re-hash every finished output on disk."
-)
-@click.option(
-    "--max-download-mb",
-    type=click.IntRange(min=1),
-    metavar="MIB",
-    help="Refuse any output file larger than this many MiB (default: 2048).",
-)
+@_batch_options
+@opt.contract_options
+@opt.CONCURRENCY
+@opt.MAX_COST
+@opt.RETRY_FAILED
+@opt.RESUBMIT_UNRESOLVED
+@opt.MAX_RUNTIME
+@opt.MIN_POLL
+@opt.RATE
+@opt.VERIFY
+@opt.MAX_DOWNLOAD_MB
 @click.pass_context
 def run(
     ctx: click.Context,
+    /,
     manifest: Path,
-    base_url: str,
-    ledger: str | None,
-    results: Path | None,
     technique: str | None,
     inputs: tuple[str, ...],
-    skip_invalid: bool,
     demo: bool,
-    workspace_id: str | None,
-    asset_folder: str | None,
-    concurrency: int | None,
-    max_cost: float | None,
-    retry_failed: bool,
-    resubmit_unresolved: bool,
-    max_runtime: float | None,
-    min_poll: float,
-    submit_rate: float,
-    verify_deep: bool,
-    max_download_mb: int | None,
-    timeout: float,
-    key_window: float,
-    history_lag: float,
+    **_settings: Any,
 ) -> None:
     """Run a batch: validate every row, then submit, poll and download — resumably.
 
@@ -313,41 +188,22 @@ def run(
     6 jobs need you to reconcile · 7 results folder or ledger not writable (disk full?)
     130 interrupted (run it again to continue)
     """
+    import asyncio
+
     m = load_manifest_arg(manifest, technique, inputs)
-    quiet = ctx.obj.get("quiet", False)
-    state_file = _demo_state_file(m, ledger) if demo else None
-    with _demo_server(demo, state_file=state_file) as server:
-        key = server.api_key if server else click.get_current_context().obj.get("api_key")
-        settings = settings_from(
-            server.base_url if server else base_url,
-            key,
-            ledger=ledger,
-            results=results,
-            concurrency=concurrency,
-            max_cost=max_cost,
-            retry_failed=retry_failed,
-            resubmit_unresolved=resubmit_unresolved,
-            skip_invalid=skip_invalid,
-            max_runtime=max_runtime,
-            min_poll=min_poll,
-            submit_rate=submit_rate,
-            verify_deep=verify_deep,
-            max_download_bytes=max_download_mb * 1024 * 1024 if max_download_mb else None,
-            # The embedded emulator answers in milliseconds: a create cut off by Ctrl-C or
-            # kill is waited out for seconds, not a minute, before it is sent again.
-            timeout=DEMO_TIMEOUT if server and timeout == DEFAULT_TIMEOUT else timeout,
-            key_window=key_window,
-            history_lag=history_lag,
-            **_assets(workspace_id, asset_folder, m, server),
-        )
-        progress = Progress(m.name, enabled=not quiet)
+    with flora(ctx, m, demo=demo, keep_state=True) as settings:
+        progress = Progress(m.name, enabled=not ctx.obj.get("quiet", False))
         result = asyncio.run(_run_with_signals(m, settings, progress))
         progress.close()
     _summarise(result, demo=demo)
     sys.exit(_exit_code(result))
 
 
-async def _run_with_signals(m: Any, settings: Settings, progress: Progress) -> BatchResult:
+async def _run_with_signals(m: Manifest, settings: Settings, progress: Progress) -> BatchResult:
+    import asyncio
+
+    from ..pipeline import run_batch
+
     loop = asyncio.get_running_loop()
 
     def hook(worker: Any) -> None:
@@ -441,36 +297,29 @@ def _stop_hint(stopped: str | None, error: E.FloraError | None) -> str | None:
 
 @cli.command(epilog="\b\nExample:\n  flora-batch plan manifests/demo.yaml --demo")
 @click.argument("manifest", type=click.Path(path_type=Path))
-@_common_run_options
-@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@_batch_options
+@opt.JSON.saying("Print the plan as JSON.")
+@click.pass_context
 def plan(
+    ctx: click.Context,
+    /,
     manifest: Path,
-    base_url: str,
-    ledger: str | None,
-    results: Path | None,
     technique: str | None,
     inputs: tuple[str, ...],
-    skip_invalid: bool,
     demo: bool,
-    workspace_id: str | None,
-    asset_folder: str | None,
     as_json: bool,
+    **_settings: Any,
 ) -> None:
     """Dry run: validate, count new / done / in-flight / failed / changed jobs, estimate cost.
 
     Reads technique schemas (free) and the ledger; buys nothing.  Exit codes match `run`.
     """
+    import asyncio
+
+    from ..pipeline import plan_batch
+
     m = load_manifest_arg(manifest, technique, inputs)
-    with _demo_server(demo) as server:
-        key = server.api_key if server else click.get_current_context().obj.get("api_key")
-        settings = settings_from(
-            server.base_url if server else base_url,
-            key,
-            ledger=ledger,
-            results=results,
-            skip_invalid=skip_invalid,
-            **_assets(workspace_id, asset_folder, m, server),
-        )
+    with flora(ctx, m, demo=demo) as settings:
         try:
             prepared, ledger_url = asyncio.run(plan_batch(m, settings))
         except E.ManifestProblems as exc:
@@ -479,10 +328,22 @@ def plan(
             problems = [str(problem) for problem in exc.problems]
             click.echo(json.dumps({"batch": m.name, "problems": problems}, indent=2))
             sys.exit(exc.exit_code)
-    p = prepared.plan
-    unit = cost_unit(prepared.techniques)
+    data = _plan_data(prepared, ledger_url, settings)
+    total = data["spent"] + data["reserved"] + data["estimated_cost"]
+    over = m.max_cost is not None and total > m.max_cost + 1e-9
+    if as_json:
+        click.echo(json.dumps({**data, "over_budget": over}, indent=2))
+    else:
+        unit = cost_unit(prepared.techniques)
+        click.echo("\n".join(plan_lines(data, unit, skipped=prepared.skipped, over=over)))
+    sys.exit(E.EXIT_BUDGET if over else E.EXIT_OK)
+
+
+def _plan_data(prepared: Any, ledger_url: str, settings: Settings) -> dict[str, Any]:
+    """``plan``'s figures, as ``--json`` prints them (less ``over_budget``)."""
+    m, p = prepared.manifest, prepared.plan
     spent, reserved = committed(ledger_url, m.name)
-    data = {
+    return {
         "batch": m.name,
         "jobs": len(p.keys),
         "new": len(p.new),
@@ -503,18 +364,11 @@ def plan(
         "skipped": [str(s) for s in prepared.skipped],
         "uploads": prepared.upload_summary.as_dict() if prepared.upload_summary else None,
     }
-    over = m.max_cost is not None and spent + reserved + p.total_cost > m.max_cost + 1e-9
-    if as_json:
-        click.echo(json.dumps({**data, "over_budget": over}, indent=2))
-    else:
-        click.echo("\n".join(plan_lines(data, unit, skipped=prepared.skipped, over=over)))
-    sys.exit(E.EXIT_BUDGET if over else E.EXIT_OK)
 
 
 # The operator's toolbox (techniques, init, status, report) and plan's helpers.
 from .toolbox import (  # noqa: E402
     COMMANDS,
-    apply_config,
     committed,
     plan_lines,
     superseded_lines,

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from ..types import JobState, money
-from ..worker import Snapshot
+
+if TYPE_CHECKING:
+    from ..worker import Snapshot
 
 
 def duration(seconds: float | None) -> str:

@@ -1,14 +1,14 @@
 """The operator's toolbox: ``techniques``, ``init``, ``status`` and ``report``.
 
 Thin click commands over ``techniques``, ``scaffold``, ``status`` and ``report``;
-``cli.py`` registers them (``COMMANDS``) and calls ``apply_config`` from its group.
-They read the pipeline's own ledger (``locations.ledger_location``), never a copy of it,
-and none of them pays for anything.
+``main`` registers them (``COMMANDS``).  Each takes its ``Settings`` from
+``settings.settings_for`` (or ``settings.flora`` to ask FLORA).  They read the
+pipeline's own ledger (``locations.ledger_location``), never a copy of it, and none of
+them pays for anything.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -22,68 +22,42 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from .. import errors as E
-from ..config import Settings, check_api_key
-from ..manifest.naming import SUPERSEDED_FOLDER
-from ..report import status as st
 from ..types import JobRecord, JobState, money
-from ..wire import DEFAULT_BASE_URL
-from . import scaffold, userconfig
-from .techniques import list_lines, list_techniques, show_lines, technique_dict
+from . import options as opt
+from .settings import flora, parsed, settings_for
 
-if TYPE_CHECKING:  # the client and the ledger are imported when a command needs them
+if TYPE_CHECKING:  # imported when a command runs: `--help` stays light
+    from ..config import Settings
     from ..ledger import Ledger
     from ..manifest import Manifest
     from ..remote.client import FloraClient
+    from ..report import status as st
     from ..types import Technique
 
 T = TypeVar("T")
 
 
-def apply_config(ctx: click.Context) -> None:
-    """Load the config file: option defaults (``default_map``) and the API key fallback."""
-    config = userconfig.load(os.environ)
-    ctx.obj["api_key"] = userconfig.api_key(os.environ, config)
-    if config.values:
-        commands = getattr(ctx.command, "commands", {})
-        ctx.default_map = {**(ctx.default_map or {}), **userconfig.default_map(config, commands)}
-
-
 # --- talking to FLORA (or the embedded emulator) -------------------------------------------
 
 
-@contextmanager
-def _flora(base_url: str, demo: bool) -> Iterator[tuple[str, str]]:
-    """``(base_url, api_key)``: FLORA's, or an embedded emulator's for ``--demo``."""
-    if not demo:
-        obj = click.get_current_context().find_root().obj or {}
-        yield base_url, check_api_key(obj.get("api_key"))
-        return
-    from ..emulator import EmulatorConfig
-    from ..emulator.serve import start_server
-
-    handle = start_server(EmulatorConfig(speed=30.0), host="127.0.0.1", port=0)
-    try:
-        yield handle.base_url, handle.api_key
-    finally:
-        handle.stop()
-
-
-def _ask(base_url: str, demo: bool, call: Callable[[FloraClient], Awaitable[T]]) -> T:
+def _ask(ctx: click.Context, call: Callable[[FloraClient], Awaitable[T]]) -> T:
     """Run one free request against FLORA (or ``--demo``'s emulator)."""
+    import asyncio
+
     from ..remote.client import FloraClient
 
     async def go(url: str, key: str) -> T:
         async with FloraClient(url, key) as client:
             return await call(client)
 
-    with _flora(base_url, demo) as (url, key):
-        return asyncio.run(go(url, key))
+    with flora(ctx, demo=parsed(ctx).values["demo"]) as settings:
+        return asyncio.run(go(settings.base_url, settings.api_key))
 
 
-def _technique(base_url: str, demo: bool, slug: str) -> Technique:
+def _technique(ctx: click.Context, slug: str) -> Technique:
     """One technique's schema; an unknown slug is a usage error with a suggestion."""
     try:
-        return _ask(base_url, demo, lambda c: c.get_technique(slug))
+        return _ask(ctx, lambda c: c.get_technique(slug))
     except E.NotFound:
         import difflib
 
@@ -95,17 +69,11 @@ def _technique(base_url: str, demo: bool, slug: str) -> Technique:
 
 
 def _remote_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    fn = click.option("--json", "as_json", is_flag=True, help="Print JSON.")(fn)
-    fn = click.option(
-        "--demo", is_flag=True, help="Ask an embedded FLORA emulator (no key, no network)."
-    )(fn)
-    return click.option(
-        "--base-url",
-        envvar="FLORA_BASE_URL",
-        default=DEFAULT_BASE_URL,
-        show_default=True,
-        help="FLORA API base URL (env FLORA_BASE_URL).",
-    )(fn)
+    """``--base-url``, ``--demo`` and ``--json``: the commands that ask FLORA something."""
+    fn = opt.JSON(fn)
+    fn = opt.DEMO.saying("Ask an embedded FLORA emulator (no key, no network).")(fn)
+    with_url: Callable[..., Any] = opt.BASE_URL(fn)
+    return with_url
 
 
 def _echo_json(data: Any) -> None:
@@ -126,29 +94,23 @@ Examples:
 @click.group("techniques", invoke_without_command=True, epilog=TECHNIQUES_EXAMPLES)
 @_remote_options
 @click.pass_context
-def techniques(ctx: click.Context, base_url: str, demo: bool, as_json: bool) -> None:
+def techniques(ctx: click.Context, /, as_json: bool, **_settings: Any) -> None:
     """List the techniques FLORA offers, with their cost per run.
 
     Uses FLORA's list endpoint; if it answers 404, lists the 38 techniques of FLORA's
     seed document (without costs).  `techniques show SLUG` gives one technique's inputs.
     """
+    from .techniques import list_lines, list_techniques
+
     if ctx.invoked_subcommand is not None:
         return
-    items, from_seed = _ask(base_url, demo, list_techniques)
+    items, from_seed = _ask(ctx, list_techniques)
     if as_json:
         _echo_json(
             {"source": "seed" if from_seed else "api", "techniques": [t.as_dict() for t in items]}
         )
     else:
         click.echo("\n".join(list_lines(items, from_seed=from_seed)))
-
-
-def _inherited(ctx: click.Context, name: str, value: Any) -> Any:
-    """A ``show`` option's value, else the same option given to ``techniques``."""
-    source = ctx.get_parameter_source(name)
-    if source not in (None, click.core.ParameterSource.DEFAULT) or ctx.parent is None:
-        return value
-    return ctx.parent.params.get(name, value) or value
 
 
 @techniques.command(
@@ -159,13 +121,12 @@ def _inherited(ctx: click.Context, name: str, value: Any) -> Any:
 @click.argument("slug")
 @_remote_options
 @click.pass_context
-def techniques_show(
-    ctx: click.Context, slug: str, base_url: str, demo: bool, as_json: bool
-) -> None:
+def techniques_show(ctx: click.Context, /, slug: str, **_settings: Any) -> None:
     """Show one technique: each input (type, required, constraints), outputs, cost per run."""
-    base_url = _inherited(ctx, "base_url", base_url)
-    technique = _technique(base_url, _inherited(ctx, "demo", demo), slug)
-    if _inherited(ctx, "as_json", as_json):
+    from .techniques import show_lines, technique_dict
+
+    technique = _technique(ctx, slug)
+    if parsed(ctx).values["as_json"]:  # ``techniques --json show ...`` too
         _echo_json(technique_dict(technique))
     else:
         click.echo("\n".join(show_lines(technique)))
@@ -184,18 +145,18 @@ Examples:
 
 @click.command("init", epilog=INIT_EXAMPLES)
 @click.argument("slug")
-@click.option("--rows", "rows_name", metavar="FILE", help="The CSV template (default SLUG.csv).")
-@click.option(
-    "--dir",
-    "folder",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("."),
-    show_default=True,
-    help="Folder to write both files into.",
-)
+@opt.ROWS
+@opt.DIR
 @_remote_options
+@click.pass_context
 def init(
-    slug: str, rows_name: str | None, folder: Path, base_url: str, demo: bool, as_json: bool
+    ctx: click.Context,
+    /,
+    slug: str,
+    rows_name: str | None,
+    folder: Path,
+    as_json: bool,
+    **_settings: Any,
 ) -> None:
     """Write a ready-to-edit manifest and a CSV template for a technique.
 
@@ -203,12 +164,14 @@ def init(
     column and explains it (type, required or optional, aspect ratio, media hosts).
     Existing files are never overwritten.
     """
+    from . import scaffold
+
     rows = folder / (rows_name or f"{scaffold.batch_name(slug)}.csv")
     manifest = folder / f"{scaffold.batch_name(slug)}.yaml"
     if rows.suffix.lower() != ".csv":
         raise E.UsageError(f"--rows {rows_name}: the template is a CSV file (name it *.csv)")
     _refuse_existing(manifest, rows)
-    technique = _technique(base_url, demo, slug)
+    technique = _technique(ctx, slug)
     folder.mkdir(parents=True, exist_ok=True)
     rows_ref = Path(os.path.relpath(rows.absolute(), folder.absolute())).as_posix()
     _create(rows, scaffold.csv_header(technique))
@@ -263,6 +226,8 @@ def plan_lines(data: dict[str, Any], unit: str, *, skipped: list[Any], over: boo
     lines += plan_upload_lines(data.get("uploads"))
     flying = data.get("superseded_in_flight")
     if flying:
+        from ..manifest.naming import SUPERSEDED_FOLDER
+
         folder = f"{data['results']}/{SUPERSEDED_FOLDER}/"
         lines.append(
             f"  {flying} job(s) of edited or removed rows have runs in flight: they will be "
@@ -301,6 +266,8 @@ def plan_upload_lines(up: dict[str, int] | None) -> list[str]:
 def superseded_lines(records: Sequence[JobRecord], results: Path) -> list[str]:
     """The run summary's lines about the jobs of edited or removed rows whose paid runs
     it finished (``BatchResult.superseded``): apart from the rows' counts."""
+    from ..manifest.naming import SUPERSEDED_FOLDER
+
     if not records:
         return []
     states = Counter(r.state.value for r in records)
@@ -332,20 +299,22 @@ def upload_lines(report: Any) -> list[str]:
 
 
 def _target(
-    manifest: Path | None, ledger: str | None, batch: str | None
-) -> tuple[str, str | None, Manifest | None]:
-    """``(ledger url, batch, manifest)`` from ``MANIFEST`` or ``--ledger``
+    ctx: click.Context, manifest: Path | None, batch: str | None
+) -> tuple[str, str | None, Manifest | None, Settings]:
+    """``(ledger url, batch, manifest, settings)`` from ``MANIFEST`` or ``--ledger``
     (``locations.ledger_location``: the same ledger ``run`` writes)."""
     from ..locations import ledger_location
 
     if manifest is None:
-        return ledger_location(None, Settings(ledger=ledger)), batch, None
+        settings = settings_for(ctx)
+        return ledger_location(None, settings), batch, None, settings
     if manifest.suffix.lower() not in (".yaml", ".yml"):
         raise E.UsageError(f"{manifest} is not a manifest (.yaml): use --ledger for a rows file")
     from ..manifest import load_manifest
 
     m = load_manifest(manifest)
-    return ledger_location(m, Settings(ledger=ledger)), m.name, m
+    settings = settings_for(ctx, manifest=m)
+    return ledger_location(m, settings), m.name, m, settings
 
 
 @contextmanager
@@ -376,21 +345,13 @@ def committed(url: str, batch: str) -> tuple[float, float]:
 
 
 def _ledger_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    options = [
-        click.argument("manifest", required=False, type=click.Path(path_type=Path)),
-        click.option(
-            "--ledger",
-            envvar="FLORA_LEDGER",
-            help="A ledger path or SQLAlchemy URL (env FLORA_LEDGER; default: the manifest's).",
-        ),
-        click.option("--batch", help="With --ledger: only this batch (default: every batch)."),
-        click.option(
-            "--demo", is_flag=True, help="Changes nothing: this command reads only the ledger."
-        ),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+    """``[MANIFEST]``, ``--ledger``, ``--batch`` and ``--demo``: the ledger's readers."""
+    fn = opt.DEMO.saying("Changes nothing: this command reads only the ledger.")(fn)
+    fn = opt.BATCH(fn)
+    fn = opt.LEDGER.saying(
+        "A ledger path or SQLAlchemy URL (env FLORA_LEDGER; default: the manifest's)."
+    )(fn)
+    return click.argument("manifest", required=False, type=click.Path(path_type=Path))(fn)
 
 
 # --- status --------------------------------------------------------------------------------
@@ -406,29 +367,27 @@ Examples:
 
 @click.command("status", epilog=STATUS_EXAMPLES)
 @_ledger_options
-@click.option("--watch", is_flag=True, help="Refresh until every job is finished (or Ctrl-C).")
-@click.option(
-    "--interval",
-    type=click.FloatRange(min=0.1),
-    default=2.0,
-    show_default=True,
-    help="Seconds between --watch refreshes.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per refresh).")
+@opt.WATCH
+@opt.INTERVAL
+@opt.JSON.saying("Print JSON (one object per refresh).")
+@click.pass_context
 def status(
+    ctx: click.Context,
+    /,
     manifest: Path | None,
-    ledger: str | None,
     batch: str | None,
-    demo: bool,
     watch: bool,
     interval: float,
     as_json: bool,
+    **_settings: Any,
 ) -> None:
     """Where a batch stands: jobs by state, money, throughput, ETA, failures by code.
 
     Reads the ledger only (MANIFEST's, or --ledger); it never talks to FLORA.
     """
-    url, batch, _ = _target(manifest, ledger, batch)
+    from ..report import status as st
+
+    url, batch, _, _ = _target(ctx, manifest, batch)
     with _open_ledger(url) as led:
         try:
             while True:
@@ -442,6 +401,8 @@ def status(
 
 
 def _show_status(status: st.Status, *, as_json: bool, redraw: bool) -> None:
+    from ..report import status as st
+
     if as_json:
         click.echo(json.dumps(status.as_dict(), ensure_ascii=False))
         return
@@ -463,25 +424,16 @@ Examples:
 
 @click.command("report", epilog=REPORT_EXAMPLES)
 @_ledger_options
-@click.option(
-    "--results",
-    type=click.Path(path_type=Path),
-    help="The results folder (default: the manifest's output.dir).",
-)
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Where to write the report (default: <results>/_report).",
-)
+@opt.RESULTS.saying("The results folder (default: the manifest's output.dir).")
+@opt.OUT
 @click.pass_context
 def report(
     ctx: click.Context,
+    /,
     manifest: Path | None,
-    ledger: str | None,
     batch: str | None,
-    demo: bool,
-    results: Path | None,
     out: Path | None,
+    **_settings: Any,
 ) -> None:
     """Write a results table (CSV, XLSX, JSONL), an HTML contact sheet and asset sidecars.
 
@@ -491,8 +443,9 @@ def report(
     """
     from ..report import files
     from ..report import lines as rp
+    from ..report import status as st
 
-    url, batch, m = _target(manifest, ledger, batch)
+    url, batch, m, settings = _target(ctx, manifest, batch)
     with _open_ledger(url) as led:
         records = led.jobs(batch=batch)
         uploads = led.uploads()
@@ -504,10 +457,10 @@ def report(
 
         _, rows = load_rows(m.rows, m.path)
         lines = rp.join(rows, [u.slug for u in m.uses], records, m.id_column, gone)
-        root = results or results_location(m, Settings())
+        root = results_location(m, settings)
     else:
         lines = rp.lines_from_ledger(records, gone)
-        root = results or rp.common_root(records)
+        root = settings.results or rp.common_root(records)
     written = files.write_report(
         lines,
         root=root,

@@ -11,13 +11,12 @@
     asset_folder = "batch-inputs"  # the workspace library folder for them
 
 Precedence is flags > environment (``FLORA_BASE_URL``, ``FLORA_API_KEY``,
-``FLORA_WORKSPACE_ID``, ``FLORA_LEDGER``) > this file > built-in defaults; for
-``workspace_id`` and ``asset_folder`` a manifest's ``assets:`` also ranks above this
-file, while ``ledger`` ranks above a manifest's ``ledger:``.  A ledger path's ``~`` is
-expanded (``locations.ledger_location``, which every command asks).  The CLI hands
-the file's values to click as each command's ``default_map``, which click ranks exactly
-there.  An API key in a file that its group or others can read is refused (exit 2),
-never used.
+``FLORA_WORKSPACE_ID``, ``FLORA_LEDGER``) > this file > the manifest > built-in
+defaults, except that a manifest's ``assets:`` (``workspace_id``, ``asset_folder``)
+ranks above this file; ``cli.settings.resolve`` ranks them, for the commands whose
+options take each key (``cli.options``: ``config=True``).  A ledger path's ``~`` is
+expanded (``locations.ledger_for``, which every command asks).  An API key in a file
+that its group or others can read is refused (exit 2), never used.
 """
 
 from __future__ import annotations
@@ -41,8 +40,6 @@ KEYS: dict[str, type] = {
     "workspace_id": str,
     "asset_folder": str,
 }
-#: Keys that become command-line defaults (``api_key`` is read by the commands instead).
-OPTION_KEYS = ("base_url", "concurrency", "ledger", "workspace_id", "asset_folder")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,18 +109,6 @@ def _check_private(path: Path) -> None:
             f"(mode {stat.filemode(mode)}): run `chmod 600 {path}`, or remove api_key "
             "and use FLORA_API_KEY"
         )
-
-
-def default_map(config: UserConfig, commands: Mapping[str, Any]) -> dict[str, Any]:
-    """click's ``default_map`` for ``commands`` (name -> click command, groups nested)."""
-    result: dict[str, Any] = {}
-    for name, command in commands.items():
-        params = {p.name for p in getattr(command, "params", ())}
-        entry = {k: config.get(k) for k in OPTION_KEYS if k in params and config.get(k) is not None}
-        entry.update(default_map(config, getattr(command, "commands", {})))
-        if entry:
-            result[name] = entry
-    return result
 
 
 def api_key(env: Mapping[str, str], config: UserConfig | None) -> str | None:

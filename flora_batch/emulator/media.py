@@ -47,6 +47,11 @@ from .catalog import SlotDef, TechniqueDef
 
 #: PyAV is optional (imported only when a video is drawn): without it videos become GIFs.
 HAVE_AV = importlib.util.find_spec("av") is not None
+#: What ``flora-batch emulator`` says at start when it cannot make MP4s.
+NO_AV_NOTE = (
+    "Videos: animated GIFs (image/gif), not MP4: PyAV is not installed "
+    "(pip install 'flora-batch[video]')"
+)
 
 IMAGE_SIDE = 256
 VIDEO_SIDE = 128

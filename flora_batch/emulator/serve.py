@@ -33,6 +33,7 @@ import uvicorn
 from .app import Emulator
 from .config import DEFAULT_API_KEY, WORKSPACE_ID, EmulatorConfig
 from .faults import FaultPlan
+from .media import HAVE_AV, NO_AV_NOTE
 from .responses import ConnectionDropped
 
 STARTUP_TIMEOUT = 10.0
@@ -174,6 +175,7 @@ def _banner(handle: ServerHandle, config: EmulatorConfig) -> str:
             f"Try:   {curl}",
             f"State: {handle.origin}/_emulator/state"
             + (f" (kept in {config.state_file})" if config.state_file else ""),
+            *([] if HAVE_AV else [NO_AV_NOTE]),
             "Press Ctrl-C to stop.",
         ]
     )

@@ -1,5 +1,8 @@
 """Spreadsheet rows files: XLSX (openpyxl) and Parquet (pyarrow), imported when used.
 
+pyarrow is an extra (``pip install 'flora-batch[parquet]'``, 170 MB): without it a
+Parquet rows file is a located error naming the install line, exit 2, nothing spent.
+
 Each reader stops past ``max_rows`` rows (``rows.MAX_ROWS``, passed in by
 ``rows.load_rows``) and reports bad cells at their spreadsheet position (``B7``).
 """
@@ -131,9 +134,18 @@ def _column_letter(index: int) -> str:
 # --- Parquet ---------------------------------------------------------------------------
 
 
-def load_parquet(path: Path, max_rows: int) -> tuple[list[str], list[Row]]:
-    import pyarrow.parquet as pq
+#: What to do about a Parquet rows file where pyarrow is not installed.
+PARQUET_HINT = (
+    "reading Parquet needs pyarrow, which is not installed: "
+    "pip install 'flora-batch[parquet]' (or save the rows as CSV or XLSX)"
+)
 
+
+def load_parquet(path: Path, max_rows: int) -> tuple[list[str], list[Row]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ManifestError(PARQUET_HINT, path=str(path)) from None
     try:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises ArrowInvalid, OSError and more on bad files

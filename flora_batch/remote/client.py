@@ -60,7 +60,7 @@ MAX_JSON_BYTES = 8 * 1024 * 1024
 HTTP_STACK_ENV = "FLORA_BATCH_HTTP"
 HTTP_STACKS = ("aiohttp", "httpx")
 DEFAULT_MAX_DOWNLOAD = 2 * 1024 * 1024 * 1024
-USER_AGENT = "flora-batch/0.1"
+USER_AGENT = f"flora-batch/{wire.package_version()}"
 
 
 class Sink(Protocol):

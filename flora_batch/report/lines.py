@@ -52,14 +52,6 @@ class Line:
         return f"{state} (superseded)" if self.superseded else state
 
 
-def _matches(rec: JobRecord, slug: str, row: Row, id_column: str | None) -> bool:
-    if rec.technique != slug:
-        return False
-    if id_column is not None:
-        return rec.row_id == row.values.get(id_column)
-    return rec.row_index == row.index
-
-
 def _best(candidates: list[JobRecord], row: Row) -> JobRecord | None:
     """The job made from exactly this row's cells, else the most recently updated one."""
     exact = [r for r in candidates if r.row == row.values]
@@ -78,18 +70,23 @@ def join(
 
     The jobs in ``superseded`` (of rows since edited or removed) are never a row's: they
     follow the rows, one line each, marked, so a row shows its own job and no other.
+    A row's jobs are those of its technique and its id (``id_column``), else of its
+    position; the jobs are indexed by that first, so 100,000 rows take a second, not a
+    quarter of an hour (docs/performance.md, "A lean install": bench/report_tables.py).
     """
-    by_slug: dict[str, list[JobRecord]] = {}
+    by_row: dict[tuple[str, object], list[JobRecord]] = {}  # (technique, row id or index)
     gone: list[JobRecord] = []
     for rec in records:
         if rec.key in superseded:
             gone.append(rec)
         else:
-            by_slug.setdefault(rec.technique, []).append(rec)
+            place = rec.row_id if id_column is not None else rec.row_index
+            by_row.setdefault((rec.technique, place), []).append(rec)
     lines: list[Line] = []
     for row in rows:
+        place = row.values.get(id_column) if id_column is not None else row.index
         for slug in techniques:
-            found = [r for r in by_slug.get(slug, []) if _matches(r, slug, row, id_column)]
+            found = by_row.get((slug, place), [])
             lines.append(Line(row.index + 1, row.values, slug, _best(found, row), str(row.index)))
     return lines + lines_from_ledger(gone, frozenset(r.key for r in gone))
 

@@ -225,7 +225,7 @@ class FileSink:
         """The next piece of a streamed body (the file opened at the first)."""
         try:
             if self._fh is None:
-                self._fh = open(self.path, "wb")  # noqa: SIM115  (closed by finish/abandon)
+                self._fh = open(self.path, "wb")  # closed by finish/abandon
             self._fh.write(chunk)
         except OSError as exc:
             raise self._failed(exc) from exc
@@ -234,7 +234,7 @@ class FileSink:
         """The streamed body is complete: flushed, synced (``fsync``), closed."""
         try:
             if self._fh is None:  # an empty body
-                self._fh = open(self.path, "wb")  # noqa: SIM115
+                self._fh = open(self.path, "wb")
             self._fh.flush()
             if fsync:
                 os.fsync(self._fh.fileno())

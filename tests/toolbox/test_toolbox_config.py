@@ -8,7 +8,9 @@ import pytest
 from e2e_helpers import FAST
 from toolbox_helpers import as_json, env, run_batch, write_batch
 
-from flora_batch.cli.userconfig import UserConfig, config_path, default_map, load
+from flora_batch.cli.settings import Parsed, resolve
+from flora_batch.cli.userconfig import UserConfig, config_path, load
+from flora_batch.config import Settings
 from flora_batch.emulator.catalog import load_catalog
 
 NOWHERE = "http://127.0.0.1:9/api/v1"  # nothing listens on the discard port
@@ -103,8 +105,9 @@ def test_bad_config_is_a_usage_error(run_cli, tmp_path: Path):
     assert "must be a number" in run_cli("status", env=_plain_env(tmp_path)).err
 
 
-def test_config_location_and_default_map(tmp_path: Path):
-    """XDG_CONFIG_HOME, then ~/.config; FLORA_CONFIG overrides; defaults reach nested commands."""
+def test_config_location_and_the_commands_it_reaches(tmp_path: Path):
+    """XDG_CONFIG_HOME, then ~/.config; FLORA_CONFIG overrides; each key reaches the commands
+    whose options take it, nested ones too."""
     assert config_path({"HOME": "/h"}) == Path("/h/.config/flora-batch/config.toml")
     assert config_path({"XDG_CONFIG_HOME": "/x"}) == Path("/x/flora-batch/config.toml")
     assert config_path({"FLORA_CONFIG": "/c.toml", "XDG_CONFIG_HOME": "/x"}) == Path("/c.toml")
@@ -112,10 +115,21 @@ def test_config_location_and_default_map(tmp_path: Path):
     from flora_batch.cli.main import cli
 
     values = {"base_url": "u", "ledger": "l", "concurrency": 3, "api_key": "sk_test_secret"}
-    mapping = default_map(UserConfig(None, values), cli.commands)
-    assert mapping["run"] == {"base_url": "u", "ledger": "l", "concurrency": 3}
-    assert mapping["techniques"]["show"] == {"base_url": "u"}
-    assert mapping["status"] == {"ledger": "l"}
+    config = UserConfig(None, values)
+
+    def settings(*path: str):
+        command = cli
+        for name in path:
+            command = command.commands[name]
+        taken = {p.name: None for p in command.params if p.name}
+        return resolve(Parsed(taken), env={}, config=config)
+
+    run = settings("run")
+    assert (run.base_url, run.ledger, run.concurrency) == ("u", "l", 3)
+    assert settings("techniques", "show").base_url == "u"
+    status = settings("status")
+    assert (status.ledger, status.concurrency, status.base_url) == ("l", None, Settings().base_url)
+    assert settings("worker").concurrency == 3
 
 
 def _home_env(tmp: Path, server, **extra: str) -> dict[str, str]:
