@@ -7,11 +7,11 @@ through the parsers here, so the rest of flora-batch sees one shape (``types``).
 
 from __future__ import annotations
 
-import functools
 import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
+from ._version import __version__
 from .errors import ProtocolError
 from .types import IOSlot, RunInfo, RunInput, RunOutput, Technique
 
@@ -19,18 +19,11 @@ API_PREFIX = "/api/v1"
 DEFAULT_BASE_URL = "https://app.flora.ai/api/v1"
 
 
-@functools.cache
 def package_version() -> str:
-    """flora-batch's version as installed (``importlib.metadata``), for the User-Agent.
+    """flora-batch's version, for the User-Agent (``_version.py``, which the wheel's
+    metadata also reads: one number, never ``0+unknown`` from a checkout)."""
+    return __version__
 
-    ``0+unknown`` when run from a checkout that was never installed.
-    """
-    from importlib import metadata
-
-    try:
-        return metadata.version("flora-batch")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
 
 #: Run-level error codes sorted per CONTRACT.md §5.  Unknown codes count as "unknown".
 RETRYABLE_RUN_CODES = frozenset(

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import click
 
 from .. import errors as E
+from .._version import __version__
 from ..types import JobState, cost_unit, money
 from . import options as opt
 from .progress import Progress, duration
@@ -116,7 +117,7 @@ class _Commands(click.Group):
 @opt.VERBOSE
 @opt.QUIET
 @opt.LOG_FORMAT
-@click.version_option(package_name="flora-batch")
+@click.version_option(version=__version__, prog_name="flora-batch")
 @click.pass_context
 def cli(ctx: click.Context, verbose: int, quiet: bool, log_format: str) -> None:
     """Push spreadsheet rows through FLORA techniques, resumably, never paying twice.

@@ -72,10 +72,17 @@ def test_help_and_version_import_nothing_heavy(args: tuple[str, ...]):
 
 
 def test_version_is_the_installed_package_version(run_cli):
-    """`flora-batch --version` prints the version pip installed (importlib.metadata)."""
+    """`flora-batch --version` prints the version pip installed: the wheel's metadata and
+    the CLI read the one number in flora_batch/_version.py."""
     res = run_cli("--version")
     assert res.code == 0
     assert res.out.strip() == f"flora-batch, version {metadata.version('flora-batch')}"
+
+
+@pytest.mark.parametrize("args", [("--help",), ("--version",), ("run", "--help")])
+def test_help_and_version_do_not_import_package_metadata(args: tuple[str, ...]):
+    """importlib.metadata alone costs `--version` about 18 ms (docs/performance.md §7)."""
+    assert "importlib.metadata" not in _imported(*args)
 
 
 async def test_user_agent_names_the_installed_version():
